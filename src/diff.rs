@@ -1,0 +1,405 @@
+//! The diff core: previous records × new listing → events and the pods that
+//! changed.
+//!
+//! Pure and synchronous. [`diff_into`] reads the records and the listing and
+//! writes into a reusable [`Diff`]; it never touches the records. The caller
+//! decides which changes to accept (a pod whose status fetch failed keeps its
+//! old record, so the same transition is found again next time) and applies
+//! them with [`Records::apply`].
+//!
+//! # The event table
+//! Per container and per sandbox ID, from the old state to the new one (the
+//! CRI `CREATED` state counts as unknown):
+//!
+//! | old → new                 | events                            |
+//! |---------------------------|-----------------------------------|
+//! | same → same               | none                              |
+//! | any → running             | `ContainerStarted`                |
+//! | any → exited              | `ContainerDied`                   |
+//! | any → unknown             | `ContainerChanged`                |
+//! | exited → gone             | `ContainerRemoved`                |
+//! | running or unknown → gone | `ContainerDied`, `ContainerRemoved` |
+//!
+//! "any" includes "never seen": the first sighting of an exited container is a
+//! `ContainerDied`.
+//!
+//! # Cost
+//! When nothing changed, a diff does one hash lookup per pod and compares IDs
+//! and states in place: it allocates nothing (the output buffers keep their
+//! capacity between relists). `benches/diff.rs` measures it.
+//!
+//! # Order
+//! Within a pod: listed sandboxes, then listed containers, then containers and
+//! sandboxes that are gone. A pod comes up sandbox first and goes down
+//! containers first.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::event::EventType;
+use crate::model::{Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid};
+
+/// What the generator remembers of each pod: the listing entry it last accepted.
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    pods: HashMap<PodUid, Arc<Pod>>,
+}
+
+impl Records {
+    /// No records.
+    pub fn new() -> Self {
+        Records::default()
+    }
+
+    /// The accepted listing entry of a pod.
+    pub fn get(&self, uid: &PodUid) -> Option<&Arc<Pod>> {
+        self.pods.get(uid)
+    }
+
+    /// Whether the pod has a record.
+    pub fn contains(&self, uid: &PodUid) -> bool {
+        self.pods.contains_key(uid)
+    }
+
+    /// Number of pods with a record.
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Whether there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    /// All records.
+    pub fn iter(&self) -> impl Iterator<Item = (&PodUid, &Arc<Pod>)> {
+        self.pods.iter()
+    }
+
+    /// Accepts a pod's new entry, or forgets the pod when `new` is `None`.
+    pub fn apply(&mut self, uid: &PodUid, new: Option<&Arc<Pod>>) {
+        match new {
+            Some(pod) => {
+                self.pods.insert(uid.clone(), pod.clone());
+            }
+            None => {
+                self.pods.remove(uid);
+            }
+        }
+    }
+}
+
+/// One generated transition of a container or sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffEvent {
+    /// The event kind.
+    pub kind: EventType,
+    /// The container or sandbox.
+    pub id: ContainerId,
+    /// Sandbox or container.
+    pub entry: EntryKind,
+}
+
+/// A pod with at least one generated event.
+#[derive(Clone, Debug)]
+pub struct PodChange {
+    /// The pod.
+    pub uid: PodUid,
+    /// Its record before this listing (`None`: first sighting).
+    pub old: Option<Arc<Pod>>,
+    /// Its entry in this listing (`None`: gone from the runtime).
+    pub new: Option<Arc<Pod>>,
+    events: Range<usize>,
+}
+
+/// The output of a diff, reusable across relists.
+#[derive(Clone, Debug, Default)]
+pub struct Diff {
+    changes: Vec<PodChange>,
+    events: Vec<DiffEvent>,
+}
+
+impl Diff {
+    /// An empty diff.
+    pub fn new() -> Self {
+        Diff::default()
+    }
+
+    /// The pods that changed, listed pods in listing order, then vanished pods.
+    pub fn changes(&self) -> &[PodChange] {
+        &self.changes
+    }
+
+    /// The events of one change, in emission order.
+    pub fn events_of(&self, change: &PodChange) -> &[DiffEvent] {
+        &self.events[change.events.clone()]
+    }
+
+    /// Every event, grouped by pod.
+    pub fn events(&self) -> &[DiffEvent] {
+        &self.events
+    }
+
+    /// The change of one pod, if it changed.
+    pub fn change_of(&self, uid: &PodUid) -> Option<&PodChange> {
+        self.changes.iter().find(|c| &c.uid == uid)
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.changes.clear();
+        self.events.clear();
+    }
+}
+
+/// Diffs a listing against the records, into a fresh [`Diff`].
+pub fn diff(records: &Records, listing: &Listing) -> Diff {
+    let mut out = Diff::new();
+    diff_into(records, listing, &mut out);
+    out
+}
+
+/// Diffs a listing against the records, reusing `out`'s buffers.
+pub fn diff_into(records: &Records, listing: &Listing, out: &mut Diff) {
+    out.clear();
+    let mut matched = 0usize;
+    for pod in listing.pods() {
+        let old = records.get(pod.uid());
+        if let Some(old) = old {
+            matched += 1;
+            if same_states(old, pod) {
+                continue;
+            }
+        }
+        push_change(out, pod.uid(), old, Some(pod));
+    }
+    if matched < records.len() {
+        for (uid, old) in records.iter() {
+            if !listing.contains(uid) {
+                push_change(out, uid, Some(old), None);
+            }
+        }
+    }
+}
+
+/// The kubelet's view of a state: created counts as unknown, and an ID that is
+/// not there has a state of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Presence {
+    Running,
+    Exited,
+    Unknown,
+    Absent,
+}
+
+fn presence(state: ContainerState) -> Presence {
+    match state {
+        ContainerState::Running => Presence::Running,
+        ContainerState::Exited => Presence::Exited,
+        ContainerState::Created | ContainerState::Unknown => Presence::Unknown,
+    }
+}
+
+fn same_entries(old: &[Container], new: &[Container]) -> bool {
+    old.len() == new.len()
+        && old
+            .iter()
+            .zip(new)
+            .all(|(o, n)| presence(o.state) == presence(n.state) && o.id == n.id)
+}
+
+fn same_states(old: &Pod, new: &Pod) -> bool {
+    same_entries(&old.sandboxes, &new.sandboxes) && same_entries(&old.containers, &new.containers)
+}
+
+fn presence_in(pod: Option<&Arc<Pod>>, id: &ContainerId) -> Presence {
+    pod.and_then(|p| p.find(id))
+        .map_or(Presence::Absent, |(c, _)| presence(c.state))
+}
+
+fn transition(old: Presence, new: Presence, id: &ContainerId, entry: EntryKind, out: &mut Vec<DiffEvent>) {
+    if old == new {
+        return;
+    }
+    let mut emit = |kind| {
+        out.push(DiffEvent {
+            kind,
+            id: id.clone(),
+            entry,
+        })
+    };
+    match new {
+        Presence::Running => emit(EventType::ContainerStarted),
+        Presence::Exited => emit(EventType::ContainerDied),
+        Presence::Unknown => emit(EventType::ContainerChanged),
+        Presence::Absent => {
+            if old != Presence::Exited {
+                emit(EventType::ContainerDied);
+            }
+            emit(EventType::ContainerRemoved);
+        }
+    }
+}
+
+fn push_change(out: &mut Diff, uid: &PodUid, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>) {
+    let start = out.events.len();
+    if let Some(pod) = new {
+        for (entries, entry) in [
+            (&pod.sandboxes, EntryKind::Sandbox),
+            (&pod.containers, EntryKind::Container),
+        ] {
+            for c in entries {
+                transition(presence_in(old, &c.id), presence(c.state), &c.id, entry, &mut out.events);
+            }
+        }
+    }
+    if let Some(pod) = old {
+        for (entries, entry) in [
+            (&pod.containers, EntryKind::Container),
+            (&pod.sandboxes, EntryKind::Sandbox),
+        ] {
+            for c in entries {
+                if presence_in(new, &c.id) == Presence::Absent {
+                    transition(presence(c.state), Presence::Absent, &c.id, entry, &mut out.events);
+                }
+            }
+        }
+    }
+    if out.events.len() > start {
+        out.changes.push(PodChange {
+            uid: uid.clone(),
+            old: old.cloned(),
+            new: new.cloned(),
+            events: start..out.events.len(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodMeta;
+    use ContainerState::*;
+    use EventType::*;
+
+    fn pod(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
+        containers.iter().fold(Pod::new(PodMeta::new(uid, uid, "ns")), |p, (id, s)| {
+            p.with_container(Container::new(*id, *id, *s))
+        })
+    }
+
+    fn accept_all(records: &mut Records, d: &Diff) {
+        for change in d.changes() {
+            records.apply(&change.uid, change.new.as_ref());
+        }
+    }
+
+    fn accept_listing(records: &mut Records, listing: &Listing) {
+        let d = diff(records, listing);
+        accept_all(records, &d);
+    }
+
+    fn kinds(d: &Diff, uid: &str) -> Vec<(EventType, String)> {
+        d.change_of(&PodUid::new(uid))
+            .map(|c| {
+                d.events_of(c)
+                    .iter()
+                    .map(|e| (e.kind, e.id.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_cell_of_the_event_table() {
+        let states = [
+            (Some(Running), Presence::Running),
+            (Some(Exited), Presence::Exited),
+            (Some(Unknown), Presence::Unknown),
+            (Some(Created), Presence::Unknown),
+            (None, Presence::Absent),
+        ];
+        for (old_state, old_p) in states {
+            for (new_state, new_p) in states {
+                let listing_of = |s: Option<ContainerState>| {
+                    Listing::new(s.map(|s| pod("p", &[("c", s)])))
+                };
+                let mut records = Records::new();
+                accept_listing(&mut records, &listing_of(old_state));
+                let d = diff(&records, &listing_of(new_state));
+                let got: Vec<_> = kinds(&d, "p").into_iter().map(|(k, _)| k).collect();
+                let want: Vec<EventType> = match (old_p, new_p) {
+                    (a, b) if a == b => vec![],
+                    (_, Presence::Running) => vec![ContainerStarted],
+                    (_, Presence::Exited) => vec![ContainerDied],
+                    (_, Presence::Unknown) => vec![ContainerChanged],
+                    (Presence::Exited, Presence::Absent) => vec![ContainerRemoved],
+                    (_, Presence::Absent) => vec![ContainerDied, ContainerRemoved],
+                };
+                assert_eq!(got, want, "{old_state:?} -> {new_state:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_listing_yields_nothing_and_keeps_buffers() {
+        let listing = Listing::new([pod("a", &[("c1", Running)]), pod("b", &[("c2", Exited)])]);
+        let mut records = Records::new();
+        let mut d = Diff::new();
+        diff_into(&records, &listing, &mut d);
+        assert_eq!(d.changes().len(), 2);
+        accept_all(&mut records, &d);
+        let again = Listing::new([pod("a", &[("c1", Running)]), pod("b", &[("c2", Exited)])]);
+        diff_into(&records, &again, &mut d);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn created_to_unknown_is_no_change() {
+        let mut records = Records::new();
+        accept_listing(&mut records, &Listing::new([pod("a", &[("c", Created)])]));
+        let d = diff(&records, &Listing::new([pod("a", &[("c", Unknown)])]));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn reordered_entries_are_not_a_change() {
+        let mut records = Records::new();
+        let first = Listing::new([pod("a", &[("c1", Running), ("c2", Exited)])]);
+        accept_listing(&mut records, &first);
+        let d = diff(&records, &Listing::new([pod("a", &[("c2", Exited), ("c1", Running)])]));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn pod_comes_up_sandbox_first_and_goes_down_containers_first() {
+        let up = Pod::new(PodMeta::new("p", "p", "ns"))
+            .with_sandbox(Container::new("s", "p", Running))
+            .with_container(Container::new("c", "app", Running));
+        let mut records = Records::new();
+        let d = diff(&records, &Listing::new([up]));
+        let order: Vec<_> = d.events().iter().map(|e| (e.kind, e.entry)).collect();
+        assert_eq!(
+            order,
+            [(ContainerStarted, EntryKind::Sandbox), (ContainerStarted, EntryKind::Container)]
+        );
+        accept_all(&mut records, &d);
+        let d = diff(&records, &Listing::default());
+        let order: Vec<_> = d.events().iter().map(|e| (e.kind, e.entry)).collect();
+        assert_eq!(
+            order,
+            [
+                (ContainerDied, EntryKind::Container),
+                (ContainerRemoved, EntryKind::Container),
+                (ContainerDied, EntryKind::Sandbox),
+                (ContainerRemoved, EntryKind::Sandbox),
+            ]
+        );
+        assert!(d.changes()[0].new.is_none());
+    }
+}

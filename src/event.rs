@@ -1,0 +1,151 @@
+//! Pod lifecycle events: what subscribers receive.
+//!
+//! An event names its pod (identity and labels), its kind, and where a
+//! container is concerned, which one, with the exit code and reason when the
+//! runtime told us. Every event records its [`EventSource`], so a consumer can
+//! tell a transition seen on the runtime's event stream from one found by
+//! relisting.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::model::{ContainerId, EntryKind, PodMeta};
+
+/// The kind of a pod lifecycle event. The names follow the kubelet's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    /// A container or sandbox is now running.
+    ContainerStarted,
+    /// A container or sandbox has exited (or vanished while running).
+    ContainerDied,
+    /// A container or sandbox is gone from the runtime.
+    ContainerRemoved,
+    /// The pod changed in a way no single event above captures.
+    PodSync,
+    /// A container entered the unknown (or created) state. Generated, but only
+    /// delivered to subscribers that ask for it.
+    ContainerChanged,
+    /// One or more watch conditions of the pod were met.
+    ConditionMet,
+}
+
+impl EventType {
+    /// All kinds, in declaration order.
+    pub const ALL: [EventType; 6] = [
+        EventType::ContainerStarted,
+        EventType::ContainerDied,
+        EventType::ContainerRemoved,
+        EventType::PodSync,
+        EventType::ContainerChanged,
+        EventType::ConditionMet,
+    ];
+
+    /// The kubelet's name for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ContainerStarted => "ContainerStarted",
+            EventType::ContainerDied => "ContainerDied",
+            EventType::ContainerRemoved => "ContainerRemoved",
+            EventType::PodSync => "PodSync",
+            EventType::ContainerChanged => "ContainerChanged",
+            EventType::ConditionMet => "ConditionMet",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the generator learned of a transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// Found by diffing a relist against the previous records.
+    Relist,
+    /// Reported by the runtime's `GetContainerEvents` stream.
+    Stream,
+}
+
+impl EventSource {
+    /// Lower-case name, as used in JSON and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Relist => "relist",
+            EventSource::Stream => "stream",
+        }
+    }
+}
+
+/// The container or sandbox an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRef {
+    /// Runtime ID.
+    pub id: ContainerId,
+    /// Container name (for a sandbox: the pod name).
+    pub name: String,
+    /// Restart attempt.
+    pub attempt: u32,
+    /// Sandbox or application container.
+    pub kind: EntryKind,
+}
+
+/// A change in the life of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLifecycleEvent {
+    /// The pod: UID, name, namespace, labels.
+    pub pod: Arc<PodMeta>,
+    /// What happened.
+    pub kind: EventType,
+    /// The container or sandbox concerned; `None` for `PodSync` and `ConditionMet`.
+    pub container: Option<ContainerRef>,
+    /// Exit code, for `ContainerDied` when the runtime reported one.
+    pub exit_code: Option<i32>,
+    /// The runtime's reason ("Completed", "Error", "OOMKilled"), when known.
+    pub reason: Option<String>,
+    /// Where the transition was seen.
+    pub source: EventSource,
+    /// The runtime's own time for the transition, when known: a stream
+    /// event's `created_at`; for relisted events, the container's start time
+    /// (`ContainerStarted`) or finish time (`ContainerDied`).
+    pub runtime_time: Option<SystemTime>,
+    /// When the generator emitted the event.
+    pub observed_at: SystemTime,
+}
+
+impl PodLifecycleEvent {
+    /// The container ID, when the event concerns one.
+    pub fn container_id(&self) -> Option<&ContainerId> {
+        self.container.as_ref().map(|c| &c.id)
+    }
+}
+
+impl fmt::Display for PodLifecycleEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} ({}) {}",
+            self.pod.namespace, self.pod.name, self.pod.uid, self.kind
+        )?;
+        if let Some(c) = &self.container {
+            let kind = match c.kind {
+                EntryKind::Sandbox => "sandbox",
+                EntryKind::Container => "container",
+            };
+            write!(f, " {kind} {} attempt {} ({})", c.name, c.attempt, c.id)?;
+        }
+        if let Some(code) = self.exit_code {
+            write!(f, " exit {code}")?;
+        }
+        if let Some(reason) = &self.reason {
+            write!(f, " reason {reason}")?;
+        }
+        write!(f, " via {}", self.source.as_str())
+    }
+}

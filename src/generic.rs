@@ -1,0 +1,592 @@
+//! The relisting generator: list the runtime, diff against the records,
+//! refresh the cache, evaluate watch conditions, publish events.
+//!
+//! # One relist
+//! 1. List every pod (one runtime call). If that fails, nothing else happens:
+//!    no events, no cache change, and health keeps its last success time.
+//! 2. Diff the listing against the records ([`crate::diff`]).
+//! 3. Purge the watch conditions of pods that are no longer listed.
+//! 4. Inspect each pod that changed, has watch conditions, failed to inspect
+//!    last time, or was asked for with [`GenericPleg::request_relist`]: fetch
+//!    its status, write the cache, evaluate its conditions, accept its new
+//!    record, and publish its events together, `ConditionMet` last.
+//!    A pod whose status fetch fails keeps the error in the cache, publishes
+//!    nothing and keeps its old record, so the same transition is found again
+//!    and the pod is reinspected on every relist until a fetch succeeds.
+//! 5. Declare the cache fresh as of the relist's start.
+//!
+//! Relists are serialised: the periodic loop, [`GenericPleg::relist`] and
+//! per-pod requests never run two at once.
+//!
+//! # Limits of relisting
+//! A container created and removed between two relists is never seen. The
+//! evented generator closes that gap.
+
+use std::collections::HashSet;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheReader, PodCache};
+use crate::condition::{Conditions, WatchCondition};
+use crate::diff::{Diff, DiffEvent, Records, diff_into};
+use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
+use crate::health::{self, RelistDuration, Unhealthy};
+use crate::hub::{self, Hub, SubscribeOptions, Subscription};
+use crate::model::{ContainerState, Listing, Pod, PodMeta, PodStatus, PodUid};
+use crate::runtime::{self, Runtime, bounded};
+
+/// Errors of the generator's control API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `start` was called outside a tokio runtime.
+    #[error("pleg start: no tokio runtime; call start() from within one")]
+    NoTokioRuntime,
+}
+
+/// How a generic generator runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenericConfig {
+    /// Relist period and health threshold.
+    pub relist: RelistDuration,
+    /// Deadline of each runtime call (the kubelet's runtime-request-timeout).
+    pub runtime_request_timeout: Duration,
+}
+
+impl Default for GenericConfig {
+    fn default() -> Self {
+        GenericConfig {
+            relist: RelistDuration::GENERIC,
+            runtime_request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Pods with a running sandbox, and containers by state, as of the last
+/// successful listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeCounts {
+    /// Pods with at least one running (ready) sandbox.
+    pub running_pods: usize,
+    containers: [usize; 4],
+}
+
+impl RuntimeCounts {
+    /// Counts a listing.
+    pub fn of(listing: &Listing) -> Self {
+        let mut counts = RuntimeCounts::default();
+        for pod in listing.pods() {
+            if pod.sandboxes.iter().any(|s| s.state == ContainerState::Running) {
+                counts.running_pods += 1;
+            }
+            for c in &pod.containers {
+                counts.containers[c.state.index()] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Containers (not sandboxes) in a state.
+    pub fn containers(&self, state: ContainerState) -> usize {
+        self.containers[state.index()]
+    }
+}
+
+/// What one relist did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelistSummary {
+    /// Pods listed.
+    pub pods: usize,
+    /// Pods inspected (status fetched or removed from the cache).
+    pub inspected: usize,
+    /// Pods whose status fetch failed.
+    pub failed: usize,
+    /// Events published (before subscriber filters).
+    pub events: usize,
+}
+
+/// Counters of a generator.
+#[derive(Debug, Default)]
+pub struct Stats {
+    relists: AtomicU64,
+    relist_failures: AtomicU64,
+    status_failures: AtomicU64,
+    events: [AtomicU64; 6],
+    last_relist_nanos: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Relists whose listing succeeded.
+    pub relists: u64,
+    /// Relists whose listing failed.
+    pub relist_failures: u64,
+    /// Pod status fetches that failed.
+    pub status_failures: u64,
+    /// Events published, by kind (indexed like [`EventType::ALL`]).
+    pub events: [u64; 6],
+    /// Duration of the last successful relist.
+    pub last_relist_duration: Duration,
+}
+
+impl StatsSnapshot {
+    /// Events published of one kind.
+    pub fn events_of(&self, kind: EventType) -> u64 {
+        self.events[kind.index()]
+    }
+}
+
+struct RelistState {
+    records: Records,
+    reinspect: HashSet<PodUid>,
+    diff: Diff,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    runtime: Arc<dyn Runtime>,
+    relist_duration: Mutex<RelistDuration>,
+    request_timeout: Duration,
+    cache: PodCache,
+    hub: Hub,
+    conditions: Conditions,
+    state: tokio::sync::Mutex<RelistState>,
+    last_success: Mutex<Option<Instant>>,
+    counts: Mutex<RuntimeCounts>,
+    requested: Mutex<HashSet<PodUid>>,
+    wake: tokio::sync::Notify,
+    running: Mutex<Option<Running>>,
+    stats: Stats,
+}
+
+/// The relisting pod lifecycle event generator. Cloning gives another handle
+/// on the same generator.
+///
+/// ```
+/// use pleg::{GenericPleg, GenericConfig, runtime::fake::FakeRuntime};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let runtime = FakeRuntime::new();
+/// let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default());
+/// let summary = pleg.relist().await.expect("the fake lists fine");
+/// assert_eq!(summary.pods, 0);
+/// assert!(pleg.healthy().is_ok());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct GenericPleg {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GenericPleg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenericPleg")
+            .field("relist_duration", &*self.inner.relist_duration.lock())
+            .field("request_timeout", &self.inner.request_timeout)
+            .field("subscribers", &self.inner.hub.subscriber_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GenericPleg {
+    /// A stopped generator over `runtime`.
+    pub fn new(runtime: Arc<dyn Runtime>, config: GenericConfig) -> Self {
+        GenericPleg {
+            inner: Arc::new(Inner {
+                runtime,
+                relist_duration: Mutex::new(config.relist),
+                request_timeout: config.runtime_request_timeout,
+                cache: PodCache::new(),
+                hub: Hub::new(),
+                conditions: Conditions::new(),
+                state: tokio::sync::Mutex::new(RelistState {
+                    records: Records::new(),
+                    reinspect: HashSet::new(),
+                    diff: Diff::new(),
+                }),
+                last_success: Mutex::new(None),
+                counts: Mutex::new(RuntimeCounts::default()),
+                requested: Mutex::new(HashSet::new()),
+                wake: tokio::sync::Notify::new(),
+                running: Mutex::new(None),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// Starts relisting periodically on the current tokio runtime. Starting a
+    /// running generator does nothing.
+    pub fn start(&self) -> Result<(), Error> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoTokioRuntime)?;
+        let mut running = self.inner.running.lock();
+        if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
+            return Ok(());
+        }
+        let cancel = CancellationToken::new();
+        let task = handle.spawn(relist_loop(self.inner.clone(), cancel.clone()));
+        *running = Some(Running { cancel, task });
+        Ok(())
+    }
+
+    /// Stops the periodic relisting and waits for it to end. A relist in
+    /// progress is abandoned at its next runtime call; what it had already
+    /// published stays published. Subscriptions stay open.
+    pub async fn stop(&self) {
+        let running = self.inner.running.lock().take();
+        if let Some(Running { cancel, task }) = running {
+            cancel.cancel();
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("relist loop panicked: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether the periodic relisting runs.
+    pub fn is_running(&self) -> bool {
+        self.inner
+            .running
+            .lock()
+            .as_ref()
+            .is_some_and(|r| !r.task.is_finished())
+    }
+
+    /// Changes the relist period and health threshold. A running loop picks
+    /// the new period up at once.
+    pub fn update(&self, relist: RelistDuration) {
+        *self.inner.relist_duration.lock() = relist;
+        self.inner.wake.notify_one();
+    }
+
+    /// The current relist period and threshold.
+    pub fn relist_duration(&self) -> RelistDuration {
+        *self.inner.relist_duration.lock()
+    }
+
+    /// Relists now and waits for it to finish.
+    pub async fn relist(&self) -> runtime::Result<RelistSummary> {
+        self.inner.relist().await
+    }
+
+    /// Asks for the pod to be inspected (status fetched, cache refreshed,
+    /// conditions evaluated) at a relist that starts now, without waiting for
+    /// the period. Returns at once; a stopped generator inspects the pod at
+    /// its next relist.
+    pub fn request_relist(&self, uid: &PodUid) {
+        self.inner.requested.lock().insert(uid.clone());
+        self.inner.wake.notify_one();
+    }
+
+    /// `Ok` while the last relist whose listing succeeded started within the
+    /// threshold; otherwise the reason, worded like the kubelet's.
+    pub fn healthy(&self) -> Result<(), Unhealthy> {
+        health::check(
+            *self.inner.last_success.lock(),
+            Instant::now(),
+            self.inner.relist_duration.lock().relist_threshold,
+        )
+    }
+
+    /// Start time of the last relist whose listing succeeded.
+    pub fn last_relist(&self) -> Option<Instant> {
+        *self.inner.last_success.lock()
+    }
+
+    /// Sets a keyed watch condition on a pod (see [`crate::condition`]).
+    pub fn set_pod_watch_condition(&self, uid: &PodUid, key: &str, condition: WatchCondition) {
+        self.inner.conditions.set(uid, key, condition);
+    }
+
+    /// The watch-condition registry.
+    pub fn conditions(&self) -> &Conditions {
+        &self.inner.conditions
+    }
+
+    /// Subscribes to events with the default capacity (1000) and filter.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.hub.subscribe()
+    }
+
+    /// Subscribes with a capacity and a filter.
+    pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription, hub::Error> {
+        self.inner.hub.subscribe_with(options)
+    }
+
+    /// The fan-out hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// A read-only handle on the pod-status cache.
+    pub fn cache(&self) -> CacheReader {
+        self.inner.cache.reader()
+    }
+
+    /// Running pods and containers by state, as of the last successful listing.
+    pub fn runtime_counts(&self) -> RuntimeCounts {
+        *self.inner.counts.lock()
+    }
+
+    /// A copy of the generator's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.stats;
+        StatsSnapshot {
+            relists: s.relists.load(Ordering::Relaxed),
+            relist_failures: s.relist_failures.load(Ordering::Relaxed),
+            status_failures: s.status_failures.load(Ordering::Relaxed),
+            events: std::array::from_fn(|i| s.events[i].load(Ordering::Relaxed)),
+            last_relist_duration: Duration::from_nanos(s.last_relist_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Counters of the runtime adapter.
+    pub fn runtime_stats(&self) -> &runtime::RuntimeStats {
+        self.inner.runtime.stats()
+    }
+
+    /// Pods currently in the records (test and debugging aid).
+    pub async fn recorded_pods(&self) -> usize {
+        self.inner.state.lock().await.records.len()
+    }
+}
+
+async fn relist_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = inner.relist() => {}
+        }
+        let finished = Instant::now();
+        // Sleep for the period, measured from the end of this relist. A
+        // changed period or a per-pod request wakes the wait early.
+        loop {
+            let mut woken = pin!(inner.wake.notified());
+            woken.as_mut().enable();
+            if !inner.requested.lock().is_empty() {
+                break;
+            }
+            let deadline = finished + inner.relist_duration.lock().relist_period;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut woken => continue,
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn relist(&self) -> runtime::Result<RelistSummary> {
+        let mut state = self.state.lock().await;
+        let started = Instant::now();
+        let listing = match bounded("ListPods", self.request_timeout, self.runtime.list_pods()).await {
+            Ok(listing) => listing,
+            Err(e) => {
+                self.stats.relist_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "relist: unable to list pods; keeping previous records");
+                return Err(e);
+            }
+        };
+        *self.last_success.lock() = Some(started);
+        *self.counts.lock() = RuntimeCounts::of(&listing);
+        if listing.duplicates_dropped() > 0 {
+            tracing::warn!(
+                duplicates = listing.duplicates_dropped(),
+                "relist: runtime listed some pods or containers more than once; kept the first"
+            );
+        }
+
+        let RelistState {
+            records,
+            reinspect,
+            diff,
+        } = &mut *state;
+        diff_into(records, &listing, diff);
+        self.conditions.retain_pods(|uid| listing.contains(uid));
+
+        let mut summary = RelistSummary {
+            pods: listing.len(),
+            ..RelistSummary::default()
+        };
+        let mut failed: HashSet<PodUid> = HashSet::new();
+        for change in diff.changes() {
+            let events = diff.events_of(change);
+            let outcome = match &change.new {
+                Some(new) => self.inspect(records, new, change.old.as_ref(), events).await,
+                None => self.forget(records, &change.uid, change.old.as_ref(), events),
+            };
+            summary.record(outcome, &mut failed, &change.uid);
+        }
+
+        // Pods with no change of their own that still need a look.
+        let requested = std::mem::take(&mut *self.requested.lock());
+        let mut extra: Vec<PodUid> = self.conditions.watched_pods();
+        extra.extend(reinspect.drain());
+        extra.extend(requested);
+        extra.sort_unstable();
+        extra.dedup();
+        for uid in extra {
+            if diff.change_of(&uid).is_some() {
+                continue;
+            }
+            let outcome = match listing.get(&uid) {
+                Some(pod) => self.inspect(records, pod, records.get(&uid).cloned().as_ref(), &[]).await,
+                None if self.cache.get(&uid).is_some() => self.forget(records, &uid, None, &[]),
+                None => continue,
+            };
+            summary.record(outcome, &mut failed, &uid);
+        }
+
+        *reinspect = failed;
+        self.cache.update_time(started);
+        self.stats.relists.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_relist_nanos
+            .store(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+        Ok(summary)
+    }
+
+    /// Fetches a listed pod's status and, if that works, accepts its record
+    /// and publishes its events. Returns the number of events published, or
+    /// `None` when the fetch failed.
+    async fn inspect(
+        &self,
+        records: &mut Records,
+        pod: &Arc<Pod>,
+        old: Option<&Arc<Pod>>,
+        events: &[DiffEvent],
+    ) -> Option<usize> {
+        let uid = pod.uid();
+        let fetched_at = Instant::now();
+        let status = match bounded("PodStatus", self.request_timeout, self.runtime.pod_status(pod)).await {
+            Ok(status) => status,
+            Err(e) => {
+                self.stats.status_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    pod = %uid, namespace = %pod.meta.namespace, name = %pod.meta.name, error = %e,
+                    "relist: unable to get pod status; holding its events back until a fetch succeeds"
+                );
+                let last_good = self
+                    .cache
+                    .get(uid)
+                    .map(|entry| (*entry.status).clone())
+                    .unwrap_or_else(|| PodStatus::new(pod.meta.clone()));
+                self.cache.set(uid, last_good, Some(Arc::new(e)), fetched_at);
+                return None;
+            }
+        };
+        self.cache.set(uid, status, None, fetched_at);
+        let stored = self.cache.get(uid).map(|e| e.status);
+        let met = stored
+            .as_deref()
+            .is_some_and(|status| self.conditions.evaluate(uid, status));
+        records.apply(uid, Some(pod));
+        let mut batch: Vec<Arc<PodLifecycleEvent>> = events
+            .iter()
+            .map(|e| Arc::new(build_event(&pod.meta, e, stored.as_deref(), Some(pod), old)))
+            .collect();
+        if met {
+            batch.push(Arc::new(pod_event(&pod.meta, EventType::ConditionMet)));
+        }
+        Some(self.publish(batch))
+    }
+
+    /// Handles a pod that is gone from the runtime: drops its cache entry and
+    /// record, and publishes its last events.
+    fn forget(&self, records: &mut Records, uid: &PodUid, old: Option<&Arc<Pod>>, events: &[DiffEvent]) -> Option<usize> {
+        let last_status = self.cache.get(uid).map(|e| e.status);
+        self.cache.delete(uid);
+        records.apply(uid, None);
+        let Some(old) = old else {
+            return Some(0);
+        };
+        let batch = events
+            .iter()
+            .map(|e| Arc::new(build_event(&old.meta, e, last_status.as_deref(), None, Some(old))))
+            .collect();
+        Some(self.publish(batch))
+    }
+
+    fn publish(&self, batch: Vec<Arc<PodLifecycleEvent>>) -> usize {
+        for event in &batch {
+            self.stats.events[event.kind.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        self.hub.publish(&batch);
+        batch.len()
+    }
+}
+
+impl RelistSummary {
+    fn record(&mut self, outcome: Option<usize>, failed: &mut HashSet<PodUid>, uid: &PodUid) {
+        self.inspected += 1;
+        match outcome {
+            Some(events) => self.events += events,
+            None => {
+                self.failed += 1;
+                failed.insert(uid.clone());
+            }
+        }
+    }
+}
+
+fn pod_event(meta: &Arc<PodMeta>, kind: EventType) -> PodLifecycleEvent {
+    PodLifecycleEvent {
+        pod: meta.clone(),
+        kind,
+        container: None,
+        exit_code: None,
+        reason: None,
+        source: EventSource::Relist,
+        runtime_time: None,
+        observed_at: SystemTime::now(),
+    }
+}
+
+/// Builds the event for one diff transition, with the best payload at hand:
+/// the fresh status first, then the listing entry, then the old record.
+fn build_event(
+    meta: &Arc<PodMeta>,
+    event: &DiffEvent,
+    status: Option<&PodStatus>,
+    new: Option<&Arc<Pod>>,
+    old: Option<&Arc<Pod>>,
+) -> PodLifecycleEvent {
+    let from_status = status.and_then(|s| s.find(&event.id));
+    let described = from_status
+        .or_else(|| new.and_then(|p| p.find(&event.id)).map(|(c, _)| c))
+        .or_else(|| old.and_then(|p| p.find(&event.id)).map(|(c, _)| c));
+    let mut out = pod_event(meta, event.kind);
+    out.container = Some(ContainerRef {
+        id: event.id.clone(),
+        name: described.map(|c| c.name.clone()).unwrap_or_default(),
+        attempt: described.map_or(0, |c| c.attempt),
+        kind: event.entry,
+    });
+    if event.kind == EventType::ContainerDied {
+        if let Some(c) = from_status.filter(|c| c.state == ContainerState::Exited) {
+            out.exit_code = c.exit_code;
+            out.reason = c.reason.clone();
+            out.runtime_time = c.finished_at;
+        }
+    }
+    if event.kind == EventType::ContainerStarted {
+        out.runtime_time = from_status.and_then(|c| c.started_at);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

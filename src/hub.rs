@@ -1,0 +1,476 @@
+//! Fan-out of events to any number of subscribers.
+//!
+//! Where the kubelet has one channel and drops events silently when it is
+//! full, every [`Subscription`] here has a bounded queue of its own. Publishing
+//! never waits: a slow subscriber never holds up the relist or the other
+//! subscribers.
+//!
+//! # Lagging
+//! When a batch does not fit in a subscriber's queue, the whole batch is
+//! dropped for that subscriber (a consumer never sees half of a pod's
+//! transition) and counted. The subscriber then receives, in order, the events
+//! that were queued before the overflow, one [`Delivery::Resync`] carrying the
+//! exact number it missed, and the events published after. On `Resync` a
+//! consumer should re-read the cache, which is always current.
+//!
+//! # Filters
+//! A [`Filter`] selects by pod UID, namespace, labels and event kind. It is
+//! applied when publishing, so filtered-out events take no queue space and
+//! never count as missed. `ContainerChanged` events are delivered only to
+//! subscribers that ask for them.
+//!
+//! # Closing
+//! Dropping a [`Subscription`] unsubscribes it. When the hub goes away (the
+//! generator was dropped) every subscription ends after its queued events.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::event::{EventType, PodLifecycleEvent};
+use crate::model::PodUid;
+
+/// Default queue capacity of a subscription, in events.
+pub const DEFAULT_CAPACITY: usize = 1000;
+
+/// Errors of the hub.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A subscription needs room for at least one event.
+    #[error("subscription capacity must be at least 1, got 0")]
+    ZeroCapacity,
+}
+
+/// What a subscription yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// An event.
+    Event(Arc<PodLifecycleEvent>),
+    /// The subscriber fell behind and `missed` events that matched its filter
+    /// were dropped. Re-read the cache to catch up.
+    Resync {
+        /// How many events were dropped since the previous `Resync`.
+        missed: u64,
+    },
+}
+
+impl Delivery {
+    /// The event, unless this is a `Resync` marker.
+    pub fn event(&self) -> Option<&Arc<PodLifecycleEvent>> {
+        match self {
+            Delivery::Event(e) => Some(e),
+            Delivery::Resync { .. } => None,
+        }
+    }
+}
+
+/// Which events a subscriber wants. The default takes every event except
+/// `ContainerChanged`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only these pods (`None`: every pod).
+    pub pod_uids: Option<HashSet<PodUid>>,
+    /// Only pods in this namespace.
+    pub namespace: Option<String>,
+    /// Only pods carrying all these labels with these values.
+    pub labels: BTreeMap<String, String>,
+    /// Only these kinds (`None`: every kind).
+    pub kinds: Option<HashSet<EventType>>,
+    /// Also deliver `ContainerChanged`, which is unreliable and off by default.
+    pub include_container_changed: bool,
+}
+
+impl Filter {
+    /// Whether the event passes the filter.
+    pub fn matches(&self, event: &PodLifecycleEvent) -> bool {
+        if event.kind == EventType::ContainerChanged && !self.include_container_changed {
+            return false;
+        }
+        if let Some(kinds) = &self.kinds {
+            if !kinds.contains(&event.kind) {
+                return false;
+            }
+        }
+        if let Some(uids) = &self.pod_uids {
+            if !uids.contains(&event.pod.uid) {
+                return false;
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            if &event.pod.namespace != ns {
+                return false;
+            }
+        }
+        self.labels
+            .iter()
+            .all(|(k, v)| event.pod.labels.get(k) == Some(v))
+    }
+}
+
+/// How to subscribe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Queue capacity in events (default 1000).
+    pub capacity: usize,
+    /// Which events to receive.
+    pub filter: Filter,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            capacity: DEFAULT_CAPACITY,
+            filter: Filter::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    /// Dropped since the last `Resync` was queued or handed out.
+    pending_missed: u64,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    capacity: usize,
+    filter: Filter,
+    queue: Mutex<Queue>,
+    missed_total: AtomicU64,
+}
+
+impl Slot {
+    fn offer(&self, batch: &[Arc<PodLifecycleEvent>]) -> u64 {
+        let matching = batch.iter().filter(|e| self.filter.matches(e)).count();
+        if matching == 0 {
+            return 0;
+        }
+        let waker = {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return 0;
+            }
+            // A pending Resync marker takes a slot of its own, so the queue
+            // never holds more than `capacity` deliveries.
+            let needed = matching + usize::from(q.pending_missed > 0);
+            if q.items.len() + needed > self.capacity {
+                q.pending_missed += matching as u64;
+                self.missed_total.fetch_add(matching as u64, Ordering::Relaxed);
+                return matching as u64;
+            }
+            if q.pending_missed > 0 {
+                let missed = std::mem::take(&mut q.pending_missed);
+                q.items.push_back(Delivery::Resync { missed });
+            }
+            for event in batch.iter().filter(|e| self.filter.matches(e)) {
+                q.items.push_back(Delivery::Event(event.clone()));
+            }
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        0
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct HubInner {
+    slots: RwLock<Vec<Arc<Slot>>>,
+    next_id: AtomicU64,
+    discarded: AtomicU64,
+    published: AtomicU64,
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        for slot in self.slots.get_mut().iter() {
+            slot.close();
+        }
+    }
+}
+
+/// The fan-out point. Cloning gives another handle on the same hub.
+#[derive(Clone, Debug, Default)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl Hub {
+    /// A hub with no subscribers.
+    pub fn new() -> Self {
+        Hub::default()
+    }
+
+    /// Subscribes with the default capacity and filter.
+    pub fn subscribe(&self) -> Subscription {
+        self.attach(DEFAULT_CAPACITY, Filter::default())
+    }
+
+    /// Subscribes with a capacity and a filter.
+    pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
+        if options.capacity == 0 {
+            return Err(Error::ZeroCapacity);
+        }
+        Ok(self.attach(options.capacity, options.filter))
+    }
+
+    fn attach(&self, capacity: usize, filter: Filter) -> Subscription {
+        let slot = Arc::new(Slot {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            capacity,
+            filter,
+            queue: Mutex::new(Queue::default()),
+            missed_total: AtomicU64::new(0),
+        });
+        self.inner.slots.write().push(slot.clone());
+        Subscription {
+            slot,
+            hub: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Publishes one pod's events as a unit: each subscriber gets all of the
+    /// events that match its filter, or none of them (and a `Resync` later).
+    /// Never waits.
+    pub fn publish(&self, batch: &[Arc<PodLifecycleEvent>]) {
+        if batch.is_empty() {
+            return;
+        }
+        self.inner
+            .published
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let slots = self.inner.slots.read();
+        let mut dropped = 0;
+        for slot in slots.iter() {
+            dropped += slot.offer(batch);
+        }
+        if dropped > 0 {
+            self.inner.discarded.fetch_add(dropped, Ordering::Relaxed);
+            tracing::debug!(dropped, "subscriber queue full; events held back, Resync queued");
+        }
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.slots.read().len()
+    }
+
+    /// Events dropped for lagging subscribers, summed over all subscribers.
+    pub fn discarded(&self) -> u64 {
+        self.inner.discarded.load(Ordering::Relaxed)
+    }
+
+    /// Events published (before filtering).
+    pub fn published(&self) -> u64 {
+        self.inner.published.load(Ordering::Relaxed)
+    }
+}
+
+/// A bounded stream of [`Delivery`] items. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    slot: Arc<Slot>,
+    hub: Weak<HubInner>,
+}
+
+impl Subscription {
+    /// Waits for the next delivery; `None` once the hub is gone and the queue
+    /// is drained.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Takes the next delivery if one is ready.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let mut q = self.slot.queue.lock();
+        take_next(&mut q)
+    }
+
+    /// Polls for the next delivery.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let mut q = self.slot.queue.lock();
+        if let Some(d) = take_next(&mut q) {
+            return Poll::Ready(Some(d));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        match &q.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => q.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Events this subscriber has missed so far, in total.
+    pub fn missed_total(&self) -> u64 {
+        self.slot.missed_total.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.slot.queue.lock().items.len()
+    }
+}
+
+fn take_next(q: &mut Queue) -> Option<Delivery> {
+    if let Some(d) = q.items.pop_front() {
+        return Some(d);
+    }
+    if q.pending_missed > 0 {
+        let missed = std::mem::take(&mut q.pending_missed);
+        return Some(Delivery::Resync { missed });
+    }
+    None
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.slots.write().retain(|s| s.id != self.slot.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventSource, PodLifecycleEvent};
+    use crate::model::PodMeta;
+    use std::time::SystemTime;
+
+    fn event(uid: &str, ns: &str, kind: EventType) -> Arc<PodLifecycleEvent> {
+        Arc::new(PodLifecycleEvent {
+            pod: Arc::new(PodMeta::new(uid, uid, ns).with_label("app", "web")),
+            kind,
+            container: None,
+            exit_code: None,
+            reason: None,
+            source: EventSource::Relist,
+            runtime_time: None,
+            observed_at: SystemTime::now(),
+        })
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_is_dropped_whole_and_counted() {
+        let hub = Hub::new();
+        let mut sub = hub
+            .subscribe_with(SubscribeOptions {
+                capacity: 3,
+                ..Default::default()
+            })
+            .expect("capacity is valid");
+        let started = event("a", "ns", EventType::ContainerStarted);
+        hub.publish(&[started.clone(), started.clone()]);
+        hub.publish(&[started.clone(), started.clone()]);
+        hub.publish(&[started.clone()]);
+        let mut got = Vec::new();
+        while let Some(d) = sub.try_recv() {
+            got.push(d);
+        }
+        // The third batch would fit, but not together with the marker that
+        // must precede it, so it is dropped and counted as well.
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], Delivery::Resync { missed: 3 });
+        assert_eq!(sub.missed_total(), 3);
+        assert_eq!(hub.discarded(), 3);
+        hub.publish(&[started.clone()]);
+        assert!(matches!(sub.try_recv(), Some(Delivery::Event(_))));
+    }
+
+    #[test]
+    fn filters_select_by_namespace_labels_uids_and_kind() {
+        let hub = Hub::new();
+        let mut by_ns = hub
+            .subscribe_with(SubscribeOptions {
+                filter: Filter {
+                    namespace: Some("prod".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .expect("valid");
+        let mut by_kind_and_uid = hub
+            .subscribe_with(SubscribeOptions {
+                filter: Filter {
+                    kinds: Some([EventType::ContainerDied].into()),
+                    pod_uids: Some([PodUid::new("b")].into()),
+                    labels: [("app".to_string(), "web".to_string())].into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .expect("valid");
+        hub.publish(&[event("a", "prod", EventType::ContainerStarted)]);
+        hub.publish(&[event("b", "dev", EventType::ContainerDied)]);
+        hub.publish(&[event("b", "dev", EventType::ContainerChanged)]);
+        assert_eq!(by_ns.try_recv().and_then(|d| d.event().map(|e| e.pod.uid.clone())), Some(PodUid::new("a")));
+        assert!(by_ns.try_recv().is_none());
+        assert_eq!(
+            by_kind_and_uid.try_recv().and_then(|d| d.event().map(|e| e.kind)),
+            Some(EventType::ContainerDied)
+        );
+        assert!(by_kind_and_uid.try_recv().is_none());
+    }
+
+    #[test]
+    fn zero_capacity_is_refused() {
+        let hub = Hub::new();
+        let err = hub
+            .subscribe_with(SubscribeOptions {
+                capacity: 0,
+                ..Default::default()
+            })
+            .expect_err("zero capacity");
+        assert_eq!(err, Error::ZeroCapacity);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_hub_ends_the_stream_after_queued_events() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe();
+        hub.publish(&[event("a", "ns", EventType::ContainerStarted)]);
+        drop(hub);
+        assert!(sub.recv().await.is_some());
+        assert!(sub.recv().await.is_none());
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes() {
+        let hub = Hub::new();
+        let sub = hub.subscribe();
+        assert_eq!(hub.subscriber_count(), 1);
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+    }
+}

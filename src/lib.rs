@@ -1,0 +1,81 @@
+//! # pleg: a node-level Pod Lifecycle Event Generator
+//!
+//! pleg watches a node's container runtime and tells any number of
+//! subscribers, promptly and without losing anything, when containers and pod
+//! sandboxes start, die or are removed, and when a watch condition on a pod is
+//! met. It follows the kubelet's `pkg/kubelet/pleg` and fixes its gaps: many
+//! subscribers instead of one, lag that is counted and signalled instead of
+//! silently dropped, and unknown runtime values that are counted instead of
+//! panicking.
+//!
+//! The data flows one way: runtime → [`diff`] → [`cache`] → [`condition`] →
+//! [`hub`] → subscribers.
+//!
+//! ## Embedding
+//! ```
+//! use std::time::Duration;
+//! use pleg::{GenericConfig, GenericPleg, RelistDuration, Delivery, EventType};
+//! use pleg::model::{Container, ContainerState, Pod, PodMeta};
+//! use pleg::runtime::fake::FakeRuntime;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Any `pleg::runtime::Runtime` works; the scripted fake stands in here.
+//! let runtime = FakeRuntime::new();
+//! let pleg = GenericPleg::new(
+//!     runtime.clone(),
+//!     GenericConfig {
+//!         relist: RelistDuration {
+//!             relist_period: Duration::from_secs(1),
+//!             relist_threshold: Duration::from_secs(180),
+//!         },
+//!         ..GenericConfig::default()
+//!     },
+//! );
+//! let mut events = pleg.subscribe();
+//! pleg.start().expect("inside a tokio runtime");
+//!
+//! runtime.set_pods(vec![
+//!     Pod::new(PodMeta::new("uid-1", "web", "default"))
+//!         .with_sandbox(Container::new("sandbox-1", "web", ContainerState::Running))
+//!         .with_container(Container::new("ctr-1", "nginx", ContainerState::Running)),
+//! ]);
+//!
+//! // The sandbox starts first, then its container.
+//! let mut started = Vec::new();
+//! while started.len() < 2 {
+//!     match events.recv().await {
+//!         Some(Delivery::Event(e)) if e.kind == EventType::ContainerStarted => {
+//!             started.push(e.container.as_ref().map(|c| c.name.clone()))
+//!         }
+//!         Some(_) => {}
+//!         None => break,
+//!     }
+//! }
+//! assert_eq!(started, [Some("web".to_string()), Some("nginx".to_string())]);
+//! assert!(pleg.healthy().is_ok());
+//! pleg.stop().await;
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod condition;
+pub mod diff;
+pub mod event;
+pub mod generic;
+pub mod health;
+pub mod hub;
+pub mod model;
+pub mod runtime;
+
+pub use cache::{CacheEntry, CacheReader, PodCache};
+pub use condition::{WatchCondition, running_container_condition};
+pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
+pub use generic::{GenericConfig, GenericPleg, RelistSummary, RuntimeCounts};
+pub use health::{RelistDuration, Unhealthy};
+pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
+pub use model::{ContainerId, PodUid};
+pub use runtime::Runtime;

@@ -1,0 +1,212 @@
+//! A scripted, deterministic runtime for tests, examples and benchmarks.
+//!
+//! It answers listings from a standing set of pods that the test replaces at
+//! will, and statuses derived from that set (plus any IPs the test gave). On
+//! top of that a test can queue one-shot answers (errors, particular
+//! statuses), make every call of a kind fail, delay calls (on tokio time, so
+//! paused-time tests stay exact), and give raw CRI state numbers that go
+//! through the same decoding as the real adapter.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::{BoxFuture, Error, Result, Runtime, RuntimeStats};
+use crate::model::{ContainerId, Listing, Pod, PodStatus, PodUid};
+
+/// Method names the fake counts calls under.
+pub const LIST_PODS: &str = "ListPods";
+/// Method names the fake counts calls under.
+pub const POD_STATUS: &str = "PodStatus";
+
+#[derive(Debug, Default)]
+struct Script {
+    pods: Vec<Pod>,
+    raw_states: HashMap<ContainerId, i32>,
+    ips: HashMap<PodUid, Vec<String>>,
+    list_answers: VecDeque<String>,
+    list_failure: Option<String>,
+    list_delay: Duration,
+    status_answers: HashMap<PodUid, VecDeque<std::result::Result<PodStatus, String>>>,
+    status_failures: HashMap<PodUid, String>,
+    status_delay: Duration,
+    status_calls: HashMap<PodUid, u64>,
+}
+
+/// The scripted runtime. Cheap to share: wrap it in an `Arc` and keep a handle
+/// to script it while the generator runs.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    script: Mutex<Script>,
+    stats: RuntimeStats,
+}
+
+impl FakeRuntime {
+    /// A runtime with no pods.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeRuntime::default())
+    }
+
+    /// A runtime listing these pods.
+    pub fn with_pods(pods: Vec<Pod>) -> Arc<Self> {
+        let fake = FakeRuntime::default();
+        fake.script.lock().pods = pods;
+        Arc::new(fake)
+    }
+
+    /// Replaces the pods every following listing returns.
+    pub fn set_pods(&self, pods: Vec<Pod>) {
+        self.script.lock().pods = pods;
+    }
+
+    /// Overrides the state of a container or sandbox with a raw CRI number,
+    /// decoded at listing time like the real adapter does (unknown numbers
+    /// become `Unknown` and are counted).
+    pub fn set_raw_state(&self, id: impl Into<ContainerId>, raw: i32) {
+        self.script.lock().raw_states.insert(id.into(), raw);
+    }
+
+    /// Gives a pod IPs in the statuses derived from the listing.
+    pub fn set_ips(&self, uid: impl Into<PodUid>, ips: Vec<String>) {
+        self.script.lock().ips.insert(uid.into(), ips);
+    }
+
+    /// Makes the next listing fail with `message` (one shot, queued).
+    pub fn push_list_error(&self, message: impl Into<String>) {
+        self.script.lock().list_answers.push_back(message.into());
+    }
+
+    /// Makes every listing fail with `message` until cleared with `None`.
+    pub fn set_list_failure(&self, message: Option<String>) {
+        self.script.lock().list_failure = message;
+    }
+
+    /// Delays every listing.
+    pub fn set_list_delay(&self, delay: Duration) {
+        self.script.lock().list_delay = delay;
+    }
+
+    /// Queues one answer to the pod's next status call.
+    pub fn push_status(&self, uid: impl Into<PodUid>, answer: std::result::Result<PodStatus, String>) {
+        self.script
+            .lock()
+            .status_answers
+            .entry(uid.into())
+            .or_default()
+            .push_back(answer);
+    }
+
+    /// Makes every status call of the pod fail until cleared with `None`.
+    pub fn set_status_failure(&self, uid: impl Into<PodUid>, message: Option<String>) {
+        let mut script = self.script.lock();
+        let uid = uid.into();
+        match message {
+            Some(m) => {
+                script.status_failures.insert(uid, m);
+            }
+            None => {
+                script.status_failures.remove(&uid);
+            }
+        }
+    }
+
+    /// Delays every status call.
+    pub fn set_status_delay(&self, delay: Duration) {
+        self.script.lock().status_delay = delay;
+    }
+
+    /// Listings answered or attempted so far.
+    pub fn list_calls(&self) -> u64 {
+        self.stats.calls_of(LIST_PODS)
+    }
+
+    /// Status calls for one pod so far.
+    pub fn status_calls(&self, uid: &PodUid) -> u64 {
+        self.script.lock().status_calls.get(uid).copied().unwrap_or(0)
+    }
+
+    /// Status calls for all pods so far.
+    pub fn total_status_calls(&self) -> u64 {
+        self.stats.calls_of(POD_STATUS)
+    }
+
+    fn answer_list(&self) -> (Duration, Result<Listing>) {
+        self.stats.count_call(LIST_PODS);
+        let mut script = self.script.lock();
+        let delay = script.list_delay;
+        if let Some(message) = script.list_answers.pop_front() {
+            return (delay, Err(failed(LIST_PODS, message)));
+        }
+        if let Some(message) = &script.list_failure {
+            return (delay, Err(failed(LIST_PODS, message.clone())));
+        }
+        let mut pods = script.pods.clone();
+        if !script.raw_states.is_empty() {
+            for pod in &mut pods {
+                for (entries, sandbox) in [(&mut pod.sandboxes, true), (&mut pod.containers, false)] {
+                    for c in entries.iter_mut() {
+                        if let Some(&raw) = script.raw_states.get(&c.id) {
+                            c.state = if sandbox {
+                                self.stats.decode_sandbox_state(raw)
+                            } else {
+                                self.stats.decode_container_state(raw)
+                            };
+                        }
+                    }
+                }
+            }
+        }
+        (delay, Ok(Listing::new(pods)))
+    }
+
+    fn answer_status(&self, pod: &Pod) -> (Duration, Result<PodStatus>) {
+        self.stats.count_call(POD_STATUS);
+        let mut script = self.script.lock();
+        let uid = pod.uid().clone();
+        *script.status_calls.entry(uid.clone()).or_default() += 1;
+        let delay = script.status_delay;
+        if let Some(answer) = script.status_answers.get_mut(&uid).and_then(|q| q.pop_front()) {
+            return (delay, answer.map_err(|m| failed(POD_STATUS, m)));
+        }
+        if let Some(message) = script.status_failures.get(&uid) {
+            return (delay, Err(failed(POD_STATUS, message.clone())));
+        }
+        let mut status = match script.pods.iter().find(|p| p.uid() == &uid) {
+            Some(current) => PodStatus::from_pod(current),
+            None => PodStatus::from_pod(pod),
+        };
+        if let Some(ips) = script.ips.get(&uid) {
+            status.ips = ips.clone();
+        }
+        (delay, Ok(status))
+    }
+}
+
+fn failed(call: &'static str, message: String) -> Error {
+    Error::Failed { call, message }
+}
+
+async fn after<T>(delay: Duration, answer: T) -> T {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    answer
+}
+
+impl Runtime for FakeRuntime {
+    fn list_pods(&self) -> BoxFuture<'_, Result<Listing>> {
+        let (delay, answer) = self.answer_list();
+        Box::pin(after(delay, answer))
+    }
+
+    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<PodStatus>> {
+        let (delay, answer) = self.answer_status(pod);
+        Box::pin(after(delay, answer))
+    }
+
+    fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+}

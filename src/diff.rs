@@ -33,17 +33,75 @@
 //! sandboxes that are gone. A pod comes up sandbox first and goes down
 //! containers first.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use crate::event::EventType;
-use crate::model::{Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid};
+use crate::model::{Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid, uid_hash};
 
-/// What the generator remembers of each pod: the listing entry it last accepted.
+/// What the generator remembers of each pod: the listing entry it last
+/// accepted, with the IDs and states the diff compares laid out contiguously,
+/// so an unchanged pod costs one short, linear read.
+///
+/// The records sit densely in a vector; the hash table holds only their
+/// positions (small enough to stay in cache at 10,000 pods) and is probed with
+/// the hash the listing already computed.
 #[derive(Clone, Debug, Default)]
 pub struct Records {
-    pods: HashMap<PodUid, Arc<Pod>>,
+    index: hashbrown::HashTable<u32>,
+    entries: Vec<Record>,
+}
+
+#[derive(Clone, Debug)]
+struct Record {
+    hash: u64,
+    pod: Arc<Pod>,
+    /// Sandboxes, then containers, in listing order.
+    keys: Box<[EntryKey]>,
+}
+
+#[derive(Clone, Debug)]
+struct EntryKey {
+    presence: Presence,
+    id: ContainerId,
+}
+
+impl Record {
+    fn new(pod: &Arc<Pod>, hash: u64) -> Self {
+        let keys = pod
+            .sandboxes
+            .iter()
+            .chain(&pod.containers)
+            .map(|c| EntryKey {
+                presence: presence(c.state),
+                id: c.id.clone(),
+            })
+            .collect();
+        Record {
+            hash,
+            pod: pod.clone(),
+            keys,
+        }
+    }
+
+    fn uid(&self) -> &PodUid {
+        self.pod.uid()
+    }
+
+    /// Whether the listed pod has the same IDs in the same states, in the same
+    /// order.
+    fn same_states(&self, new: &Pod) -> bool {
+        let sandboxes = new.sandboxes.len();
+        self.keys.len() == sandboxes + new.containers.len()
+            && same_keys(&self.keys[..sandboxes], &new.sandboxes)
+            && same_keys(&self.keys[sandboxes..], &new.containers)
+    }
+}
+
+fn same_keys(keys: &[EntryKey], entries: &[Container]) -> bool {
+    keys.iter()
+        .zip(entries)
+        .all(|(k, c)| k.presence == presence(c.state) && k.id == c.id)
 }
 
 impl Records {
@@ -52,40 +110,66 @@ impl Records {
         Records::default()
     }
 
+    fn find(&self, uid: &PodUid, hash: u64) -> Option<&Record> {
+        self.index
+            .find(hash, |&i| self.entries[i as usize].uid() == uid)
+            .map(|&i| &self.entries[i as usize])
+    }
+
     /// The accepted listing entry of a pod.
     pub fn get(&self, uid: &PodUid) -> Option<&Arc<Pod>> {
-        self.pods.get(uid)
+        self.find(uid, uid_hash(uid)).map(|r| &r.pod)
     }
 
     /// Whether the pod has a record.
     pub fn contains(&self, uid: &PodUid) -> bool {
-        self.pods.contains_key(uid)
+        self.get(uid).is_some()
     }
 
     /// Number of pods with a record.
     pub fn len(&self) -> usize {
-        self.pods.len()
+        self.entries.len()
     }
 
     /// Whether there is no record.
     pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
+        self.entries.is_empty()
     }
 
     /// All records.
     pub fn iter(&self) -> impl Iterator<Item = (&PodUid, &Arc<Pod>)> {
-        self.pods.iter()
+        self.entries.iter().map(|r| (r.uid(), &r.pod))
     }
 
     /// Accepts a pod's new entry, or forgets the pod when `new` is `None`.
     pub fn apply(&mut self, uid: &PodUid, new: Option<&Arc<Pod>>) {
-        match new {
-            Some(pod) => {
-                self.pods.insert(uid.clone(), pod.clone());
+        let hash = uid_hash(uid);
+        let entries = &self.entries;
+        let found = self.index.find_entry(hash, |&i| entries[i as usize].uid() == uid);
+        match (found, new) {
+            (Ok(slot), Some(pod)) => {
+                let i = *slot.get() as usize;
+                self.entries[i] = Record::new(pod, hash);
             }
-            None => {
-                self.pods.remove(uid);
+            (Err(_), Some(pod)) => {
+                let position = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+                self.entries.push(Record::new(pod, hash));
+                let entries = &self.entries;
+                self.index
+                    .insert_unique(hash, position, |&i| entries[i as usize].hash);
             }
+            (Ok(slot), None) => {
+                let removed = slot.remove().0 as usize;
+                self.entries.swap_remove(removed);
+                // The last record moved into the hole: point its index there.
+                if let Some(moved) = self.entries.get(removed) {
+                    let old_position = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+                    if let Some(i) = self.index.find_mut(moved.hash, |&i| i == old_position) {
+                        *i = u32::try_from(removed).unwrap_or(u32::MAX);
+                    }
+                }
+            }
+            (Err(_), None) => {}
         }
     }
 }
@@ -168,20 +252,20 @@ pub fn diff(records: &Records, listing: &Listing) -> Diff {
 pub fn diff_into(records: &Records, listing: &Listing, out: &mut Diff) {
     out.clear();
     let mut matched = 0usize;
-    for pod in listing.pods() {
-        let old = records.get(pod.uid());
-        if let Some(old) = old {
+    for (pod, hash) in listing.hashed_pods() {
+        let record = records.find(pod.uid(), hash);
+        if let Some(record) = record {
             matched += 1;
-            if same_states(old, pod) {
+            if record.same_states(pod) {
                 continue;
             }
         }
-        push_change(out, pod.uid(), old, Some(pod));
+        push_change(out, pod.uid(), record.map(|r| &r.pod), Some(pod));
     }
     if matched < records.len() {
-        for (uid, old) in records.iter() {
-            if !listing.contains(uid) {
-                push_change(out, uid, Some(old), None);
+        for record in &records.entries {
+            if listing.get_hashed(record.uid(), record.hash).is_none() {
+                push_change(out, record.uid(), Some(&record.pod), None);
             }
         }
     }
@@ -203,18 +287,6 @@ fn presence(state: ContainerState) -> Presence {
         ContainerState::Exited => Presence::Exited,
         ContainerState::Created | ContainerState::Unknown => Presence::Unknown,
     }
-}
-
-fn same_entries(old: &[Container], new: &[Container]) -> bool {
-    old.len() == new.len()
-        && old
-            .iter()
-            .zip(new)
-            .all(|(o, n)| presence(o.state) == presence(n.state) && o.id == n.id)
-}
-
-fn same_states(old: &Pod, new: &Pod) -> bool {
-    same_entries(&old.sandboxes, &new.sandboxes) && same_entries(&old.containers, &new.containers)
 }
 
 fn presence_in(pod: Option<&Arc<Pod>>, id: &ContainerId) -> Presence {
@@ -401,5 +473,32 @@ mod tests {
             ]
         );
         assert!(d.changes()[0].new.is_none());
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use crate::model::PodMeta;
+
+    #[test]
+    fn records_stay_findable_through_inserts_updates_and_removals() {
+        let mut records = Records::new();
+        let pods: Vec<Arc<Pod>> = (0..50)
+            .map(|i| Arc::new(Pod::new(PodMeta::new(format!("uid-{i}"), "p", "ns"))))
+            .collect();
+        for p in &pods {
+            records.apply(p.uid(), Some(p));
+        }
+        // Remove every third pod, from the front, so moved records get re-indexed.
+        for p in pods.iter().step_by(3) {
+            records.apply(p.uid(), None);
+        }
+        records.apply(pods[1].uid(), Some(&pods[1]));
+        for (i, p) in pods.iter().enumerate() {
+            assert_eq!(records.get(p.uid()).is_some(), i % 3 != 0, "pod {i}");
+        }
+        assert_eq!(records.len(), 33);
+        assert_eq!(records.iter().count(), 33);
     }
 }

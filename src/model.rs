@@ -11,33 +11,119 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Longest identifier kept inline. CRI runtimes use 64-hex-digit IDs and
+/// 36-character pod UIDs, so in practice every ID is inline.
+const INLINE_ID: usize = 64;
+
+/// The storage of an identifier: inline when short (comparing two IDs then
+/// reads no other memory, which keeps the diff's hot loop cache-friendly),
+/// shared on the heap otherwise.
+#[derive(Clone)]
+enum IdRepr {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Shared(Arc<str>),
+}
+
+impl IdRepr {
+    fn new(id: &str) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= INLINE_ID => {
+                let mut bytes = [0u8; INLINE_ID];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                IdRepr::Inline { len, bytes }
+            }
+            _ => IdRepr::Shared(Arc::from(id)),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdRepr::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes were copied whole from a `&str`, so they are valid
+            // UTF-8 and the fallback is never taken.
+            IdRepr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            IdRepr::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for IdRepr {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (IdRepr::Inline { len: a, bytes: x }, IdRepr::Inline { len: b, bytes: y }) => {
+                // Whole 16-byte blocks without early exit: the compiler turns
+                // this into a few vector compares instead of a memcmp call.
+                // Bytes past `len` are always zero, so they compare equal.
+                let (x, _) = x.as_chunks::<16>();
+                let (y, _) = y.as_chunks::<16>();
+                a == b
+                    && x.iter()
+                        .zip(y)
+                        .fold(true, |same, (p, q)| same & (u128::from_ne_bytes(*p) == u128::from_ne_bytes(*q)))
+            }
+            _ => self.as_bytes() == other.as_bytes(),
+        }
+    }
+}
+
+impl Eq for IdRepr {}
+
+impl std::hash::Hash for IdRepr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+    }
+}
+
+impl PartialOrd for IdRepr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IdRepr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(IdRepr);
 
         impl $name {
             /// Wraps an identifier as the runtime reported it.
             pub fn new(id: impl AsRef<str>) -> Self {
-                Self(Arc::from(id.as_ref()))
+                Self(IdRepr::new(id.as_ref()))
             }
 
             /// The identifier as a string slice.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
+            }
+
+            /// Whether the identifier is empty.
+            pub fn is_empty(&self) -> bool {
+                self.0.as_bytes().is_empty()
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&*self.0, f)
+                fmt::Debug::fmt(self.as_str(), f)
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
@@ -49,17 +135,31 @@ macro_rules! string_id {
 
         impl From<String> for $name {
             fn from(id: String) -> Self {
-                Self(Arc::from(id))
+                Self::new(id)
             }
         }
 
-        impl std::borrow::Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
+        impl From<&String> for $name {
+            fn from(id: &String) -> Self {
+                Self::new(id)
             }
         }
     };
 }
+
+/// A hash map keyed by our IDs, with a fast seeded hasher.
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The hash of a pod UID, the same everywhere in this process: a listing
+/// computes it once per pod and the diff reuses it to find the pod's record.
+pub fn uid_hash(uid: &PodUid) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(foldhash::fast::RandomState::default).hash_one(uid)
+}
+
+/// A hash set of our IDs, with the same hasher as [`IdMap`].
+pub type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 string_id!(
     /// The UID of a pod (the Kubernetes object UID carried in the sandbox metadata).
@@ -303,7 +403,10 @@ pub enum EntryKind {
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
     pods: Vec<Arc<Pod>>,
-    index: HashMap<PodUid, usize>,
+    /// `uid_hash` of each pod, by position.
+    hashes: Vec<u64>,
+    /// Positions in `pods`, found by `uid_hash`.
+    index: hashbrown::HashTable<u32>,
     duplicates_dropped: usize,
 }
 
@@ -311,8 +414,9 @@ impl Listing {
     /// Builds a listing from the runtime's pods.
     pub fn new(pods: impl IntoIterator<Item = Pod>) -> Self {
         let mut merged: Vec<Pod> = Vec::new();
-        let mut index: HashMap<PodUid, usize> = HashMap::new();
-        let mut seen_ids: HashSet<ContainerId> = HashSet::new();
+        let mut hashes: Vec<u64> = Vec::new();
+        let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
+        let mut seen_ids: IdSet<ContainerId> = IdSet::default();
         let mut duplicates_dropped = 0;
         for pod in pods {
             let Pod {
@@ -320,19 +424,26 @@ impl Listing {
                 sandboxes,
                 containers,
             } = pod;
-            let slot = match index.get(&meta.uid) {
-                Some(&i) => {
+            let hash = uid_hash(&meta.uid);
+            let found = index
+                .find(hash, |&i| merged[i as usize].meta.uid == meta.uid)
+                .map(|&i| i as usize);
+            let slot = match found {
+                Some(i) => {
                     duplicates_dropped += 1;
                     i
                 }
                 None => {
-                    index.insert(meta.uid.clone(), merged.len());
+                    let i = merged.len();
+                    let position = u32::try_from(i).unwrap_or(u32::MAX);
+                    index.insert_unique(hash, position, |&j| hashes[j as usize]);
+                    hashes.push(hash);
                     merged.push(Pod {
                         meta,
                         sandboxes: Vec::with_capacity(sandboxes.len()),
                         containers: Vec::with_capacity(containers.len()),
                     });
-                    merged.len() - 1
+                    i
                 }
             };
             let target = &mut merged[slot];
@@ -353,6 +464,7 @@ impl Listing {
         }
         Listing {
             pods: merged.into_iter().map(Arc::new).collect(),
+            hashes,
             index,
             duplicates_dropped,
         }
@@ -363,14 +475,26 @@ impl Listing {
         &self.pods
     }
 
+    /// The pods with their [`uid_hash`].
+    pub fn hashed_pods(&self) -> impl Iterator<Item = (&Arc<Pod>, u64)> {
+        self.pods.iter().zip(self.hashes.iter().copied())
+    }
+
     /// The pod with this UID, if listed.
     pub fn get(&self, uid: &PodUid) -> Option<&Arc<Pod>> {
-        self.index.get(uid).map(|&i| &self.pods[i])
+        self.get_hashed(uid, uid_hash(uid))
+    }
+
+    /// The pod with this UID, given its [`uid_hash`].
+    pub fn get_hashed(&self, uid: &PodUid, hash: u64) -> Option<&Arc<Pod>> {
+        self.index
+            .find(hash, |&i| self.pods[i as usize].meta.uid == *uid)
+            .map(|&i| &self.pods[i as usize])
     }
 
     /// Whether the pod is listed.
     pub fn contains(&self, uid: &PodUid) -> bool {
-        self.index.contains_key(uid)
+        self.get(uid).is_some()
     }
 
     /// Number of pods.
@@ -463,6 +587,23 @@ impl PodStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_compare_hash_and_print_alike_whether_inline_or_shared() {
+        let short = ContainerId::new("abc");
+        let long_text = "x".repeat(100);
+        let long = ContainerId::new(&long_text);
+        assert_eq!(short.as_str(), "abc");
+        assert_eq!(long.as_str(), long_text);
+        assert_eq!(long, ContainerId::from(long_text.clone()));
+        assert_ne!(short, long);
+        assert!(ContainerId::new("a") < ContainerId::new("b"));
+        assert!(ContainerId::new("").is_empty());
+        let mut set = IdSet::default();
+        set.insert(long.clone());
+        assert!(set.contains(&ContainerId::new(&long_text)));
+        assert_eq!(format!("{short:?}"), "\"abc\"");
+    }
 
     #[test]
     fn listing_merges_repeated_pods_and_drops_repeated_ids() {

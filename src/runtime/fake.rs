@@ -210,3 +210,42 @@ impl Runtime for FakeRuntime {
         &self.stats
     }
 }
+
+/// `count` synthetic pods shaped like a busy node's: each has one ready
+/// sandbox and three running containers, with UUID-like pod UIDs and 64-hex
+/// runtime IDs. Every call allocates fresh strings, so two calls give equal
+/// listings that share no memory, as two real listings would.
+pub fn synthetic_pods(count: usize) -> Vec<Pod> {
+    use crate::model::{Container, ContainerState, PodMeta};
+    (0..count)
+        .map(|i| {
+            let uid = format!("{:08x}-0000-4000-8000-{:012x}", i, i);
+            let mut pod = Pod::new(
+                PodMeta::new(uid.as_str(), format!("pod-{i}"), "bench").with_label("app", format!("app-{}", i % 50)),
+            )
+            .with_sandbox(Container::new(runtime_id(i, 0), format!("pod-{i}"), ContainerState::Running));
+            for c in 1..=3 {
+                pod = pod.with_container(
+                    Container::new(runtime_id(i, c), format!("container-{c}"), ContainerState::Running),
+                );
+            }
+            pod
+        })
+        .collect()
+}
+
+/// A deterministic 64-hex-digit runtime ID for entry `entry` of pod `pod`.
+pub fn runtime_id(pod: usize, entry: usize) -> String {
+    let mut x = (pod as u64) << 8 | entry as u64;
+    let mut id = String::with_capacity(64);
+    for _ in 0..4 {
+        // splitmix64: spreads the bits so IDs look like a runtime's.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        id.push_str(&format!("{z:016x}"));
+    }
+    id
+}

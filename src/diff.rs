@@ -55,6 +55,8 @@ pub struct Records {
 #[derive(Clone, Debug)]
 struct Record {
     hash: u64,
+    /// Kept inline so that finding a record reads no other memory.
+    uid: PodUid,
     pod: Arc<Pod>,
     /// Sandboxes, then containers, in listing order.
     keys: Box<[EntryKey]>,
@@ -79,13 +81,14 @@ impl Record {
             .collect();
         Record {
             hash,
+            uid: pod.uid().clone(),
             pod: pod.clone(),
             keys,
         }
     }
 
     fn uid(&self) -> &PodUid {
-        self.pod.uid()
+        &self.uid
     }
 
     /// Whether the listed pod has the same IDs in the same states, in the same
@@ -252,15 +255,15 @@ pub fn diff(records: &Records, listing: &Listing) -> Diff {
 pub fn diff_into(records: &Records, listing: &Listing, out: &mut Diff) {
     out.clear();
     let mut matched = 0usize;
-    for (pod, hash) in listing.hashed_pods() {
-        let record = records.find(pod.uid(), hash);
+    for (pod, uid, hash) in listing.keyed_pods() {
+        let record = records.find(uid, hash);
         if let Some(record) = record {
             matched += 1;
             if record.same_states(pod) {
                 continue;
             }
         }
-        push_change(out, pod.uid(), record.map(|r| &r.pod), Some(pod));
+        push_change(out, uid, record.map(|r| &r.pod), Some(pod));
     }
     if matched < records.len() {
         for record in &records.entries {

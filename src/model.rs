@@ -403,8 +403,9 @@ pub enum EntryKind {
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
     pods: Vec<Arc<Pod>>,
-    /// `uid_hash` of each pod, by position.
-    hashes: Vec<u64>,
+    /// UID and `uid_hash` of each pod, by position, kept apart from the pods
+    /// so that walking them reads memory in order.
+    keys: Vec<(PodUid, u64)>,
     /// Positions in `pods`, found by `uid_hash`.
     index: hashbrown::HashTable<u32>,
     duplicates_dropped: usize,
@@ -414,7 +415,7 @@ impl Listing {
     /// Builds a listing from the runtime's pods.
     pub fn new(pods: impl IntoIterator<Item = Pod>) -> Self {
         let mut merged: Vec<Pod> = Vec::new();
-        let mut hashes: Vec<u64> = Vec::new();
+        let mut keys: Vec<(PodUid, u64)> = Vec::new();
         let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
         let mut seen_ids: IdSet<ContainerId> = IdSet::default();
         let mut duplicates_dropped = 0;
@@ -426,7 +427,7 @@ impl Listing {
             } = pod;
             let hash = uid_hash(&meta.uid);
             let found = index
-                .find(hash, |&i| merged[i as usize].meta.uid == meta.uid)
+                .find(hash, |&i| keys[i as usize].0 == meta.uid)
                 .map(|&i| i as usize);
             let slot = match found {
                 Some(i) => {
@@ -436,8 +437,8 @@ impl Listing {
                 None => {
                     let i = merged.len();
                     let position = u32::try_from(i).unwrap_or(u32::MAX);
-                    index.insert_unique(hash, position, |&j| hashes[j as usize]);
-                    hashes.push(hash);
+                    index.insert_unique(hash, position, |&j| keys[j as usize].1);
+                    keys.push((meta.uid.clone(), hash));
                     merged.push(Pod {
                         meta,
                         sandboxes: Vec::with_capacity(sandboxes.len()),
@@ -464,7 +465,7 @@ impl Listing {
         }
         Listing {
             pods: merged.into_iter().map(Arc::new).collect(),
-            hashes,
+            keys,
             index,
             duplicates_dropped,
         }
@@ -475,9 +476,9 @@ impl Listing {
         &self.pods
     }
 
-    /// The pods with their [`uid_hash`].
-    pub fn hashed_pods(&self) -> impl Iterator<Item = (&Arc<Pod>, u64)> {
-        self.pods.iter().zip(self.hashes.iter().copied())
+    /// The pods with their UID and [`uid_hash`].
+    pub fn keyed_pods(&self) -> impl Iterator<Item = (&Arc<Pod>, &PodUid, u64)> {
+        self.pods.iter().zip(&self.keys).map(|(p, (uid, hash))| (p, uid, *hash))
     }
 
     /// The pod with this UID, if listed.
@@ -488,7 +489,7 @@ impl Listing {
     /// The pod with this UID, given its [`uid_hash`].
     pub fn get_hashed(&self, uid: &PodUid, hash: u64) -> Option<&Arc<Pod>> {
         self.index
-            .find(hash, |&i| self.pods[i as usize].meta.uid == *uid)
+            .find(hash, |&i| self.keys[i as usize].0 == *uid)
             .map(|&i| &self.pods[i as usize])
     }
 

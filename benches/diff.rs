@@ -1,3 +1,4 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 //! The diff core on 100, 1,000 and 10,000 pods (one sandbox and three
 //! containers each) at 0 %, 1 % and 10 % churn. IDs: `diff/<pods>/<churn %>`.
 //!
@@ -24,7 +25,11 @@ fn churned(pods: usize, percent: usize) -> Vec<Pod> {
         if k % 2 == 0 {
             listing[i].containers[0].state = ContainerState::Exited;
         } else {
-            let mut replacement = Pod::new(PodMeta::new(format!("replacement-{i}"), format!("new-{i}"), "bench"));
+            let mut replacement = Pod::new(PodMeta::new(
+                format!("replacement-{i}"),
+                format!("new-{i}"),
+                "bench",
+            ));
             replacement.sandboxes = listing[i].sandboxes.clone();
             replacement.containers = listing[i].containers.clone();
             for (n, c) in replacement
@@ -53,12 +58,16 @@ fn bench_diff(c: &mut Criterion) {
         for churn in [0usize, 1, 10] {
             let listing = Listing::new(churned(pods, churn));
             group.throughput(Throughput::Elements(pods as u64));
-            group.bench_with_input(BenchmarkId::new(pods.to_string(), churn), &listing, |b, listing| {
-                b.iter(|| {
-                    diff_into(black_box(&records), black_box(listing), &mut out);
-                    black_box(out.events().len())
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new(pods.to_string(), churn),
+                &listing,
+                |b, listing| {
+                    b.iter(|| {
+                        diff_into(black_box(&records), black_box(listing), &mut out);
+                        black_box(out.events().len())
+                    })
+                },
+            );
         }
     }
     group.finish();

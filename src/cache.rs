@@ -224,11 +224,29 @@ mod tests {
         let cache = PodCache::new();
         let uid = PodUid::new("p");
         let t = Instant::now();
-        assert!(cache.set(&uid, status("p", &["10.0.0.1"], ContainerState::Running), None, t));
+        assert!(cache.set(
+            &uid,
+            status("p", &["10.0.0.1"], ContainerState::Running),
+            None,
+            t
+        ));
         let older = t - Duration::from_secs(1);
-        assert!(!cache.set(&uid, status("p", &["10.0.0.2"], ContainerState::Running), None, older));
-        assert_eq!(cache.get(&uid).map(|e| e.status.ips.clone()), Some(vec!["10.0.0.1".into()]));
-        assert!(cache.set(&uid, status("p", &["10.0.0.3"], ContainerState::Running), None, t));
+        assert!(!cache.set(
+            &uid,
+            status("p", &["10.0.0.2"], ContainerState::Running),
+            None,
+            older
+        ));
+        assert_eq!(
+            cache.get(&uid).map(|e| e.status.ips.clone()),
+            Some(vec!["10.0.0.1".into()])
+        );
+        assert!(cache.set(
+            &uid,
+            status("p", &["10.0.0.3"], ContainerState::Running),
+            None,
+            t
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -236,9 +254,17 @@ mod tests {
         let cache = PodCache::new();
         let uid = PodUid::new("p");
         let t = Instant::now();
-        cache.set(&uid, status("p", &["10.0.0.1"], ContainerState::Running), None, t);
+        cache.set(
+            &uid,
+            status("p", &["10.0.0.1"], ContainerState::Running),
+            None,
+            t,
+        );
         cache.set(&uid, status("p", &[], ContainerState::Exited), None, t);
-        assert_eq!(cache.get(&uid).map(|e| e.status.ips.clone()), Some(vec!["10.0.0.1".into()]));
+        assert_eq!(
+            cache.get(&uid).map(|e| e.status.ips.clone()),
+            Some(vec!["10.0.0.1".into()])
+        );
         cache.set(&uid, status("p", &[], ContainerState::Running), None, t);
         assert_eq!(cache.get(&uid).map(|e| e.status.ips.clone()), Some(vec![]));
     }
@@ -256,7 +282,12 @@ mod tests {
         });
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(!waiter.is_finished());
-        cache.set(&uid, status("p", &["10.0.0.9"], ContainerState::Running), None, Instant::now());
+        cache.set(
+            &uid,
+            status("p", &["10.0.0.9"], ContainerState::Running),
+            None,
+            Instant::now(),
+        );
         let entry = waiter.await.expect("waiter task").expect("pod entry");
         assert_eq!(entry.status.ips, ["10.0.0.9"]);
     }
@@ -265,7 +296,12 @@ mod tests {
     async fn delete_forgets_the_pod() {
         let cache = PodCache::new();
         let uid = PodUid::new("p");
-        cache.set(&uid, status("p", &[], ContainerState::Running), None, Instant::now());
+        cache.set(
+            &uid,
+            status("p", &[], ContainerState::Running),
+            None,
+            Instant::now(),
+        );
         cache.delete(&uid);
         assert!(cache.get(&uid).is_none());
         assert!(cache.is_empty());

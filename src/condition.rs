@@ -39,7 +39,10 @@ impl fmt::Debug for Conditions {
         let pods = self.pods.lock();
         let mut map = f.debug_map();
         for (uid, conditions) in pods.iter() {
-            let keys: Vec<(&str, u64)> = conditions.values().map(|v| (v.key.as_str(), v.version)).collect();
+            let keys: Vec<(&str, u64)> = conditions
+                .values()
+                .map(|v| (v.key.as_str(), v.version))
+                .collect();
             map.entry(uid, &keys);
         }
         map.finish()
@@ -127,7 +130,10 @@ impl Conditions {
         let mut pods = self.pods.lock();
         if let Some(conditions) = pods.get_mut(uid) {
             for done in &met {
-                if conditions.get(&done.key).is_some_and(|c| c.version == done.version) {
+                if conditions
+                    .get(&done.key)
+                    .is_some_and(|c| c.version == done.version)
+                {
                     conditions.remove(&done.key);
                 }
             }
@@ -152,10 +158,12 @@ pub fn running_container_condition(
     condition: impl Fn(&Container) -> bool + Send + Sync + 'static,
 ) -> WatchCondition {
     let name = container_name.into();
-    Arc::new(move |status: &PodStatus| match status.container_by_name(&name) {
-        Some(c) if c.state == ContainerState::Running => condition(c),
-        _ => true,
-    })
+    Arc::new(
+        move |status: &PodStatus| match status.container_by_name(&name) {
+            Some(c) if c.state == ContainerState::Running => condition(c),
+            _ => true,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -166,7 +174,8 @@ mod tests {
     fn status_with(containers: &[(&str, ContainerState)]) -> PodStatus {
         let mut s = PodStatus::new(Arc::new(PodMeta::new("p", "p", "ns")));
         for (name, state) in containers {
-            s.containers.push(Container::new(format!("id-{name}"), *name, *state));
+            s.containers
+                .push(Container::new(format!("id-{name}"), *name, *state));
         }
         s
     }

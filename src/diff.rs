@@ -29,15 +29,17 @@
 //! capacity between relists). `benches/diff.rs` measures it.
 //!
 //! # Order
-//! Within a pod: listed sandboxes, then listed containers, then containers and
-//! sandboxes that are gone. A pod comes up sandbox first and goes down
-//! containers first.
+//! Within a pod: sandboxes that are now running, then listed containers, then
+//! the other listed sandboxes, then containers and sandboxes that are gone. A
+//! pod comes up sandbox first and goes down containers first.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use crate::event::EventType;
-use crate::model::{Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid, uid_hash};
+use crate::model::{
+    Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid, uid_hash,
+};
 
 /// What the generator remembers of each pod: the listing entry it last
 /// accepted, with the IDs and states the diff compares laid out contiguously,
@@ -148,7 +150,9 @@ impl Records {
     pub fn apply(&mut self, uid: &PodUid, new: Option<&Arc<Pod>>) {
         let hash = uid_hash(uid);
         let entries = &self.entries;
-        let found = self.index.find_entry(hash, |&i| entries[i as usize].uid() == uid);
+        let found = self
+            .index
+            .find_entry(hash, |&i| entries[i as usize].uid() == uid);
         match (found, new) {
             (Ok(slot), Some(pod)) => {
                 let i = *slot.get() as usize;
@@ -297,7 +301,13 @@ fn presence_in(pod: Option<&Arc<Pod>>, id: &ContainerId) -> Presence {
         .map_or(Presence::Absent, |(c, _)| presence(c.state))
 }
 
-fn transition(old: Presence, new: Presence, id: &ContainerId, entry: EntryKind, out: &mut Vec<DiffEvent>) {
+fn transition(
+    old: Presence,
+    new: Presence,
+    id: &ContainerId,
+    entry: EntryKind,
+    out: &mut Vec<DiffEvent>,
+) {
     if old == new {
         return;
     }
@@ -321,17 +331,47 @@ fn transition(old: Presence, new: Presence, id: &ContainerId, entry: EntryKind, 
     }
 }
 
+/// Transitions of listed entries; `running` selects only entries that are
+/// (`Some(true)`) or are not (`Some(false)`) running now.
+fn listed_events(
+    old: Option<&Arc<Pod>>,
+    entries: &[Container],
+    entry: EntryKind,
+    running: Option<bool>,
+    out: &mut Vec<DiffEvent>,
+) {
+    for c in entries {
+        let now = presence(c.state);
+        if running.is_none_or(|r| r == (now == Presence::Running)) {
+            transition(presence_in(old, &c.id), now, &c.id, entry, out);
+        }
+    }
+}
+
 fn push_change(out: &mut Diff, uid: &PodUid, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>) {
     let start = out.events.len();
     if let Some(pod) = new {
-        for (entries, entry) in [
-            (&pod.sandboxes, EntryKind::Sandbox),
-            (&pod.containers, EntryKind::Container),
-        ] {
-            for c in entries {
-                transition(presence_in(old, &c.id), presence(c.state), &c.id, entry, &mut out.events);
-            }
-        }
+        listed_events(
+            old,
+            &pod.sandboxes,
+            EntryKind::Sandbox,
+            Some(true),
+            &mut out.events,
+        );
+        listed_events(
+            old,
+            &pod.containers,
+            EntryKind::Container,
+            None,
+            &mut out.events,
+        );
+        listed_events(
+            old,
+            &pod.sandboxes,
+            EntryKind::Sandbox,
+            Some(false),
+            &mut out.events,
+        );
     }
     if let Some(pod) = old {
         for (entries, entry) in [
@@ -340,7 +380,13 @@ fn push_change(out: &mut Diff, uid: &PodUid, old: Option<&Arc<Pod>>, new: Option
         ] {
             for c in entries {
                 if presence_in(new, &c.id) == Presence::Absent {
-                    transition(presence(c.state), Presence::Absent, &c.id, entry, &mut out.events);
+                    transition(
+                        presence(c.state),
+                        Presence::Absent,
+                        &c.id,
+                        entry,
+                        &mut out.events,
+                    );
                 }
             }
         }
@@ -363,9 +409,11 @@ mod tests {
     use EventType::*;
 
     fn pod(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
-        containers.iter().fold(Pod::new(PodMeta::new(uid, uid, "ns")), |p, (id, s)| {
-            p.with_container(Container::new(*id, *id, *s))
-        })
+        containers
+            .iter()
+            .fold(Pod::new(PodMeta::new(uid, uid, "ns")), |p, (id, s)| {
+                p.with_container(Container::new(*id, *id, *s))
+            })
     }
 
     fn accept_all(records: &mut Records, d: &Diff) {
@@ -401,9 +449,8 @@ mod tests {
         ];
         for (old_state, old_p) in states {
             for (new_state, new_p) in states {
-                let listing_of = |s: Option<ContainerState>| {
-                    Listing::new(s.map(|s| pod("p", &[("c", s)])))
-                };
+                let listing_of =
+                    |s: Option<ContainerState>| Listing::new(s.map(|s| pod("p", &[("c", s)])));
                 let mut records = Records::new();
                 accept_listing(&mut records, &listing_of(old_state));
                 let d = diff(&records, &listing_of(new_state));
@@ -447,7 +494,10 @@ mod tests {
         let mut records = Records::new();
         let first = Listing::new([pod("a", &[("c1", Running), ("c2", Exited)])]);
         accept_listing(&mut records, &first);
-        let d = diff(&records, &Listing::new([pod("a", &[("c2", Exited), ("c1", Running)])]));
+        let d = diff(
+            &records,
+            &Listing::new([pod("a", &[("c2", Exited), ("c1", Running)])]),
+        );
         assert!(d.is_empty());
     }
 
@@ -461,7 +511,10 @@ mod tests {
         let order: Vec<_> = d.events().iter().map(|e| (e.kind, e.entry)).collect();
         assert_eq!(
             order,
-            [(ContainerStarted, EntryKind::Sandbox), (ContainerStarted, EntryKind::Container)]
+            [
+                (ContainerStarted, EntryKind::Sandbox),
+                (ContainerStarted, EntryKind::Container)
+            ]
         );
         accept_all(&mut records, &d);
         let d = diff(&records, &Listing::default());
@@ -476,6 +529,27 @@ mod tests {
             ]
         );
         assert!(d.changes()[0].new.is_none());
+    }
+
+    #[test]
+    fn a_listed_pod_that_stops_reports_its_containers_before_its_sandbox() {
+        let up = Pod::new(PodMeta::new("p", "p", "ns"))
+            .with_sandbox(Container::new("s", "p", Running))
+            .with_container(Container::new("c", "app", Running));
+        let down = Pod::new(PodMeta::new("p", "p", "ns"))
+            .with_sandbox(Container::new("s", "p", Exited))
+            .with_container(Container::new("c", "app", Exited));
+        let mut records = Records::new();
+        accept_listing(&mut records, &Listing::new([up]));
+        let d = diff(&records, &Listing::new([down]));
+        let order: Vec<_> = d.events().iter().map(|e| (e.kind, e.entry)).collect();
+        assert_eq!(
+            order,
+            [
+                (ContainerDied, EntryKind::Container),
+                (ContainerDied, EntryKind::Sandbox)
+            ]
+        );
     }
 }
 

@@ -25,7 +25,7 @@
 use std::collections::HashSet;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -39,7 +39,7 @@ use crate::diff::{Diff, DiffEvent, Records, diff_into};
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 use crate::health::{self, RelistDuration, Unhealthy};
 use crate::hub::{self, Hub, SubscribeOptions, Subscription};
-use crate::model::{ContainerState, Listing, Pod, PodMeta, PodStatus, PodUid};
+use crate::model::{ContainerState, IdSet, Listing, Pod, PodMeta, PodStatus, PodUid};
 use crate::runtime::{self, Runtime, bounded};
 
 /// Errors of the generator's control API.
@@ -82,7 +82,11 @@ impl RuntimeCounts {
     pub fn of(listing: &Listing) -> Self {
         let mut counts = RuntimeCounts::default();
         for pod in listing.pods() {
-            if pod.sandboxes.iter().any(|s| s.state == ContainerState::Running) {
+            if pod
+                .sandboxes
+                .iter()
+                .any(|s| s.state == ContainerState::Running)
+            {
                 counts.running_pods += 1;
             }
             for c in &pod.containers {
@@ -119,6 +123,8 @@ pub struct Stats {
     status_failures: AtomicU64,
     events: [AtomicU64; 6],
     last_relist_nanos: AtomicU64,
+    duplicates_dropped: AtomicU64,
+    duplicates_seen: AtomicBool,
 }
 
 /// A copy of the counters.
@@ -134,6 +140,8 @@ pub struct StatsSnapshot {
     pub events: [u64; 6],
     /// Duration of the last successful relist.
     pub last_relist_duration: Duration,
+    /// Repeated pod UIDs and container IDs folded away from listings.
+    pub duplicates_dropped: u64,
 }
 
 impl StatsSnapshot {
@@ -245,10 +253,10 @@ impl GenericPleg {
         let running = self.inner.running.lock().take();
         if let Some(Running { cancel, task }) = running {
             cancel.cancel();
-            if let Err(e) = task.await {
-                if e.is_panic() {
-                    tracing::error!("relist loop panicked: {e}");
-                }
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!("relist loop panicked: {e}");
             }
         }
     }
@@ -347,6 +355,7 @@ impl GenericPleg {
             status_failures: s.status_failures.load(Ordering::Relaxed),
             events: std::array::from_fn(|i| s.events[i].load(Ordering::Relaxed)),
             last_relist_duration: Duration::from_nanos(s.last_relist_nanos.load(Ordering::Relaxed)),
+            duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -392,7 +401,9 @@ impl Inner {
     async fn relist(&self) -> runtime::Result<RelistSummary> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
-        let listing = match bounded("ListPods", self.request_timeout, self.runtime.list_pods()).await {
+        let listing = match bounded("ListPods", self.request_timeout, self.runtime.list_pods())
+            .await
+        {
             Ok(listing) => listing,
             Err(e) => {
                 self.stats.relist_failures.fetch_add(1, Ordering::Relaxed);
@@ -402,11 +413,20 @@ impl Inner {
         };
         *self.last_success.lock() = Some(started);
         *self.counts.lock() = RuntimeCounts::of(&listing);
-        if listing.duplicates_dropped() > 0 {
-            tracing::warn!(
-                duplicates = listing.duplicates_dropped(),
-                "relist: runtime listed some pods or containers more than once; kept the first"
-            );
+        let duplicates = listing.duplicates_dropped();
+        if duplicates > 0 {
+            self.stats
+                .duplicates_dropped
+                .fetch_add(duplicates as u64, Ordering::Relaxed);
+            // Warn when it starts, not on every relist while it lasts.
+            if !self.stats.duplicates_seen.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    duplicates,
+                    "relist: runtime listed some pods or containers more than once; kept the first sighting"
+                );
+            }
+        } else {
+            self.stats.duplicates_seen.store(false, Ordering::Relaxed);
         }
 
         let RelistState {
@@ -425,7 +445,10 @@ impl Inner {
         for change in diff.changes() {
             let events = diff.events_of(change);
             let outcome = match &change.new {
-                Some(new) => self.inspect(records, new, change.old.as_ref(), events).await,
+                Some(new) => {
+                    self.inspect(records, new, change.old.as_ref(), events)
+                        .await
+                }
                 None => self.forget(records, &change.uid, change.old.as_ref(), events),
             };
             summary.record(outcome, &mut failed, &change.uid);
@@ -438,12 +461,20 @@ impl Inner {
         extra.extend(requested);
         extra.sort_unstable();
         extra.dedup();
+        let changed: IdSet<&PodUid> = if extra.is_empty() {
+            IdSet::default()
+        } else {
+            diff.changes().iter().map(|c| &c.uid).collect()
+        };
         for uid in extra {
-            if diff.change_of(&uid).is_some() {
+            if changed.contains(&uid) {
                 continue;
             }
             let outcome = match listing.get(&uid) {
-                Some(pod) => self.inspect(records, pod, records.get(&uid).cloned().as_ref(), &[]).await,
+                Some(pod) => {
+                    self.inspect(records, pod, records.get(&uid).cloned().as_ref(), &[])
+                        .await
+                }
                 None if self.cache.get(&uid).is_some() => self.forget(records, &uid, None, &[]),
                 None => continue,
             };
@@ -453,9 +484,10 @@ impl Inner {
         *reinspect = failed;
         self.cache.update_time(started);
         self.stats.relists.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .last_relist_nanos
-            .store(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.stats.last_relist_nanos.store(
+            started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         Ok(summary)
     }
 
@@ -471,7 +503,13 @@ impl Inner {
     ) -> Option<usize> {
         let uid = pod.uid();
         let fetched_at = Instant::now();
-        let status = match bounded("PodStatus", self.request_timeout, self.runtime.pod_status(pod)).await {
+        let status = match bounded(
+            "PodStatus",
+            self.request_timeout,
+            self.runtime.pod_status(pod),
+        )
+        .await
+        {
             Ok(status) => status,
             Err(e) => {
                 self.stats.status_failures.fetch_add(1, Ordering::Relaxed);
@@ -484,7 +522,8 @@ impl Inner {
                     .get(uid)
                     .map(|entry| (*entry.status).clone())
                     .unwrap_or_else(|| PodStatus::new(pod.meta.clone()));
-                self.cache.set(uid, last_good, Some(Arc::new(e)), fetched_at);
+                self.cache
+                    .set(uid, last_good, Some(Arc::new(e)), fetched_at);
                 return None;
             }
         };
@@ -506,7 +545,13 @@ impl Inner {
 
     /// Handles a pod that is gone from the runtime: drops its cache entry and
     /// record, and publishes its last events.
-    fn forget(&self, records: &mut Records, uid: &PodUid, old: Option<&Arc<Pod>>, events: &[DiffEvent]) -> Option<usize> {
+    fn forget(
+        &self,
+        records: &mut Records,
+        uid: &PodUid,
+        old: Option<&Arc<Pod>>,
+        events: &[DiffEvent],
+    ) -> Option<usize> {
         let last_status = self.cache.get(uid).map(|e| e.status);
         self.cache.delete(uid);
         records.apply(uid, None);
@@ -515,7 +560,15 @@ impl Inner {
         };
         let batch = events
             .iter()
-            .map(|e| Arc::new(build_event(&old.meta, e, last_status.as_deref(), None, Some(old))))
+            .map(|e| {
+                Arc::new(build_event(
+                    &old.meta,
+                    e,
+                    last_status.as_deref(),
+                    None,
+                    Some(old),
+                ))
+            })
             .collect();
         Some(self.publish(batch))
     }
@@ -575,12 +628,12 @@ fn build_event(
         attempt: described.map_or(0, |c| c.attempt),
         kind: event.entry,
     });
-    if event.kind == EventType::ContainerDied {
-        if let Some(c) = from_status.filter(|c| c.state == ContainerState::Exited) {
-            out.exit_code = c.exit_code;
-            out.reason = c.reason.clone();
-            out.runtime_time = c.finished_at;
-        }
+    if event.kind == EventType::ContainerDied
+        && let Some(c) = from_status.filter(|c| c.state == ContainerState::Exited)
+    {
+        out.exit_code = c.exit_code;
+        out.reason = c.reason.clone();
+        out.runtime_time = c.finished_at;
     }
     if event.kind == EventType::ContainerStarted {
         out.runtime_time = from_status.and_then(|c| c.started_at);

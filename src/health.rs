@@ -54,7 +54,11 @@ pub enum Unhealthy {
 }
 
 /// Judges health from the start time of the last successful relist.
-pub fn check(last_success: Option<Instant>, now: Instant, threshold: Duration) -> Result<(), Unhealthy> {
+pub fn check(
+    last_success: Option<Instant>,
+    now: Instant,
+    threshold: Duration,
+) -> Result<(), Unhealthy> {
     let Some(last) = last_success else {
         return Err(Unhealthy::NeverSucceeded);
     };
@@ -96,12 +100,18 @@ impl fmt::Display for GoDuration {
         } else if minutes > 0 {
             write!(f, "{minutes}m")?;
         }
-        let secs_nanos = u128::from(total_secs % 60) * 1_000_000_000 + u128::from(self.0.subsec_nanos());
+        let secs_nanos =
+            u128::from(total_secs % 60) * 1_000_000_000 + u128::from(self.0.subsec_nanos());
         write_fraction(f, secs_nanos, 1_000_000_000, "s")
     }
 }
 
-fn write_fraction(f: &mut fmt::Formatter<'_>, value: u128, unit: u128, suffix: &str) -> fmt::Result {
+fn write_fraction(
+    f: &mut fmt::Formatter<'_>,
+    value: u128,
+    unit: u128,
+    suffix: &str,
+) -> fmt::Result {
     let whole = value / unit;
     let frac = value % unit;
     if frac == 0 {
@@ -143,7 +153,10 @@ mod tests {
             check(None, now, threshold).map_err(|e| e.to_string()),
             Err("pleg has yet to be successful".to_string())
         );
-        assert_eq!(check(Some(now), now + Duration::from_secs(180), threshold), Ok(()));
+        assert_eq!(
+            check(Some(now), now + Duration::from_secs(180), threshold),
+            Ok(())
+        );
         assert_eq!(
             check(Some(now), now + Duration::from_secs(185), threshold).map_err(|e| e.to_string()),
             Err("pleg was last seen active 3m5s ago; threshold is 3m0s".to_string())

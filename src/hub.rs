@@ -91,20 +91,20 @@ impl Filter {
         if event.kind == EventType::ContainerChanged && !self.include_container_changed {
             return false;
         }
-        if let Some(kinds) = &self.kinds {
-            if !kinds.contains(&event.kind) {
-                return false;
-            }
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&event.kind)
+        {
+            return false;
         }
-        if let Some(uids) = &self.pod_uids {
-            if !uids.contains(&event.pod.uid) {
-                return false;
-            }
+        if let Some(uids) = &self.pod_uids
+            && !uids.contains(&event.pod.uid)
+        {
+            return false;
         }
-        if let Some(ns) = &self.namespace {
-            if &event.pod.namespace != ns {
-                return false;
-            }
+        if let Some(ns) = &self.namespace
+            && &event.pod.namespace != ns
+        {
+            return false;
         }
         self.labels
             .iter()
@@ -164,7 +164,8 @@ impl Slot {
             let needed = matching + usize::from(q.pending_missed > 0);
             if q.items.len() + needed > self.capacity {
                 q.pending_missed += matching as u64;
-                self.missed_total.fetch_add(matching as u64, Ordering::Relaxed);
+                self.missed_total
+                    .fetch_add(matching as u64, Ordering::Relaxed);
                 return matching as u64;
             }
             if q.pending_missed > 0 {
@@ -267,7 +268,10 @@ impl Hub {
         }
         if dropped > 0 {
             self.inner.discarded.fetch_add(dropped, Ordering::Relaxed);
-            tracing::debug!(dropped, "subscriber queue full; events held back, Resync queued");
+            tracing::debug!(
+                dropped,
+                "subscriber queue full; events held back, Resync queued"
+            );
         }
     }
 
@@ -393,7 +397,7 @@ mod tests {
         let started = event("a", "ns", EventType::ContainerStarted);
         hub.publish(&[started.clone(), started.clone()]);
         hub.publish(&[started.clone(), started.clone()]);
-        hub.publish(&[started.clone()]);
+        hub.publish(std::slice::from_ref(&started));
         let mut got = Vec::new();
         while let Some(d) = sub.try_recv() {
             got.push(d);
@@ -404,7 +408,7 @@ mod tests {
         assert_eq!(got[2], Delivery::Resync { missed: 3 });
         assert_eq!(sub.missed_total(), 3);
         assert_eq!(hub.discarded(), 3);
-        hub.publish(&[started.clone()]);
+        hub.publish(std::slice::from_ref(&started));
         assert!(matches!(sub.try_recv(), Some(Delivery::Event(_))));
     }
 
@@ -434,10 +438,17 @@ mod tests {
         hub.publish(&[event("a", "prod", EventType::ContainerStarted)]);
         hub.publish(&[event("b", "dev", EventType::ContainerDied)]);
         hub.publish(&[event("b", "dev", EventType::ContainerChanged)]);
-        assert_eq!(by_ns.try_recv().and_then(|d| d.event().map(|e| e.pod.uid.clone())), Some(PodUid::new("a")));
+        assert_eq!(
+            by_ns
+                .try_recv()
+                .and_then(|d| d.event().map(|e| e.pod.uid.clone())),
+            Some(PodUid::new("a"))
+        );
         assert!(by_ns.try_recv().is_none());
         assert_eq!(
-            by_kind_and_uid.try_recv().and_then(|d| d.event().map(|e| e.kind)),
+            by_kind_and_uid
+                .try_recv()
+                .and_then(|d| d.event().map(|e| e.kind)),
             Some(EventType::ContainerDied)
         );
         assert!(by_kind_and_uid.try_recv().is_none());

@@ -79,3 +79,8 @@ pub use health::{RelistDuration, Unhealthy};
 pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
 pub use model::{ContainerId, PodUid};
 pub use runtime::Runtime;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

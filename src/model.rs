@@ -63,9 +63,9 @@ impl PartialEq for IdRepr {
                 let (x, _) = x.as_chunks::<16>();
                 let (y, _) = y.as_chunks::<16>();
                 a == b
-                    && x.iter()
-                        .zip(y)
-                        .fold(true, |same, (p, q)| same & (u128::from_ne_bytes(*p) == u128::from_ne_bytes(*q)))
+                    && x.iter().zip(y).fold(true, |same, (p, q)| {
+                        same & (u128::from_ne_bytes(*p) == u128::from_ne_bytes(*q))
+                    })
             }
             _ => self.as_bytes() == other.as_bytes(),
         }
@@ -155,7 +155,8 @@ pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub fn uid_hash(uid: &PodUid) -> u64 {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
-    SEED.get_or_init(foldhash::fast::RandomState::default).hash_one(uid)
+    SEED.get_or_init(foldhash::fast::RandomState::default)
+        .hash_one(uid)
 }
 
 /// A hash set of our IDs, with the same hasher as [`IdMap`].
@@ -255,7 +256,11 @@ pub struct PodMeta {
 
 impl PodMeta {
     /// A pod identity without labels.
-    pub fn new(uid: impl Into<PodUid>, name: impl Into<String>, namespace: impl Into<String>) -> Self {
+    pub fn new(
+        uid: impl Into<PodUid>,
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> Self {
         PodMeta {
             uid: uid.into(),
             name: name.into(),
@@ -478,7 +483,10 @@ impl Listing {
 
     /// The pods with their UID and [`uid_hash`].
     pub fn keyed_pods(&self) -> impl Iterator<Item = (&Arc<Pod>, &PodUid, u64)> {
-        self.pods.iter().zip(&self.keys).map(|(p, (uid, hash))| (p, uid, *hash))
+        self.pods
+            .iter()
+            .zip(&self.keys)
+            .map(|(p, (uid, hash))| (p, uid, *hash))
     }
 
     /// The pod with this UID, if listed.
@@ -612,8 +620,11 @@ mod tests {
             .with_sandbox(Container::new("s1", "a", ContainerState::Running))
             .with_container(Container::new("c1", "app", ContainerState::Running))
             .with_container(Container::new("c1", "app", ContainerState::Exited));
-        let a_again = Pod::new(PodMeta::new("a", "a", "ns"))
-            .with_container(Container::new("c2", "side", ContainerState::Running));
+        let a_again = Pod::new(PodMeta::new("a", "a", "ns")).with_container(Container::new(
+            "c2",
+            "side",
+            ContainerState::Running,
+        ));
         let listing = Listing::new([a, a_again]);
         assert_eq!(listing.len(), 1);
         let pod = listing.get(&PodUid::new("a")).expect("pod a listed");
@@ -625,17 +636,25 @@ mod tests {
 
     #[test]
     fn cri_numbers_outside_the_enum_are_not_guessed() {
-        assert_eq!(ContainerState::from_cri_container(1), Some(ContainerState::Running));
+        assert_eq!(
+            ContainerState::from_cri_container(1),
+            Some(ContainerState::Running)
+        );
         assert_eq!(ContainerState::from_cri_container(42), None);
         assert_eq!(ContainerState::from_cri_container(-1), None);
-        assert_eq!(ContainerState::from_cri_sandbox(0), Some(ContainerState::Running));
+        assert_eq!(
+            ContainerState::from_cri_sandbox(0),
+            Some(ContainerState::Running)
+        );
         assert_eq!(ContainerState::from_cri_sandbox(7), None);
     }
 
     #[test]
     fn container_by_name_prefers_the_newest_attempt() {
         let mut status = PodStatus::new(Arc::new(PodMeta::new("p", "p", "ns")));
-        status.containers.push(Container::new("old", "app", ContainerState::Exited));
+        status
+            .containers
+            .push(Container::new("old", "app", ContainerState::Exited));
         status
             .containers
             .push(Container::new("new", "app", ContainerState::Running).with_attempt(1));

@@ -130,5 +130,9 @@ fn allocations_of_a_no_change_relist_do_not_grow_with_the_number_of_pods() {
         per_size.iter().all(|&a| a == per_size[0]),
         "allocations grew with the pods: {per_size:?}"
     );
-    assert!(per_size[0] < 16, "a handful of fixed allocations, got {}", per_size[0]);
+    assert!(
+        per_size[0] < 16,
+        "a handful of fixed allocations, got {}",
+        per_size[0]
+    );
 }

@@ -14,12 +14,16 @@ async fn get_newer_than_is_woken_by_the_global_time_for_a_pod_that_does_not_exis
     let (_runtime, pleg) = generator();
     let cache = pleg.cache();
     let asked = Instant::now();
-    let waiter = tokio::spawn(async move { cache.get_newer_than(&PodUid::new("nobody"), asked).await });
+    let waiter =
+        tokio::spawn(async move { cache.get_newer_than(&PodUid::new("nobody"), asked).await });
     tokio::time::advance(Duration::from_millis(5)).await;
     assert!(!waiter.is_finished(), "nothing newer yet");
     pleg.relist().await.expect("listing works");
     let answer = waiter.await.expect("waiter task");
-    assert!(answer.is_none(), "the pod does not exist as of a newer time");
+    assert!(
+        answer.is_none(),
+        "the pod does not exist as of a newer time"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,7 +19,11 @@ async fn unhealthy_before_the_first_relist_healthy_after_unhealthy_past_the_thre
     );
 
     tokio::time::advance(Duration::from_secs(600)).await;
-    assert_eq!(pleg.healthy(), Err(Unhealthy::NeverSucceeded), "time alone does not help");
+    assert_eq!(
+        pleg.healthy(),
+        Err(Unhealthy::NeverSucceeded),
+        "time alone does not help"
+    );
 
     pleg.relist().await.expect("listing works");
     tokio::time::advance(Duration::from_secs(60)).await;
@@ -34,7 +38,10 @@ async fn unhealthy_before_the_first_relist_healthy_after_unhealthy_past_the_thre
             threshold: Duration::from_secs(180)
         }
     );
-    assert_eq!(err.to_string(), "pleg was last seen active 4m0s ago; threshold is 3m0s");
+    assert_eq!(
+        err.to_string(),
+        "pleg was last seen active 4m0s ago; threshold is 3m0s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -64,7 +71,10 @@ async fn a_running_generator_stays_healthy_and_a_stalled_runtime_turns_it_unheal
     runtime.set_list_failure(Some("runtime is wedged".into()));
     tokio::time::sleep(Duration::from_secs(12)).await;
     let reason = pleg.healthy().expect_err("no success for 12 s").to_string();
-    assert!(reason.starts_with("pleg was last seen active 1"), "{reason}");
+    assert!(
+        reason.starts_with("pleg was last seen active 1"),
+        "{reason}"
+    );
     assert!(reason.ends_with("ago; threshold is 10s"), "{reason}");
 
     runtime.set_list_failure(None);

@@ -22,7 +22,11 @@ async fn three_relists_report_starts_deaths_and_removals_across_two_pods() {
     // First sightings: running is started, exited is died, unknown is not delivered.
     assert_eq!(
         drain_sorted(&mut sub),
-        expect(&[("p1", ContainerDied, "a1"), ("p1", ContainerStarted, "a2"), ("p2", ContainerDied, "b1")])
+        expect(&[
+            ("p1", ContainerDied, "a1"),
+            ("p1", ContainerStarted, "a2"),
+            ("p2", ContainerDied, "b1")
+        ])
     );
 
     pleg.relist().await.expect("listing works");
@@ -63,7 +67,10 @@ async fn three_relists_report_starts_deaths_and_removals_across_two_pods() {
 async fn missing_containers_are_reported_after(warm_up_relists: usize) {
     let (runtime, pleg) = generator();
     let mut sub = pleg.subscribe();
-    runtime.set_pods(vec![pod("p", &[("c1", Running), ("c2", Running), ("c3", Exited)])]);
+    runtime.set_pods(vec![pod(
+        "p",
+        &[("c1", Running), ("c2", Running), ("c3", Exited)],
+    )]);
     for _ in 0..warm_up_relists {
         pleg.relist().await.expect("listing works");
         drain(&mut sub);
@@ -73,7 +80,11 @@ async fn missing_containers_are_reported_after(warm_up_relists: usize) {
     pleg.relist().await.expect("listing works");
     assert_eq!(
         drain_sorted(&mut sub),
-        expect(&[("p", ContainerDied, "c2"), ("p", ContainerRemoved, "c2"), ("p", ContainerRemoved, "c3")]),
+        expect(&[
+            ("p", ContainerDied, "c2"),
+            ("p", ContainerRemoved, "c2"),
+            ("p", ContainerRemoved, "c3")
+        ]),
         "after {warm_up_relists} warm-up relists"
     );
 }
@@ -119,7 +130,10 @@ async fn pods_missing_after_three_warm_up_relists_are_reported_died_and_removed(
 async fn failing_status_fetch_is_cached_and_holds_the_event_back_until_it_succeeds() {
     let (runtime, pleg) = generator();
     let mut sub = pleg.subscribe();
-    runtime.set_pods(vec![pod("p0", &[("c0", Running)]), pod("p1", &[("c1", Running)])]);
+    runtime.set_pods(vec![
+        pod("p0", &[("c0", Running)]),
+        pod("p1", &[("c1", Running)]),
+    ]);
     runtime.push_status("p1", Err("unable to get status".into()));
 
     let summary = pleg.relist().await.expect("listing works");
@@ -128,18 +142,33 @@ async fn failing_status_fetch_is_cached_and_holds_the_event_back_until_it_succee
     let ok = cache.get(&PodUid::new("p0")).expect("p0 cached");
     assert!(ok.error.is_none());
     assert_eq!(ok.status.containers.len(), 1);
-    let failed = cache.get(&PodUid::new("p1")).expect("p1 cached with its error");
+    let failed = cache
+        .get(&PodUid::new("p1"))
+        .expect("p1 cached with its error");
     let error = failed.error.as_ref().expect("error kept").to_string();
     assert!(error.contains("unable to get status"), "{error}");
-    assert!(failed.status.containers.is_empty(), "no status was ever fetched for p1");
-    assert_eq!(drain_sorted(&mut sub), expect(&[("p0", ContainerStarted, "c0")]));
+    assert!(
+        failed.status.containers.is_empty(),
+        "no status was ever fetched for p1"
+    );
+    assert_eq!(
+        drain_sorted(&mut sub),
+        expect(&[("p0", ContainerStarted, "c0")])
+    );
 
     pleg.relist().await.expect("listing works");
     let recovered = cache.get(&PodUid::new("p1")).expect("p1 cached");
     assert!(recovered.error.is_none());
     assert_eq!(recovered.status.containers.len(), 1);
-    assert_eq!(drain_sorted(&mut sub), expect(&[("p1", ContainerStarted, "c1")]));
-    assert_eq!(runtime.status_calls(&PodUid::new("p0")), 1, "p0 already succeeded");
+    assert_eq!(
+        drain_sorted(&mut sub),
+        expect(&[("p1", ContainerStarted, "c1")])
+    );
+    assert_eq!(
+        runtime.status_calls(&PodUid::new("p0")),
+        1,
+        "p0 already succeeded"
+    );
     assert_eq!(runtime.status_calls(&PodUid::new("p1")), 2);
 
     pleg.relist().await.expect("listing works");
@@ -159,7 +188,10 @@ async fn a_pod_keeps_failing_and_is_reinspected_on_every_relist() {
     assert!(drain(&mut sub).is_empty());
     runtime.set_status_failure("p", None);
     pleg.relist().await.expect("listing works");
-    assert_eq!(drain_sorted(&mut sub), expect(&[("p", ContainerStarted, "c")]));
+    assert_eq!(
+        drain_sorted(&mut sub),
+        expect(&[("p", ContainerStarted, "c")])
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,11 +225,17 @@ async fn pod_is_reinspected_after_a_transient_unknown_container() {
     let uid = PodUid::new("p");
     runtime.set_pods(vec![pod("p", &[("infra", Running)])]);
     pleg.relist().await.expect("listing works");
-    assert_eq!(drain_sorted(&mut sub), expect(&[("p", ContainerStarted, "infra")]));
+    assert_eq!(
+        drain_sorted(&mut sub),
+        expect(&[("p", ContainerStarted, "infra")])
+    );
     let good = pleg.cache().get(&uid).expect("cached").status;
 
     // The runtime is half-way through creating a container and inspection fails.
-    runtime.set_pods(vec![pod("p", &[("infra", Running), ("transient", Unknown)])]);
+    runtime.set_pods(vec![pod(
+        "p",
+        &[("infra", Running), ("transient", Unknown)],
+    )]);
     runtime.push_status("p", Err("inspection error".into()));
     pleg.relist().await.expect("listing works");
     let entry = pleg.cache().get(&uid).expect("cached");
@@ -227,7 +265,11 @@ async fn pods_that_hold_only_sandboxes_are_diffed_like_containers() {
     pleg.relist().await.expect("listing works");
     assert_eq!(
         drain_sorted(&mut sub),
-        expect(&[("p1", ContainerDied, "s1"), ("p1", ContainerStarted, "s2"), ("p2", ContainerDied, "t1")])
+        expect(&[
+            ("p1", ContainerDied, "s1"),
+            ("p1", ContainerStarted, "s2"),
+            ("p2", ContainerDied, "t1")
+        ])
     );
     pleg.relist().await.expect("listing works");
     assert!(drain(&mut sub).is_empty());
@@ -250,7 +292,10 @@ async fn pods_that_hold_only_sandboxes_are_diffed_like_containers() {
 
 #[tokio::test(start_paused = true)]
 async fn ips_are_kept_across_a_status_without_ips() {
-    for ips in [vec!["192.168.1.5".to_string()], vec!["192.168.1.5/24".into(), "2000::".into()]] {
+    for ips in [
+        vec!["192.168.1.5".to_string()],
+        vec!["192.168.1.5/24".into(), "2000::".into()],
+    ] {
         let (runtime, pleg) = generator();
         let mut sub = pleg.subscribe();
         let uid = PodUid::new("p");
@@ -258,7 +303,10 @@ async fn ips_are_kept_across_a_status_without_ips() {
         runtime.set_ips("p", ips.clone());
         pleg.relist().await.expect("listing works");
         assert_eq!(pleg.cache().get(&uid).expect("cached").status.ips, ips);
-        assert_eq!(drain_sorted(&mut sub), expect(&[("p", ContainerStarted, "c0")]));
+        assert_eq!(
+            drain_sorted(&mut sub),
+            expect(&[("p", ContainerStarted, "c0")])
+        );
 
         // The container ends and the runtime reports no IPs any more; no
         // sandbox is ready, so the old IPs stay.
@@ -268,7 +316,10 @@ async fn ips_are_kept_across_a_status_without_ips() {
         let status = pleg.cache().get(&uid).expect("cached").status;
         assert_eq!(status.ips, ips);
         assert_eq!(status.containers[0].state, Exited);
-        assert_eq!(drain_sorted(&mut sub), expect(&[("p", ContainerDied, "c0")]));
+        assert_eq!(
+            drain_sorted(&mut sub),
+            expect(&[("p", ContainerDied, "c0")])
+        );
     }
 }
 
@@ -306,12 +357,19 @@ async fn unknown_state_values_become_unknown_are_counted_and_never_panic() {
             ..SubscribeOptions::default()
         })
         .expect("valid options");
-    runtime.set_pods(vec![pod("p", &[("c", Running)]).with_sandbox(Container::new("s", "p", Running))]);
+    runtime.set_pods(vec![
+        pod("p", &[("c", Running)]).with_sandbox(Container::new("s", "p", Running)),
+    ]);
     runtime.set_raw_state("c", 42);
     runtime.set_raw_state("s", -7);
-    pleg.relist().await.expect("an unknown value is not an error");
+    pleg.relist()
+        .await
+        .expect("an unknown value is not an error");
     assert_eq!(pleg.runtime_stats().unknown_values(), 2);
-    assert!(drain(&mut default_sub).is_empty(), "ContainerChanged is not delivered by default");
+    assert!(
+        drain(&mut default_sub).is_empty(),
+        "ContainerChanged is not delivered by default"
+    );
     assert_eq!(
         drain_sorted(&mut changed_sub),
         expect(&[("p", ContainerChanged, "c"), ("p", ContainerChanged, "s")])
@@ -336,6 +394,7 @@ async fn the_same_container_id_listed_twice_yields_one_event() {
     runtime.set_pods(vec![twice, again_in_another_entry]);
     let summary = pleg.relist().await.expect("listing works");
     assert_eq!(summary.pods, 1);
+    assert_eq!(pleg.stats().duplicates_dropped, 3);
     assert_eq!(
         drain_sorted(&mut sub),
         expect(&[("p", ContainerStarted, "c"), ("p", ContainerDied, "d")])
@@ -359,11 +418,17 @@ async fn a_failing_relist_emits_nothing_and_keeps_health_until_the_threshold() {
     assert!(err.to_string().contains("connection refused"), "{err}");
     assert!(drain(&mut sub).is_empty());
     assert_eq!(pleg.stats().relist_failures, 1);
-    assert!(pleg.healthy().is_ok(), "within the threshold of the last success");
+    assert!(
+        pleg.healthy().is_ok(),
+        "within the threshold of the last success"
+    );
 
     tokio::time::advance(Duration::from_secs(121)).await;
     let reason = pleg.healthy().expect_err("past the threshold").to_string();
-    assert_eq!(reason, "pleg was last seen active 3m1s ago; threshold is 3m0s");
+    assert_eq!(
+        reason,
+        "pleg was last seen active 3m1s ago; threshold is 3m0s"
+    );
 
     runtime.set_list_failure(None);
     pleg.relist().await.expect("listing works again");
@@ -377,7 +442,10 @@ async fn a_listing_slower_than_the_request_timeout_fails_and_the_next_relist_run
     runtime.set_pods(vec![pod("p", &[("c", Running)])]);
     runtime.set_list_delay(Duration::from_secs(121));
     let err = pleg.relist().await.expect_err("times out");
-    assert_eq!(err.to_string(), "runtime call ListPods timed out after 2m0s");
+    assert_eq!(
+        err.to_string(),
+        "runtime call ListPods timed out after 2m0s"
+    );
     runtime.set_list_delay(Duration::ZERO);
     assert_eq!(pleg.relist().await.expect("listing works").pods, 1);
 }
@@ -388,12 +456,17 @@ async fn events_of_one_pod_go_out_together_with_condition_met_last() {
     let mut sub = pleg.subscribe();
     let uid = PodUid::new("p");
     runtime.set_pods(vec![
-        pod("p", &[("c1", Running), ("c2", Running)]).with_sandbox(Container::new("s", "p", Running)),
+        pod("p", &[("c1", Running), ("c2", Running)])
+            .with_sandbox(Container::new("s", "p", Running)),
         pod("q", &[("d1", Running)]),
     ]);
     pleg.relist().await.expect("listing works");
     drain(&mut sub);
-    pleg.set_pod_watch_condition(&uid, "any-exit", pleg::running_container_condition("c1-name", |_| false));
+    pleg.set_pod_watch_condition(
+        &uid,
+        "any-exit",
+        pleg::running_container_condition("c1-name", |_| false),
+    );
     runtime.set_pods(vec![
         pod("p", &[("c1", Exited), ("c2", Exited)]).with_sandbox(Container::new("s", "p", Exited)),
         pod("q", &[("d1", Exited)]),
@@ -420,12 +493,14 @@ async fn died_events_carry_exit_code_reason_name_and_attempt_from_the_status() {
     let (runtime, pleg) = generator();
     let mut sub = pleg.subscribe();
     let meta = PodMeta::new("p", "web", "shop").with_label("app", "web");
-    runtime.set_pods(vec![
-        Pod::new(meta.clone()).with_container(Container::new("c", "nginx", Running).with_attempt(2)),
-    ]);
+    runtime
+        .set_pods(vec![Pod::new(meta.clone()).with_container(
+            Container::new("c", "nginx", Running).with_attempt(2),
+        )]);
     pleg.relist().await.expect("listing works");
     drain(&mut sub);
-    let exited = Pod::new(meta).with_container(Container::new("c", "nginx", Exited).with_attempt(2));
+    let exited =
+        Pod::new(meta).with_container(Container::new("c", "nginx", Exited).with_attempt(2));
     let mut status = PodStatus::from_pod(&exited);
     status.containers[0] = status.containers[0].clone().with_exit(3, "Error");
     runtime.set_pods(vec![exited]);
@@ -480,7 +555,10 @@ async fn update_changes_the_period_of_a_running_generator_at_once() {
     tokio::time::sleep_until(t0 + Duration::from_millis(6500)).await;
     // Relists at 0, then (period measured from the end of the first) 2, 4, 6.
     assert_eq!(runtime.list_calls(), 4);
-    assert_eq!(pleg.relist_duration().relist_threshold, Duration::from_secs(10));
+    assert_eq!(
+        pleg.relist_duration().relist_threshold,
+        Duration::from_secs(10)
+    );
     pleg.stop().await;
 }
 
@@ -491,7 +569,9 @@ async fn request_relist_inspects_one_pod_without_waiting_for_the_period() {
     runtime.set_pods(vec![pod("p", &[("c", Running)])]);
     pleg.start().expect("inside tokio");
     let cache = pleg.cache();
-    let first = cache.get_newer_than(&uid, Instant::now() - Duration::from_secs(1)).await;
+    let first = cache
+        .get_newer_than(&uid, Instant::now() - Duration::from_secs(1))
+        .await;
     assert!(first.is_some());
     assert_eq!(runtime.status_calls(&uid), 1);
 
@@ -503,7 +583,10 @@ async fn request_relist_inspects_one_pod_without_waiting_for_the_period() {
     let entry = cache.get_newer_than(&uid, asked).await.expect("pod exists");
     assert_eq!(entry.status.ips, ["10.1.2.3"]);
     assert_eq!(runtime.status_calls(&uid), 2);
-    assert!(Instant::now() - asked < Duration::from_secs(1), "well before the hour-long period");
+    assert!(
+        Instant::now() - asked < Duration::from_secs(1),
+        "well before the hour-long period"
+    );
     pleg.stop().await;
 }
 

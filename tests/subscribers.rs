@@ -19,11 +19,20 @@ async fn a_subscriber_that_stops_reading_misses_an_exact_count_and_gets_resync()
         .expect("valid options");
 
     // 20 pods start: 20 events, one per pod.
-    let pods: Vec<_> = (0..20).map(|i| pod(&format!("p{i:02}"), &[(&format!("c{i:02}"), Running)])).collect();
+    let pods: Vec<_> = (0..20)
+        .map(|i| pod(&format!("p{i:02}"), &[(&format!("c{i:02}"), Running)]))
+        .collect();
     runtime.set_pods(pods);
-    let summary = pleg.relist().await.expect("the relist is not held up by the slow subscriber");
+    let summary = pleg
+        .relist()
+        .await
+        .expect("the relist is not held up by the slow subscriber");
     assert_eq!(summary.events, 20);
-    assert_eq!(drain(&mut fast).len(), 20, "the fast subscriber got everything");
+    assert_eq!(
+        drain(&mut fast).len(),
+        20,
+        "the fast subscriber got everything"
+    );
 
     // The slow one reads now: its 5 queued events, then the marker.
     let got = drain(&mut slow);
@@ -34,14 +43,19 @@ async fn a_subscriber_that_stops_reading_misses_an_exact_count_and_gets_resync()
     assert_eq!(pleg.hub().discarded(), 15);
 
     // Once it has room again it receives new events normally.
-    let pods: Vec<_> = (0..20).map(|i| pod(&format!("p{i:02}"), &[(&format!("c{i:02}"), Running)])).collect();
+    let pods: Vec<_> = (0..20)
+        .map(|i| pod(&format!("p{i:02}"), &[(&format!("c{i:02}"), Running)]))
+        .collect();
     let mut pods = pods;
     pods[0] = pod("p00", &[("c00", Exited)]);
     runtime.set_pods(pods);
     pleg.relist().await.expect("listing works");
     let next = drain(&mut slow);
     assert_eq!(next.len(), 1);
-    assert_eq!(next[0].event().map(|e| e.kind), Some(EventType::ContainerDied));
+    assert_eq!(
+        next[0].event().map(|e| e.kind),
+        Some(EventType::ContainerDied)
+    );
     assert_eq!(drain(&mut fast).len(), 1);
 }
 
@@ -54,12 +68,20 @@ async fn events_published_after_an_overflow_follow_the_resync_marker() {
             ..SubscribeOptions::default()
         })
         .expect("valid options");
-    runtime.set_pods((0..4).map(|i| pod(&format!("p{i}"), &[(&format!("c{i}"), Running)])).collect());
+    runtime.set_pods(
+        (0..4)
+            .map(|i| pod(&format!("p{i}"), &[(&format!("c{i}"), Running)]))
+            .collect(),
+    );
     pleg.relist().await.expect("listing works");
     // Read one event, leaving room for one delivery; the next pod event cannot
     // fit behind the marker, so it is counted too.
     assert!(matches!(slow.try_recv(), Some(Delivery::Event(_))));
-    runtime.set_pods((0..4).map(|i| pod(&format!("p{i}"), &[(&format!("c{i}"), Exited)])).collect());
+    runtime.set_pods(
+        (0..4)
+            .map(|i| pod(&format!("p{i}"), &[(&format!("c{i}"), Exited)]))
+            .collect(),
+    );
     pleg.relist().await.expect("listing works");
     let rest = drain(&mut slow);
     assert!(matches!(rest[0], Delivery::Event(_)));
@@ -81,7 +103,10 @@ async fn filtered_subscribers_receive_only_their_pods() {
         })
         .expect("valid options");
     let mut everyone = pleg.subscribe();
-    runtime.set_pods(vec![pod("a", &[("ca", Running)]), pod("b", &[("cb", Running)])]);
+    runtime.set_pods(vec![
+        pod("a", &[("ca", Running)]),
+        pod("b", &[("cb", Running)]),
+    ]);
     pleg.relist().await.expect("listing works");
     let got: Vec<_> = drain(&mut only_b)
         .into_iter()

@@ -12,9 +12,16 @@ fn entry(id: &str, state: ContainerState) -> Container {
     Container::new(id, id, state)
 }
 
-fn pod(uid: &str, sandboxes: &[(&str, ContainerState)], containers: &[(&str, ContainerState)]) -> Pod {
+fn pod(
+    uid: &str,
+    sandboxes: &[(&str, ContainerState)],
+    containers: &[(&str, ContainerState)],
+) -> Pod {
     let mut p = Pod::new(PodMeta::new(uid, format!("{uid}-pod"), "default"));
-    p.sandboxes = sandboxes.iter().map(|(id, s)| entry(&format!("{uid}-{id}"), *s)).collect();
+    p.sandboxes = sandboxes
+        .iter()
+        .map(|(id, s)| entry(&format!("{uid}-{id}"), *s))
+        .collect();
     p.containers = containers.iter().map(|(id, s)| entry(id, *s)).collect();
     p
 }
@@ -22,7 +29,11 @@ fn pod(uid: &str, sandboxes: &[(&str, ContainerState)], containers: &[(&str, Con
 fn listed_pods() -> Vec<Pod> {
     vec![
         pod("running", &[("s", Running)], &[("c", Running)]),
-        pod("running-2", &[("s", Running)], &[("c-exited", Exited), ("c-running", Running)]),
+        pod(
+            "running-2",
+            &[("s", Running)],
+            &[("c-exited", Exited), ("c-running", Running)],
+        ),
         pod("terminating", &[("s", Exited)], &[]),
         pod("reinspect", &[("s", Running)], &[]),
     ]
@@ -55,7 +66,11 @@ fn updating() -> Make {
     Box::new(|pleg| {
         let pleg = pleg.clone();
         Arc::new(move |_: &PodStatus| {
-            pleg.set_pod_watch_condition(&PodUid::new("running"), "updating", Arc::new(|_: &PodStatus| true));
+            pleg.set_pod_watch_condition(
+                &PodUid::new("running"),
+                "updating",
+                Arc::new(|_: &PodStatus| true),
+            );
             true
         })
     })
@@ -67,7 +82,8 @@ fn resetting() -> Make {
     Box::new(|pleg| {
         let pleg = pleg.clone();
         Arc::new(move |_: &PodStatus| {
-            pleg.conditions().force_version(&PodUid::new("running"), "resetting", 0);
+            pleg.conditions()
+                .force_version(&PodUid::new("running"), "resetting", 0);
             true
         })
     })
@@ -76,7 +92,10 @@ fn resetting() -> Make {
 fn container(name: &'static str, met: bool) -> Make {
     Box::new(move |_| {
         running_container_condition(name, move |c| {
-            assert_eq!(c.name, name, "the condition sees the container it asked for");
+            assert_eq!(
+                c.name, name,
+                "the condition sees the container it asked for"
+            );
             met
         })
     })
@@ -97,7 +116,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "running pod with met, unmet and updated-while-evaluated conditions",
             pod: "running",
-            conditions: vec![("completing", always()), ("watching", never()), ("updating", updating())],
+            conditions: vec![
+                ("completing", always()),
+                ("watching", never()),
+                ("updating", updating()),
+            ],
             set_twice: false,
             expect_evaluated: true,
             expect_removed: false,
@@ -107,7 +130,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "conditions with versions bumped by setting twice",
             pod: "running",
-            conditions: vec![("completing", always()), ("watching", never()), ("updating", updating())],
+            conditions: vec![
+                ("completing", always()),
+                ("watching", never()),
+                ("updating", updating()),
+            ],
             set_twice: true,
             expect_evaluated: true,
             expect_removed: false,
@@ -157,7 +184,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "single-container conditions",
             pod: "running",
-            conditions: vec![("completing", container("c", true)), ("watching", container("c", false))],
+            conditions: vec![
+                ("completing", container("c", true)),
+                ("watching", container("c", false)),
+            ],
             set_twice: false,
             expect_evaluated: true,
             expect_removed: false,
@@ -193,7 +223,12 @@ async fn the_watch_condition_matrix() {
         let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default());
         let mut sub = pleg.subscribe();
         pleg.relist().await.expect("listing works");
-        pleg.inner.state.lock().await.reinspect.insert(PodUid::new("reinspect"));
+        pleg.inner
+            .state
+            .lock()
+            .await
+            .reinspect
+            .insert(PodUid::new("reinspect"));
         runtime.set_pods(listed_pods());
         while sub.try_recv().is_some() {}
 
@@ -205,7 +240,11 @@ async fn the_watch_condition_matrix() {
             let expected_uid = uid.clone();
             let key: &'static str = key;
             let wrapped: WatchCondition = Arc::new(move |status: &PodStatus| {
-                assert_eq!(status.uid(), &expected_uid, "evaluated against the right pod");
+                assert_eq!(
+                    status.uid(),
+                    &expected_uid,
+                    "evaluated against the right pod"
+                );
                 seen.lock().push(key);
                 inner(status)
             });
@@ -218,23 +257,49 @@ async fn the_watch_condition_matrix() {
 
         let evaluated = evaluated.lock().clone();
         if case.expect_evaluated {
-            assert_eq!(evaluated.len(), case.conditions.len(), "{}: every condition evaluated", case.name);
+            assert_eq!(
+                evaluated.len(),
+                case.conditions.len(),
+                "{}: every condition evaluated",
+                case.name
+            );
         } else {
-            assert!(evaluated.is_empty(), "{}: nothing evaluated, got {evaluated:?}", case.name);
+            assert!(
+                evaluated.is_empty(),
+                "{}: nothing evaluated, got {evaluated:?}",
+                case.name
+            );
         }
         if case.expect_removed {
-            assert!(!pleg.conditions().has_pod(&uid), "{}: pod purged from the registry", case.name);
+            assert!(
+                !pleg.conditions().has_pod(&uid),
+                "{}: pod purged from the registry",
+                case.name
+            );
         } else {
-            let left: BTreeMap<String, u64> = pleg.conditions().versions(&uid).into_iter().collect();
-            let want: BTreeMap<String, u64> = case.expect_left.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let left: BTreeMap<String, u64> =
+                pleg.conditions().versions(&uid).into_iter().collect();
+            let want: BTreeMap<String, u64> = case
+                .expect_left
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
             assert_eq!(left, want, "{}", case.name);
         }
 
         // One ConditionMet per pod per relist, however many conditions were met.
         let met: Vec<String> = std::iter::from_fn(|| sub.try_recv())
-            .filter_map(|d| d.event().filter(|e| e.kind == EventType::ConditionMet).map(|e| e.pod.uid.to_string()))
+            .filter_map(|d| {
+                d.event()
+                    .filter(|e| e.kind == EventType::ConditionMet)
+                    .map(|e| e.pod.uid.to_string())
+            })
             .collect();
-        let want_met: Vec<String> = if case.expect_met { vec![case.pod.to_string()] } else { vec![] };
+        let want_met: Vec<String> = if case.expect_met {
+            vec![case.pod.to_string()]
+        } else {
+            vec![]
+        };
         assert_eq!(met, want_met, "{}", case.name);
     }
 }
@@ -248,7 +313,11 @@ async fn a_watched_pod_is_reinspected_on_every_relist_until_its_condition_is_met
     let calls_before = runtime.status_calls(&uid);
     let met = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = met.clone();
-    pleg.set_pod_watch_condition(&uid, "k", Arc::new(move |_: &PodStatus| flag.load(Ordering::SeqCst)));
+    pleg.set_pod_watch_condition(
+        &uid,
+        "k",
+        Arc::new(move |_: &PodStatus| flag.load(Ordering::SeqCst)),
+    );
     for _ in 0..3 {
         pleg.relist().await.expect("listing works");
     }
@@ -256,6 +325,10 @@ async fn a_watched_pod_is_reinspected_on_every_relist_until_its_condition_is_met
     met.store(true, Ordering::SeqCst);
     pleg.relist().await.expect("listing works");
     pleg.relist().await.expect("listing works");
-    assert_eq!(runtime.status_calls(&uid) - calls_before, 4, "not inspected once met");
+    assert_eq!(
+        runtime.status_calls(&uid) - calls_before,
+        4,
+        "not inspected once met"
+    );
     assert!(pleg.conditions().is_empty());
 }

@@ -89,7 +89,11 @@ impl FakeRuntime {
     }
 
     /// Queues one answer to the pod's next status call.
-    pub fn push_status(&self, uid: impl Into<PodUid>, answer: std::result::Result<PodStatus, String>) {
+    pub fn push_status(
+        &self,
+        uid: impl Into<PodUid>,
+        answer: std::result::Result<PodStatus, String>,
+    ) {
         self.script
             .lock()
             .status_answers
@@ -124,7 +128,12 @@ impl FakeRuntime {
 
     /// Status calls for one pod so far.
     pub fn status_calls(&self, uid: &PodUid) -> u64 {
-        self.script.lock().status_calls.get(uid).copied().unwrap_or(0)
+        self.script
+            .lock()
+            .status_calls
+            .get(uid)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Status calls for all pods so far.
@@ -145,7 +154,8 @@ impl FakeRuntime {
         let mut pods = script.pods.clone();
         if !script.raw_states.is_empty() {
             for pod in &mut pods {
-                for (entries, sandbox) in [(&mut pod.sandboxes, true), (&mut pod.containers, false)] {
+                for (entries, sandbox) in [(&mut pod.sandboxes, true), (&mut pod.containers, false)]
+                {
                     for c in entries.iter_mut() {
                         if let Some(&raw) = script.raw_states.get(&c.id) {
                             c.state = if sandbox {
@@ -167,7 +177,11 @@ impl FakeRuntime {
         let uid = pod.uid().clone();
         *script.status_calls.entry(uid.clone()).or_default() += 1;
         let delay = script.status_delay;
-        if let Some(answer) = script.status_answers.get_mut(&uid).and_then(|q| q.pop_front()) {
+        if let Some(answer) = script
+            .status_answers
+            .get_mut(&uid)
+            .and_then(|q| q.pop_front())
+        {
             return (delay, answer.map_err(|m| failed(POD_STATUS, m)));
         }
         if let Some(message) = script.status_failures.get(&uid) {
@@ -221,13 +235,20 @@ pub fn synthetic_pods(count: usize) -> Vec<Pod> {
         .map(|i| {
             let uid = format!("{:08x}-0000-4000-8000-{:012x}", i, i);
             let mut pod = Pod::new(
-                PodMeta::new(uid.as_str(), format!("pod-{i}"), "bench").with_label("app", format!("app-{}", i % 50)),
+                PodMeta::new(uid.as_str(), format!("pod-{i}"), "bench")
+                    .with_label("app", format!("app-{}", i % 50)),
             )
-            .with_sandbox(Container::new(runtime_id(i, 0), format!("pod-{i}"), ContainerState::Running));
+            .with_sandbox(Container::new(
+                runtime_id(i, 0),
+                format!("pod-{i}"),
+                ContainerState::Running,
+            ));
             for c in 1..=3 {
-                pod = pod.with_container(
-                    Container::new(runtime_id(i, c), format!("container-{c}"), ContainerState::Running),
-                );
+                pod = pod.with_container(Container::new(
+                    runtime_id(i, c),
+                    format!("container-{c}"),
+                    ContainerState::Running,
+                ));
             }
             pod
         })

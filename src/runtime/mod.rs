@@ -74,6 +74,21 @@ pub struct RuntimeStats {
 }
 
 impl RuntimeStats {
+    fn unknown(&self, what: &'static str, raw: i32) -> ContainerState {
+        // Warn on the first unknown value only; the counter tells the rest.
+        if self.unknown_values.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                value = raw,
+                "runtime sent an unknown {what} state; treating it as unknown (counted from now on)"
+            );
+        } else {
+            tracing::debug!(value = raw, "runtime sent an unknown {what} state");
+        }
+        ContainerState::Unknown
+    }
+}
+
+impl RuntimeStats {
     /// Counts one call of `method`.
     pub fn count_call(&self, method: &'static str) {
         *self.calls.lock().entry(method).or_default() += 1;
@@ -97,21 +112,13 @@ impl RuntimeStats {
     /// Decodes a CRI container state number; a value outside the enum becomes
     /// `Unknown` and is counted.
     pub fn decode_container_state(&self, raw: i32) -> ContainerState {
-        ContainerState::from_cri_container(raw).unwrap_or_else(|| {
-            self.unknown_values.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(value = raw, "runtime sent an unknown container state; treating it as unknown");
-            ContainerState::Unknown
-        })
+        ContainerState::from_cri_container(raw).unwrap_or_else(|| self.unknown("container", raw))
     }
 
     /// Decodes a CRI sandbox state number; a value outside the enum becomes
     /// `Unknown` and is counted.
     pub fn decode_sandbox_state(&self, raw: i32) -> ContainerState {
-        ContainerState::from_cri_sandbox(raw).unwrap_or_else(|| {
-            self.unknown_values.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(value = raw, "runtime sent an unknown sandbox state; treating it as unknown");
-            ContainerState::Unknown
-        })
+        ContainerState::from_cri_sandbox(raw).unwrap_or_else(|| self.unknown("sandbox", raw))
     }
 }
 

@@ -10,20 +10,18 @@ use pleg::{Delivery, EventType, GenericConfig, GenericPleg, RelistDuration, Subs
 
 /// A pod with these containers (no sandbox).
 pub fn pod(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
-    containers
-        .iter()
-        .fold(Pod::new(PodMeta::new(uid, format!("{uid}-name"), "default")), |p, (id, state)| {
-            p.with_container(Container::new(*id, format!("{id}-name"), *state))
-        })
+    containers.iter().fold(
+        Pod::new(PodMeta::new(uid, format!("{uid}-name"), "default")),
+        |p, (id, state)| p.with_container(Container::new(*id, format!("{id}-name"), *state)),
+    )
 }
 
 /// A pod with these sandboxes only.
 pub fn sandbox_pod(uid: &str, sandboxes: &[(&str, ContainerState)]) -> Pod {
-    sandboxes
-        .iter()
-        .fold(Pod::new(PodMeta::new(uid, format!("{uid}-name"), "default")), |p, (id, state)| {
-            p.with_sandbox(Container::new(*id, format!("{uid}-name"), *state))
-        })
+    sandboxes.iter().fold(
+        Pod::new(PodMeta::new(uid, format!("{uid}-name"), "default")),
+        |p, (id, state)| p.with_sandbox(Container::new(*id, format!("{uid}-name"), *state)),
+    )
 }
 
 /// A generator over a fake runtime, relisting every hour (tests relist by

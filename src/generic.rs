@@ -372,18 +372,20 @@ impl GenericPleg {
 
 async fn relist_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     loop {
-        tokio::select! {
+        let listed = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            _ = inner.relist() => {}
-        }
+            outcome = inner.relist() => outcome.is_ok(),
+        };
         let finished = Instant::now();
         // Sleep for the period, measured from the end of this relist. A
-        // changed period or a per-pod request wakes the wait early.
+        // changed period wakes the wait early, and so does a per-pod request,
+        // unless the runtime just failed to list (a request must not turn a
+        // runtime outage into a tight retry loop).
         loop {
             let mut woken = pin!(inner.wake.notified());
             woken.as_mut().enable();
-            if !inner.requested.lock().is_empty() {
+            if listed && !inner.requested.lock().is_empty() {
                 break;
             }
             let deadline = finished + inner.relist_duration.lock().relist_period;

@@ -602,3 +602,26 @@ async fn a_pod_created_and_removed_between_relists_leaves_no_trace() {
     assert_eq!(pleg.recorded_pods().await, 0);
     assert!(pleg.cache().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_per_pod_request_during_a_runtime_outage_does_not_spin() {
+    let (runtime, pleg) = generator();
+    pleg.update(pleg::RelistDuration {
+        relist_period: Duration::from_secs(1),
+        relist_threshold: Duration::from_secs(180),
+    });
+    runtime.set_list_failure(Some("connection refused".into()));
+    // Each failing call takes a millisecond, so a spinning loop would still
+    // let time pass and show up in the count instead of hanging the test.
+    runtime.set_list_delay(Duration::from_millis(1));
+    pleg.start().expect("inside tokio");
+    pleg.request_relist(&PodUid::new("p"));
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    // One relist at start and one per period: the pending request does not
+    // make the loop retry a failing runtime back to back.
+    assert_eq!(runtime.list_calls(), 11);
+    runtime.set_list_failure(None);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pleg.healthy().is_ok());
+    pleg.stop().await;
+}

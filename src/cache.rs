@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::model::{PodStatus, PodUid};
+use crate::model::{PodMeta, PodStatus, PodUid};
 use crate::runtime;
 
 /// One pod's cached status.
@@ -110,6 +110,37 @@ impl PodCache {
             }
             dashmap::Entry::Vacant(slot) => {
                 slot.insert(CacheEntry::new(status, error, timestamp));
+            }
+        }
+        self.inner.changed.notify_waiters();
+        true
+    }
+
+    /// Records that fetching a pod's status failed. The entry keeps the last
+    /// status fetched successfully (or an empty one for `meta` if none ever
+    /// was) and carries the error. Refuses (and returns `false`) when the
+    /// cached entry was written at a later `timestamp`.
+    pub fn set_error(
+        &self,
+        meta: &Arc<PodMeta>,
+        error: Arc<runtime::Error>,
+        timestamp: Instant,
+    ) -> bool {
+        match self.inner.entries.entry(meta.uid.clone()) {
+            dashmap::Entry::Occupied(mut existing) => {
+                let previous = existing.get_mut();
+                if previous.modified > timestamp {
+                    return false;
+                }
+                previous.error = Some(error);
+                previous.modified = timestamp;
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(CacheEntry::new(
+                    PodStatus::new(meta.clone()),
+                    Some(error),
+                    timestamp,
+                ));
             }
         }
         self.inner.changed.notify_waiters();
@@ -290,6 +321,27 @@ mod tests {
         );
         let entry = waiter.await.expect("waiter task").expect("pod entry");
         assert_eq!(entry.status.ips, ["10.0.0.9"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_fetch_keeps_the_last_good_status_beside_its_error() {
+        let cache = PodCache::new();
+        let uid = PodUid::new("p");
+        let t = Instant::now();
+        let good = status("p", &["10.0.0.1"], ContainerState::Running);
+        let meta = good.meta.clone();
+        cache.set(&uid, good.clone(), None, t);
+        let error = Arc::new(runtime::Error::Failed {
+            call: "PodStatus",
+            message: "boom".into(),
+        });
+        assert!(cache.set_error(&meta, error.clone(), t + Duration::from_secs(1)));
+        let entry = cache.get(&uid).expect("cached");
+        assert_eq!(*entry.status, good);
+        assert!(entry.error.is_some());
+        assert!(!cache.set_error(&meta, error, t), "older than the entry");
+        cache.set(&uid, good, None, t + Duration::from_secs(2));
+        assert!(cache.get(&uid).is_some_and(|e| e.error.is_none()));
     }
 
     #[tokio::test(start_paused = true)]

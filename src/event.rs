@@ -120,6 +120,21 @@ pub struct PodLifecycleEvent {
 }
 
 impl PodLifecycleEvent {
+    /// An event about the pod as a whole, observed now; set `container`,
+    /// `exit_code`, `reason` and `runtime_time` afterwards where they apply.
+    pub fn new(pod: Arc<PodMeta>, kind: EventType, source: EventSource) -> Self {
+        PodLifecycleEvent {
+            pod,
+            kind,
+            container: None,
+            exit_code: None,
+            reason: None,
+            source,
+            runtime_time: None,
+            observed_at: SystemTime::now(),
+        }
+    }
+
     /// The container ID, when the event concerns one.
     pub fn container_id(&self) -> Option<&ContainerId> {
         self.container.as_ref().map(|c| &c.id)

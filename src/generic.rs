@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -519,13 +519,7 @@ impl Inner {
                     pod = %uid, namespace = %pod.meta.namespace, name = %pod.meta.name, error = %e,
                     "relist: unable to get pod status; holding its events back until a fetch succeeds"
                 );
-                let last_good = self
-                    .cache
-                    .get(uid)
-                    .map(|entry| (*entry.status).clone())
-                    .unwrap_or_else(|| PodStatus::new(pod.meta.clone()));
-                self.cache
-                    .set(uid, last_good, Some(Arc::new(e)), fetched_at);
+                self.cache.set_error(&pod.meta, Arc::new(e), fetched_at);
                 return None;
             }
         };
@@ -598,16 +592,7 @@ impl RelistSummary {
 }
 
 fn pod_event(meta: &Arc<PodMeta>, kind: EventType) -> PodLifecycleEvent {
-    PodLifecycleEvent {
-        pod: meta.clone(),
-        kind,
-        container: None,
-        exit_code: None,
-        reason: None,
-        source: EventSource::Relist,
-        runtime_time: None,
-        observed_at: SystemTime::now(),
-    }
+    PodLifecycleEvent::new(meta.clone(), kind, EventSource::Relist)
 }
 
 /// Builds the event for one diff transition, with the best payload at hand:

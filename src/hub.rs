@@ -370,19 +370,10 @@ mod tests {
     use super::*;
     use crate::event::{EventSource, PodLifecycleEvent};
     use crate::model::PodMeta;
-    use std::time::SystemTime;
 
     fn event(uid: &str, ns: &str, kind: EventType) -> Arc<PodLifecycleEvent> {
-        Arc::new(PodLifecycleEvent {
-            pod: Arc::new(PodMeta::new(uid, uid, ns).with_label("app", "web")),
-            kind,
-            container: None,
-            exit_code: None,
-            reason: None,
-            source: EventSource::Relist,
-            runtime_time: None,
-            observed_at: SystemTime::now(),
-        })
+        let pod = Arc::new(PodMeta::new(uid, uid, ns).with_label("app", "web"));
+        Arc::new(PodLifecycleEvent::new(pod, kind, EventSource::Relist))
     }
 
     #[test]

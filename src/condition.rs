@@ -8,7 +8,9 @@
 //! runtime are purged without evaluation.
 //!
 //! Conditions are evaluated without any lock held, so a condition may itself
-//! call [`Conditions::set`] (for example to re-arm itself).
+//! call [`Conditions::set`] (for example to re-arm itself). A condition that
+//! captures a generator handle keeps that generator alive until the condition
+//! is met or its pod vanishes.
 
 use std::collections::HashMap;
 use std::fmt;

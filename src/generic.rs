@@ -24,8 +24,8 @@
 
 use std::collections::HashSet;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -162,9 +162,18 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// What the relist loop needs while it waits between relists. Kept apart
+/// from [`Inner`] so that the loop holds the generator only while relisting:
+/// dropping the last [`GenericPleg`] handle then stops the loop.
+struct Control {
+    relist_duration: Mutex<RelistDuration>,
+    requested: Mutex<HashSet<PodUid>>,
+    wake: tokio::sync::Notify,
+}
+
 struct Inner {
     runtime: Arc<dyn Runtime>,
-    relist_duration: Mutex<RelistDuration>,
+    control: Arc<Control>,
     request_timeout: Duration,
     cache: PodCache,
     hub: Hub,
@@ -172,10 +181,16 @@ struct Inner {
     state: tokio::sync::Mutex<RelistState>,
     last_success: Mutex<Option<Instant>>,
     counts: Mutex<RuntimeCounts>,
-    requested: Mutex<HashSet<PodUid>>,
-    wake: tokio::sync::Notify,
     running: Mutex<Option<Running>>,
     stats: Stats,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.get_mut().take() {
+            running.cancel.cancel();
+        }
+    }
 }
 
 /// The relisting pod lifecycle event generator. Cloning gives another handle
@@ -199,7 +214,10 @@ pub struct GenericPleg {
 impl std::fmt::Debug for GenericPleg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GenericPleg")
-            .field("relist_duration", &*self.inner.relist_duration.lock())
+            .field(
+                "relist_duration",
+                &*self.inner.control.relist_duration.lock(),
+            )
             .field("request_timeout", &self.inner.request_timeout)
             .field("subscribers", &self.inner.hub.subscriber_count())
             .finish_non_exhaustive()
@@ -212,7 +230,11 @@ impl GenericPleg {
         GenericPleg {
             inner: Arc::new(Inner {
                 runtime,
-                relist_duration: Mutex::new(config.relist),
+                control: Arc::new(Control {
+                    relist_duration: Mutex::new(config.relist),
+                    requested: Mutex::new(HashSet::new()),
+                    wake: tokio::sync::Notify::new(),
+                }),
                 request_timeout: config.runtime_request_timeout,
                 cache: PodCache::new(),
                 hub: Hub::new(),
@@ -224,8 +246,6 @@ impl GenericPleg {
                 }),
                 last_success: Mutex::new(None),
                 counts: Mutex::new(RuntimeCounts::default()),
-                requested: Mutex::new(HashSet::new()),
-                wake: tokio::sync::Notify::new(),
                 running: Mutex::new(None),
                 stats: Stats::default(),
             }),
@@ -233,7 +253,8 @@ impl GenericPleg {
     }
 
     /// Starts relisting periodically on the current tokio runtime. Starting a
-    /// running generator does nothing.
+    /// running generator does nothing. The loop ends with [`stop`](Self::stop)
+    /// or when the last handle on the generator is dropped.
     pub fn start(&self) -> Result<(), Error> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoTokioRuntime)?;
         let mut running = self.inner.running.lock();
@@ -241,7 +262,11 @@ impl GenericPleg {
             return Ok(());
         }
         let cancel = CancellationToken::new();
-        let task = handle.spawn(relist_loop(self.inner.clone(), cancel.clone()));
+        let task = handle.spawn(relist_loop(
+            Arc::downgrade(&self.inner),
+            self.inner.control.clone(),
+            cancel.clone(),
+        ));
         *running = Some(Running { cancel, task });
         Ok(())
     }
@@ -273,13 +298,13 @@ impl GenericPleg {
     /// Changes the relist period and health threshold. A running loop picks
     /// the new period up at once.
     pub fn update(&self, relist: RelistDuration) {
-        *self.inner.relist_duration.lock() = relist;
-        self.inner.wake.notify_one();
+        *self.inner.control.relist_duration.lock() = relist;
+        self.inner.control.wake.notify_one();
     }
 
     /// The current relist period and threshold.
     pub fn relist_duration(&self) -> RelistDuration {
-        *self.inner.relist_duration.lock()
+        *self.inner.control.relist_duration.lock()
     }
 
     /// Relists now and waits for it to finish.
@@ -292,8 +317,8 @@ impl GenericPleg {
     /// the period. Returns at once; a stopped generator inspects the pod at
     /// its next relist.
     pub fn request_relist(&self, uid: &PodUid) {
-        self.inner.requested.lock().insert(uid.clone());
-        self.inner.wake.notify_one();
+        self.inner.control.requested.lock().insert(uid.clone());
+        self.inner.control.wake.notify_one();
     }
 
     /// `Ok` while the last relist whose listing succeeded started within the
@@ -302,7 +327,7 @@ impl GenericPleg {
         health::check(
             *self.inner.last_success.lock(),
             Instant::now(),
-            self.inner.relist_duration.lock().relist_threshold,
+            self.inner.control.relist_duration.lock().relist_threshold,
         )
     }
 
@@ -370,12 +395,17 @@ impl GenericPleg {
     }
 }
 
-async fn relist_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+async fn relist_loop(generator: Weak<Inner>, control: Arc<Control>, cancel: CancellationToken) {
     loop {
-        let listed = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            outcome = inner.relist() => outcome.is_ok(),
+        let listed = {
+            let Some(inner) = generator.upgrade() else {
+                return;
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                outcome = inner.relist() => outcome.is_ok(),
+            }
         };
         let finished = Instant::now();
         // Sleep for the period, measured from the end of this relist. A
@@ -383,12 +413,12 @@ async fn relist_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         // unless the runtime just failed to list (a request must not turn a
         // runtime outage into a tight retry loop).
         loop {
-            let mut woken = pin!(inner.wake.notified());
+            let mut woken = pin!(control.wake.notified());
             woken.as_mut().enable();
-            if listed && !inner.requested.lock().is_empty() {
+            if listed && !control.requested.lock().is_empty() {
                 break;
             }
-            let deadline = finished + inner.relist_duration.lock().relist_period;
+            let deadline = finished + control.relist_duration.lock().relist_period;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
@@ -457,7 +487,7 @@ impl Inner {
         }
 
         // Pods with no change of their own that still need a look.
-        let requested = std::mem::take(&mut *self.requested.lock());
+        let requested = std::mem::take(&mut *self.control.requested.lock());
         let mut extra: Vec<PodUid> = self.conditions.watched_pods();
         extra.extend(reinspect.drain());
         extra.extend(requested);

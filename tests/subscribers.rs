@@ -141,3 +141,21 @@ async fn a_subscription_is_a_stream_that_ends_when_the_generator_is_dropped() {
     assert!(matches!(next(&mut sub).await, Some(Delivery::Event(_))));
     assert_eq!(next(&mut sub).await, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_running_generator_stops_it_and_ends_its_streams() {
+    let (runtime, pleg) = generator();
+    let mut sub = pleg.subscribe();
+    runtime.set_pods(vec![pod("a", &[("ca", Running)])]);
+    pleg.start().expect("inside tokio");
+    assert!(matches!(sub.recv().await, Some(Delivery::Event(_))));
+    drop(pleg);
+    assert_eq!(sub.recv().await, None, "the stream ends with the generator");
+    let calls = runtime.list_calls();
+    tokio::time::sleep(std::time::Duration::from_secs(7200)).await;
+    assert_eq!(
+        runtime.list_calls(),
+        calls,
+        "no relist after the last handle is gone"
+    );
+}

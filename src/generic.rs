@@ -37,7 +37,7 @@ use crate::cache::{CacheReader, PodCache};
 use crate::condition::{Conditions, WatchCondition};
 use crate::diff::{Diff, DiffEvent, Records, diff_into};
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-use crate::health::{self, RelistDuration, Unhealthy};
+use crate::health::{self, InvalidRelistDuration, RelistDuration, Unhealthy};
 use crate::hub::{self, Hub, SubscribeOptions, Subscription};
 use crate::model::{ContainerState, IdSet, Listing, Pod, PodMeta, PodStatus, PodUid};
 use crate::runtime::{self, Runtime, bounded};
@@ -48,6 +48,12 @@ pub enum Error {
     /// `start` was called outside a tokio runtime.
     #[error("pleg start: no tokio runtime; call start() from within one")]
     NoTokioRuntime,
+    /// The relist period or threshold cannot work.
+    #[error("pleg config: {0}")]
+    RelistDuration(#[from] InvalidRelistDuration),
+    /// A zero runtime request timeout would fail every call.
+    #[error("pleg config: runtime request timeout must be greater than zero")]
+    ZeroRequestTimeout,
 }
 
 /// How a generic generator runs.
@@ -200,7 +206,7 @@ impl Drop for Inner {
 /// use pleg::{GenericPleg, GenericConfig, runtime::fake::FakeRuntime};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let runtime = FakeRuntime::new();
-/// let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default());
+/// let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("valid config");
 /// let summary = pleg.relist().await.expect("the fake lists fine");
 /// assert_eq!(summary.pods, 0);
 /// assert!(pleg.healthy().is_ok());
@@ -225,9 +231,14 @@ impl std::fmt::Debug for GenericPleg {
 }
 
 impl GenericPleg {
-    /// A stopped generator over `runtime`.
-    pub fn new(runtime: Arc<dyn Runtime>, config: GenericConfig) -> Self {
-        GenericPleg {
+    /// A stopped generator over `runtime`. Refuses a configuration that
+    /// cannot work (zero period or timeout, threshold not above the period).
+    pub fn new(runtime: Arc<dyn Runtime>, config: GenericConfig) -> Result<Self, Error> {
+        config.relist.validate()?;
+        if config.runtime_request_timeout.is_zero() {
+            return Err(Error::ZeroRequestTimeout);
+        }
+        Ok(GenericPleg {
             inner: Arc::new(Inner {
                 runtime,
                 control: Arc::new(Control {
@@ -249,7 +260,7 @@ impl GenericPleg {
                 running: Mutex::new(None),
                 stats: Stats::default(),
             }),
-        }
+        })
     }
 
     /// Starts relisting periodically on the current tokio runtime. Starting a
@@ -257,6 +268,7 @@ impl GenericPleg {
     /// or when the last handle on the generator is dropped.
     pub fn start(&self) -> Result<(), Error> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoTokioRuntime)?;
+        warn_if_threshold_is_short(&self.relist_duration());
         let mut running = self.inner.running.lock();
         if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return Ok(());
@@ -296,10 +308,16 @@ impl GenericPleg {
     }
 
     /// Changes the relist period and health threshold. A running loop picks
-    /// the new period up at once.
-    pub fn update(&self, relist: RelistDuration) {
+    /// the new period up at once. A period or threshold that cannot work is
+    /// refused and the old values stay.
+    pub fn update(&self, relist: RelistDuration) -> Result<(), Error> {
+        relist.validate()?;
+        if self.is_running() {
+            warn_if_threshold_is_short(&relist);
+        }
         *self.inner.control.relist_duration.lock() = relist;
         self.inner.control.wake.notify_one();
+        Ok(())
     }
 
     /// The current relist period and threshold.
@@ -392,6 +410,16 @@ impl GenericPleg {
     /// Pods currently in the records (test and debugging aid).
     pub async fn recorded_pods(&self) -> usize {
         self.inner.state.lock().await.records.len()
+    }
+}
+
+fn warn_if_threshold_is_short(relist: &RelistDuration) {
+    if !relist.threshold_covers_period() {
+        tracing::warn!(
+            period = %health::go_duration(relist.relist_period),
+            threshold = %health::go_duration(relist.relist_threshold),
+            "relist threshold does not exceed the relist period; the generator will report unhealthy between relists"
+        );
     }
 }
 

@@ -31,6 +31,41 @@ impl RelistDuration {
     };
 }
 
+impl RelistDuration {
+    /// Checks that the period and the threshold are positive.
+    ///
+    /// A threshold at or below the period is allowed, since a generator that
+    /// is relisted by hand has no use for the period, but a running generator
+    /// configured so reports itself unhealthy between relists;
+    /// [`threshold_covers_period`](Self::threshold_covers_period) tells.
+    pub fn validate(&self) -> Result<(), InvalidRelistDuration> {
+        if self.relist_period.is_zero() {
+            return Err(InvalidRelistDuration::ZeroPeriod);
+        }
+        if self.relist_threshold.is_zero() {
+            return Err(InvalidRelistDuration::ZeroThreshold);
+        }
+        Ok(())
+    }
+
+    /// Whether the threshold exceeds the period, as it must for a running
+    /// generator to stay healthy.
+    pub fn threshold_covers_period(&self) -> bool {
+        self.relist_threshold > self.relist_period
+    }
+}
+
+/// A relist period and threshold that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRelistDuration {
+    /// A zero period would relist back to back.
+    #[error("relist period must be greater than zero")]
+    ZeroPeriod,
+    /// A zero threshold would report every generator unhealthy.
+    #[error("relist threshold must be greater than zero")]
+    ZeroThreshold,
+}
+
 impl Default for RelistDuration {
     fn default() -> Self {
         RelistDuration::GENERIC
@@ -143,6 +178,30 @@ mod tests {
         for (d, want) in cases {
             assert_eq!(go_duration(d), want, "{d:?}");
         }
+    }
+
+    #[test]
+    fn relist_durations_that_cannot_work_are_refused_with_the_values() {
+        let zero = RelistDuration {
+            relist_period: Duration::ZERO,
+            relist_threshold: Duration::from_secs(1),
+        };
+        assert_eq!(zero.validate(), Err(InvalidRelistDuration::ZeroPeriod));
+        let no_threshold = RelistDuration {
+            relist_period: Duration::from_secs(5),
+            relist_threshold: Duration::ZERO,
+        };
+        assert_eq!(
+            no_threshold.validate().map_err(|e| e.to_string()),
+            Err("relist threshold must be greater than zero".to_string())
+        );
+        let inverted = RelistDuration {
+            relist_period: Duration::from_secs(3600),
+            relist_threshold: Duration::from_secs(180),
+        };
+        assert_eq!(inverted.validate(), Ok(()));
+        assert!(!inverted.threshold_covers_period());
+        assert_eq!(RelistDuration::default().validate(), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

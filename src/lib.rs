@@ -31,7 +31,8 @@
 //!         },
 //!         ..GenericConfig::default()
 //!     },
-//! );
+//! )
+//! .expect("a valid configuration");
 //! let mut events = pleg.subscribe();
 //! pleg.start().expect("inside a tokio runtime");
 //!
@@ -75,7 +76,7 @@ pub use cache::{CacheEntry, CacheReader, PodCache};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 pub use generic::{GenericConfig, GenericPleg, RelistSummary, RuntimeCounts};
-pub use health::{RelistDuration, Unhealthy};
+pub use health::{InvalidRelistDuration, RelistDuration, Unhealthy};
 pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
 pub use model::{ContainerId, PodUid};
 pub use runtime::Runtime;

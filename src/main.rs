@@ -187,7 +187,8 @@ async fn demo(options: DemoOptions) -> Result<()> {
             relist,
             ..GenericConfig::default()
         },
-    );
+    )
+    .context("configuring the generator")?;
     let mut events = pleg.subscribe();
     let printer = tokio::spawn(async move {
         let stdout = std::io::stdout();

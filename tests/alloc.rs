@@ -113,7 +113,7 @@ fn allocations_of_a_no_change_relist_do_not_grow_with_the_number_of_pods() {
             listing: Listing::new(synthetic_pods(pods)),
             stats: RuntimeStats::default(),
         });
-        let pleg = GenericPleg::new(runtime, GenericConfig::default());
+        let pleg = GenericPleg::new(runtime, GenericConfig::default()).expect("valid config");
         let _subscriber = pleg.subscribe();
         tokio.block_on(async {
             // The first relist reports every pod; the second warms the buffers.

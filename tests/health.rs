@@ -63,7 +63,8 @@ async fn a_running_generator_stays_healthy_and_a_stalled_runtime_turns_it_unheal
     pleg.update(RelistDuration {
         relist_period: Duration::from_secs(1),
         relist_threshold: Duration::from_secs(10),
-    });
+    })
+    .expect("valid durations");
     pleg.start().expect("inside tokio");
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(pleg.healthy(), Ok(()));

@@ -526,7 +526,8 @@ async fn the_period_runs_from_the_end_of_one_relist_to_the_start_of_the_next() {
     pleg.update(pleg::RelistDuration {
         relist_period: Duration::from_secs(1),
         relist_threshold: Duration::from_secs(180),
-    });
+    })
+    .expect("valid durations");
     runtime.set_list_delay(Duration::from_millis(500));
     let t0 = Instant::now();
     pleg.start().expect("inside tokio");
@@ -551,7 +552,8 @@ async fn update_changes_the_period_of_a_running_generator_at_once() {
     pleg.update(pleg::RelistDuration {
         relist_period: Duration::from_secs(2),
         relist_threshold: Duration::from_secs(10),
-    });
+    })
+    .expect("valid durations");
     tokio::time::sleep_until(t0 + Duration::from_millis(6500)).await;
     // Relists at 0, then (period measured from the end of the first) 2, 4, 6.
     assert_eq!(runtime.list_calls(), 4);
@@ -609,7 +611,8 @@ async fn a_per_pod_request_during_a_runtime_outage_does_not_spin() {
     pleg.update(pleg::RelistDuration {
         relist_period: Duration::from_secs(1),
         relist_threshold: Duration::from_secs(180),
-    });
+    })
+    .expect("valid durations");
     runtime.set_list_failure(Some("connection refused".into()));
     // Each failing call takes a millisecond, so a spinning loop would still
     // let time pass and show up in the count instead of hanging the test.
@@ -624,4 +627,43 @@ async fn a_per_pod_request_during_a_runtime_outage_does_not_spin() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pleg.healthy().is_ok());
     pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn durations_that_cannot_work_are_refused_and_the_old_ones_stay() {
+    let (runtime, pleg) = generator();
+    let before = pleg.relist_duration();
+    let err = pleg
+        .update(pleg::RelistDuration {
+            relist_period: Duration::ZERO,
+            relist_threshold: Duration::from_secs(10),
+        })
+        .expect_err("zero period");
+    assert_eq!(
+        err.to_string(),
+        "pleg config: relist period must be greater than zero"
+    );
+    let err = pleg
+        .update(pleg::RelistDuration {
+            relist_period: Duration::from_secs(10),
+            relist_threshold: Duration::ZERO,
+        })
+        .expect_err("zero threshold");
+    assert_eq!(
+        err.to_string(),
+        "pleg config: relist threshold must be greater than zero"
+    );
+    assert_eq!(pleg.relist_duration(), before);
+    let err = pleg::GenericPleg::new(
+        runtime,
+        pleg::GenericConfig {
+            runtime_request_timeout: Duration::ZERO,
+            ..pleg::GenericConfig::default()
+        },
+    )
+    .expect_err("zero timeout");
+    assert_eq!(
+        err.to_string(),
+        "pleg config: runtime request timeout must be greater than zero"
+    );
 }

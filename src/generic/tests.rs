@@ -220,7 +220,8 @@ async fn the_watch_condition_matrix() {
         let mut initial = listed_pods();
         initial.push(pod("terminated", &[("s", Exited)], &[]));
         let runtime = FakeRuntime::with_pods(initial);
-        let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default());
+        let pleg =
+            GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("valid config");
         let mut sub = pleg.subscribe();
         pleg.relist().await.expect("listing works");
         pleg.inner
@@ -307,7 +308,7 @@ async fn the_watch_condition_matrix() {
 #[tokio::test(start_paused = true)]
 async fn a_watched_pod_is_reinspected_on_every_relist_until_its_condition_is_met() {
     let runtime = FakeRuntime::with_pods(listed_pods());
-    let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default());
+    let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("valid config");
     pleg.relist().await.expect("listing works");
     let uid = PodUid::new("running");
     let calls_before = runtime.status_calls(&uid);

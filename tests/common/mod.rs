@@ -37,7 +37,8 @@ pub fn generator() -> (Arc<FakeRuntime>, GenericPleg) {
             },
             runtime_request_timeout: Duration::from_secs(120),
         },
-    );
+    )
+    .expect("valid config");
     (runtime, pleg)
 }
 

@@ -6,7 +6,7 @@
 //! runtime value we do not understand becomes [`ContainerState::Unknown`] there,
 //! never a panic here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -147,9 +147,6 @@ macro_rules! string_id {
     };
 }
 
-/// A hash map keyed by our IDs, with a fast seeded hasher.
-pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// The hash of a pod UID, the same everywhere in this process: a listing
 /// computes it once per pod and the diff reuses it to find the pod's record.
 pub fn uid_hash(uid: &PodUid) -> u64 {
@@ -159,7 +156,7 @@ pub fn uid_hash(uid: &PodUid) -> u64 {
         .hash_one(uid)
 }
 
-/// A hash set of our IDs, with the same hasher as [`IdMap`].
+/// A hash set of our IDs, with a fast seeded hasher.
 pub type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 string_id!(

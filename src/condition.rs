@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -34,6 +36,7 @@ struct Versioned {
 #[derive(Default)]
 pub struct Conditions {
     pods: Mutex<HashMap<PodUid, HashMap<String, Versioned>>>,
+    panicked: AtomicU64,
 }
 
 impl fmt::Debug for Conditions {
@@ -125,22 +128,44 @@ impl Conditions {
             Some(c) if !c.is_empty() => c.values().cloned().collect(),
             _ => return false,
         };
-        let met: Vec<&Versioned> = snapshot.iter().filter(|v| (v.condition)(status)).collect();
-        if met.is_empty() {
+        let mut met = false;
+        let mut done: Vec<&Versioned> = Vec::new();
+        for versioned in &snapshot {
+            // A condition is the caller's code: a panic in it must not take
+            // the relist down. It is logged, counted and removed.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| (versioned.condition)(status))) {
+                Ok(true) => {
+                    met = true;
+                    done.push(versioned);
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    self.panicked.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pod = %uid, key = %versioned.key, "watch condition panicked; removing it");
+                    done.push(versioned);
+                }
+            }
+        }
+        if done.is_empty() {
             return false;
         }
         let mut pods = self.pods.lock();
         if let Some(conditions) = pods.get_mut(uid) {
-            for done in &met {
+            for finished in &done {
                 if conditions
-                    .get(&done.key)
-                    .is_some_and(|c| c.version == done.version)
+                    .get(&finished.key)
+                    .is_some_and(|c| c.version == finished.version)
                 {
-                    conditions.remove(&done.key);
+                    conditions.remove(&finished.key);
                 }
             }
         }
-        true
+        met
+    }
+
+    /// Conditions that panicked when evaluated (each was removed).
+    pub fn panicked(&self) -> u64 {
+        self.panicked.load(Ordering::Relaxed)
     }
 
     #[cfg(test)]

@@ -22,7 +22,7 @@
 //! A container created and removed between two relists is never seen. The
 //! evented generator closes that gap.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -173,7 +173,11 @@ struct Running {
 /// dropping the last [`GenericPleg`] handle then stops the loop.
 struct Control {
     relist_duration: Mutex<RelistDuration>,
-    requested: Mutex<HashSet<PodUid>>,
+    /// Pods asked for with `request_relist`, each with the number of its
+    /// latest request, so that a request made while a relist runs is not
+    /// cleared by that relist.
+    requested: Mutex<HashMap<PodUid, u64>>,
+    requests: AtomicU64,
     wake: tokio::sync::Notify,
 }
 
@@ -243,7 +247,8 @@ impl GenericPleg {
                 runtime,
                 control: Arc::new(Control {
                     relist_duration: Mutex::new(config.relist),
-                    requested: Mutex::new(HashSet::new()),
+                    requested: Mutex::new(HashMap::new()),
+                    requests: AtomicU64::new(0),
                     wake: tokio::sync::Notify::new(),
                 }),
                 request_timeout: config.runtime_request_timeout,
@@ -335,8 +340,10 @@ impl GenericPleg {
     /// the period. Returns at once; a stopped generator inspects the pod at
     /// its next relist.
     pub fn request_relist(&self, uid: &PodUid) {
-        self.inner.control.requested.lock().insert(uid.clone());
-        self.inner.control.wake.notify_one();
+        let control = &self.inner.control;
+        let number = control.requests.fetch_add(1, Ordering::Relaxed);
+        control.requested.lock().insert(uid.clone(), number);
+        control.wake.notify_one();
     }
 
     /// `Ok` while the last relist whose listing succeeded started within the
@@ -514,11 +521,20 @@ impl Inner {
             summary.record(outcome, &mut failed, &change.uid);
         }
 
-        // Pods with no change of their own that still need a look.
-        let requested = std::mem::take(&mut *self.control.requested.lock());
+        // Pods with no change of their own that still need a look. The
+        // reinspection set and the requests are only cleared once the relist
+        // completes: a relist cancelled half-way (stop, or a dropped
+        // `relist()` future) leaves them for the next one.
+        let requested: Vec<(PodUid, u64)> = self
+            .control
+            .requested
+            .lock()
+            .iter()
+            .map(|(uid, number)| (uid.clone(), *number))
+            .collect();
         let mut extra: Vec<PodUid> = self.conditions.watched_pods();
-        extra.extend(reinspect.drain());
-        extra.extend(requested);
+        extra.extend(reinspect.iter().cloned());
+        extra.extend(requested.iter().map(|(uid, _)| uid.clone()));
         extra.sort_unstable();
         extra.dedup();
         let changed: IdSet<&PodUid> = if extra.is_empty() {
@@ -542,6 +558,14 @@ impl Inner {
         }
 
         *reinspect = failed;
+        {
+            let mut pending = self.control.requested.lock();
+            for (uid, number) in &requested {
+                if pending.get(uid) == Some(number) {
+                    pending.remove(uid);
+                }
+            }
+        }
         self.cache.update_time(started);
         self.stats.relists.fetch_add(1, Ordering::Relaxed);
         self.stats.last_relist_nanos.store(

@@ -8,7 +8,9 @@
 //! # Lagging
 //! When a batch does not fit in a subscriber's queue, the whole batch is
 //! dropped for that subscriber (a consumer never sees half of a pod's
-//! transition) and counted. The subscriber then receives, in order, the events
+//! transition) and counted. An empty queue takes any batch, even one larger
+//! than the capacity, so a small capacity never starves a subscriber that
+//! keeps up. The subscriber then receives, in order, the events
 //! that were queued before the overflow, one [`Delivery::Resync`] carrying the
 //! exact number it missed, and the events published after. On `Resync` a
 //! consumer should re-read the cache, which is always current.
@@ -160,9 +162,11 @@ impl Slot {
                 return 0;
             }
             // A pending Resync marker takes a slot of its own, so the queue
-            // never holds more than `capacity` deliveries.
+            // never holds more than `capacity` deliveries, except that an
+            // empty queue always takes a batch: a pod with more events than
+            // the capacity must not starve a subscriber that keeps up.
             let needed = matching + usize::from(q.pending_missed > 0);
-            if q.items.len() + needed > self.capacity {
+            if !q.items.is_empty() && q.items.len() + needed > self.capacity {
                 q.pending_missed += matching as u64;
                 self.missed_total
                     .fetch_add(matching as u64, Ordering::Relaxed);
@@ -443,6 +447,23 @@ mod tests {
             Some(EventType::ContainerDied)
         );
         assert!(by_kind_and_uid.try_recv().is_none());
+    }
+
+    #[test]
+    fn an_empty_queue_takes_a_batch_larger_than_its_capacity() {
+        let hub = Hub::new();
+        let mut sub = hub
+            .subscribe_with(SubscribeOptions {
+                capacity: 1,
+                ..Default::default()
+            })
+            .expect("capacity is valid");
+        let died = event("a", "ns", EventType::ContainerDied);
+        hub.publish(&[died.clone(), died.clone(), died.clone()]);
+        hub.publish(std::slice::from_ref(&died));
+        let got: Vec<_> = std::iter::from_fn(|| sub.try_recv()).collect();
+        assert_eq!(got.len(), 4, "three events, then the marker for the fourth");
+        assert_eq!(got[3], Delivery::Resync { missed: 1 });
     }
 
     #[test]

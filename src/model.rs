@@ -338,9 +338,9 @@ impl Container {
 pub struct Pod {
     /// Identity, shared with events and statuses.
     pub meta: Arc<PodMeta>,
-    /// Sandboxes, newest first as the runtime lists them.
+    /// Sandboxes (in ID order once in a [`Listing`]).
     pub sandboxes: Vec<Container>,
-    /// Containers.
+    /// Containers (in ID order once in a [`Listing`]).
     pub containers: Vec<Container>,
 }
 
@@ -401,7 +401,9 @@ pub enum EntryKind {
 /// Construction normalises runtime data that would otherwise confuse the diff:
 /// two entries for the same pod UID are merged, and a container or sandbox ID
 /// listed twice is kept once (the first sighting wins). Both are counted in
-/// [`Listing::duplicates_dropped`].
+/// [`Listing::duplicates_dropped`]. Each pod's sandboxes and containers are
+/// kept in ID order, so a runtime that lists them in a different order every
+/// time (containerd lists from Go maps) still diffs on the fast path.
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
     pods: Vec<Arc<Pod>>,
@@ -464,6 +466,10 @@ impl Listing {
                     duplicates_dropped += 1;
                 }
             }
+        }
+        for pod in &mut merged {
+            pod.sandboxes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            pod.containers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         }
         Listing {
             pods: merged.into_iter().map(Arc::new).collect(),

@@ -221,7 +221,16 @@ async fn a_pod_whose_first_fetch_failed_and_that_vanished_leaves_nothing_behind(
 #[tokio::test(start_paused = true)]
 async fn pod_is_reinspected_after_a_transient_unknown_container() {
     let (runtime, pleg) = generator();
-    let mut sub = pleg.subscribe();
+    // ContainerChanged too, so that the held-back event of relist 2 would show.
+    let mut sub = pleg
+        .subscribe_with(SubscribeOptions {
+            filter: Filter {
+                include_container_changed: true,
+                ..Filter::default()
+            },
+            ..SubscribeOptions::default()
+        })
+        .expect("valid options");
     let uid = PodUid::new("p");
     runtime.set_pods(vec![pod("p", &[("infra", Running)])]);
     pleg.relist().await.expect("listing works");
@@ -240,7 +249,10 @@ async fn pod_is_reinspected_after_a_transient_unknown_container() {
     pleg.relist().await.expect("listing works");
     let entry = pleg.cache().get(&uid).expect("cached");
     assert!(entry.error.is_some());
-    assert!(drain(&mut sub).is_empty());
+    assert!(
+        drain(&mut sub).is_empty(),
+        "ContainerChanged for the transient container is held back"
+    );
 
     // The transient container is gone again: the pod is reinspected, the cache
     // is good again, and since the containers match the first relist, nothing
@@ -666,4 +678,77 @@ async fn durations_that_cannot_work_are_refused_and_the_old_ones_stay() {
         err.to_string(),
         "pleg config: runtime request timeout must be greater than zero"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_relist_leaves_reinspections_and_requests_for_the_next_one() {
+    let (runtime, pleg) = generator();
+    let (p, q) = (PodUid::new("p"), PodUid::new("q"));
+    runtime.set_pods(vec![
+        pod("p", &[("infra", Running)]),
+        pod("q", &[("d", Running)]),
+    ]);
+    pleg.relist().await.expect("listing works");
+    // p's inspection fails while a transient container shows: p is due for
+    // reinspection even though its listing goes back to what was recorded.
+    runtime.set_pods(vec![
+        pod("p", &[("infra", Running), ("transient", Unknown)]),
+        pod("q", &[("d", Running)]),
+    ]);
+    runtime.push_status("p", Err("inspection error".into()));
+    pleg.relist().await.expect("listing works");
+    runtime.set_pods(vec![
+        pod("p", &[("infra", Running)]),
+        pod("q", &[("d", Running)]),
+    ]);
+    pleg.request_relist(&q);
+
+    // This relist is abandoned while it inspects.
+    runtime.set_status_delay(Duration::from_secs(10));
+    let abandoned = tokio::time::timeout(Duration::from_secs(1), pleg.relist()).await;
+    assert!(abandoned.is_err(), "the relist was still inspecting");
+    runtime.set_status_delay(Duration::ZERO);
+
+    let (p_calls, q_calls) = (runtime.status_calls(&p), runtime.status_calls(&q));
+    pleg.relist().await.expect("listing works");
+    assert_eq!(
+        runtime.status_calls(&p),
+        p_calls + 1,
+        "p is still reinspected"
+    );
+    assert_eq!(
+        runtime.status_calls(&q),
+        q_calls + 1,
+        "q's request is still served"
+    );
+    assert!(pleg.cache().get(&p).is_some_and(|e| e.error.is_none()));
+
+    pleg.relist().await.expect("listing works");
+    assert_eq!(runtime.status_calls(&p), p_calls + 1, "done with p");
+    assert_eq!(runtime.status_calls(&q), q_calls + 1, "done with q");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_watch_condition_is_removed_and_the_loop_keeps_running() {
+    let (runtime, pleg) = generator();
+    pleg.update(pleg::RelistDuration {
+        relist_period: Duration::from_secs(1),
+        relist_threshold: Duration::from_secs(10),
+    })
+    .expect("valid durations");
+    let uid = PodUid::new("p");
+    runtime.set_pods(vec![pod("p", &[("c", Running)])]);
+    pleg.set_pod_watch_condition(
+        &uid,
+        "boom",
+        std::sync::Arc::new(|_: &PodStatus| panic!("condition bug")),
+    );
+    pleg.start().expect("inside tokio");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(pleg.is_running());
+    assert_eq!(pleg.conditions().panicked(), 1);
+    assert!(pleg.conditions().is_empty());
+    assert!(pleg.healthy().is_ok());
+    assert!(runtime.list_calls() >= 5);
+    pleg.stop().await;
 }

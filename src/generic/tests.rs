@@ -50,6 +50,8 @@ struct Case {
     expect_removed: bool,
     expect_left: &'static [(&'static str, u64)],
     expect_met: bool,
+    /// Whether the pod's status is fetched at the relist (once at most).
+    expect_fetched: bool,
 }
 
 fn always() -> Make {
@@ -112,6 +114,7 @@ fn cases() -> Vec<Case> {
             expect_removed: true,
             expect_left: &[],
             expect_met: false,
+            expect_fetched: false,
         },
         Case {
             name: "running pod with met, unmet and updated-while-evaluated conditions",
@@ -126,6 +129,7 @@ fn cases() -> Vec<Case> {
             expect_removed: false,
             expect_left: &[("updating", 1), ("watching", 0)],
             expect_met: true,
+            expect_fetched: true,
         },
         Case {
             name: "conditions with versions bumped by setting twice",
@@ -140,6 +144,7 @@ fn cases() -> Vec<Case> {
             expect_removed: false,
             expect_left: &[("updating", 2), ("watching", 1)],
             expect_met: true,
+            expect_fetched: true,
         },
         Case {
             name: "met condition whose version moved during evaluation",
@@ -150,6 +155,7 @@ fn cases() -> Vec<Case> {
             expect_removed: false,
             expect_left: &[("resetting", 0)],
             expect_met: true,
+            expect_fetched: true,
         },
         Case {
             name: "pod that never existed",
@@ -160,6 +166,7 @@ fn cases() -> Vec<Case> {
             expect_removed: true,
             expect_left: &[],
             expect_met: false,
+            expect_fetched: false,
         },
         Case {
             name: "terminated pod that vanished",
@@ -170,6 +177,7 @@ fn cases() -> Vec<Case> {
             expect_removed: true,
             expect_left: &[],
             expect_met: false,
+            expect_fetched: false,
         },
         Case {
             name: "pod being reinspected",
@@ -180,6 +188,18 @@ fn cases() -> Vec<Case> {
             expect_removed: false,
             expect_left: &[("watching", 0)],
             expect_met: false,
+            expect_fetched: true,
+        },
+        Case {
+            name: "terminating pod that is still listed",
+            pod: "terminating",
+            conditions: vec![("watching", never())],
+            set_twice: false,
+            expect_evaluated: true,
+            expect_removed: false,
+            expect_left: &[("watching", 0)],
+            expect_met: false,
+            expect_fetched: true,
         },
         Case {
             name: "single-container conditions",
@@ -193,6 +213,7 @@ fn cases() -> Vec<Case> {
             expect_removed: false,
             expect_left: &[("watching", 0)],
             expect_met: true,
+            expect_fetched: true,
         },
         Case {
             name: "multi-container conditions",
@@ -210,6 +231,7 @@ fn cases() -> Vec<Case> {
             expect_removed: false,
             expect_left: &[("watching:running", 0)],
             expect_met: true,
+            expect_fetched: true,
         },
     ]
 }
@@ -254,7 +276,14 @@ async fn the_watch_condition_matrix() {
                 pleg.set_pod_watch_condition(&uid, key, wrapped);
             }
         }
+        let fetches_before = runtime.status_calls(&uid);
         pleg.relist().await.expect("listing works");
+        assert_eq!(
+            runtime.status_calls(&uid) - fetches_before,
+            u64::from(case.expect_fetched),
+            "{}: status fetches",
+            case.name
+        );
 
         let evaluated = evaluated.lock().clone();
         if case.expect_evaluated {

@@ -61,7 +61,7 @@ struct Record {
     uid: PodUid,
     pod: Arc<Pod>,
     /// Sandboxes, then containers, in listing order.
-    keys: Box<[EntryKey]>,
+    keys: Keys,
 }
 
 #[derive(Clone, Debug)]
@@ -70,17 +70,56 @@ struct EntryKey {
     id: ContainerId,
 }
 
+/// Entries kept inside the record itself: a typical pod (a sandbox and a few
+/// containers) is then one contiguous read, wherever the record sits.
+const INLINE_KEYS: usize = 4;
+
+// The inline variant is large on purpose: it is the common case, and keeping
+// it inline is the point.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+enum Keys {
+    Inline {
+        len: usize,
+        keys: [EntryKey; INLINE_KEYS],
+    },
+    Spilled(Box<[EntryKey]>),
+}
+
+impl Keys {
+    fn new(len: usize, mut entries: impl Iterator<Item = EntryKey>) -> Self {
+        if len > INLINE_KEYS {
+            return Keys::Spilled(entries.collect());
+        }
+        let keys = std::array::from_fn(|_| {
+            entries.next().unwrap_or(EntryKey {
+                presence: Presence::Absent,
+                id: ContainerId::new(""),
+            })
+        });
+        Keys::Inline { len, keys }
+    }
+
+    fn as_slice(&self) -> &[EntryKey] {
+        match self {
+            Keys::Inline { len, keys } => &keys[..*len],
+            Keys::Spilled(keys) => keys,
+        }
+    }
+}
+
 impl Record {
     fn new(pod: &Arc<Pod>, hash: u64) -> Self {
-        let keys = pod
-            .sandboxes
-            .iter()
-            .chain(&pod.containers)
-            .map(|c| EntryKey {
-                presence: presence(c.state),
-                id: c.id.clone(),
-            })
-            .collect();
+        let keys = Keys::new(
+            pod.sandboxes.len() + pod.containers.len(),
+            pod.sandboxes
+                .iter()
+                .chain(&pod.containers)
+                .map(|c| EntryKey {
+                    presence: presence(c.state),
+                    id: c.id.clone(),
+                }),
+        );
         Record {
             hash,
             uid: pod.uid().clone(),
@@ -96,10 +135,11 @@ impl Record {
     /// Whether the listed pod has the same IDs in the same states, in the same
     /// order.
     fn same_states(&self, new: &Pod) -> bool {
+        let keys = self.keys.as_slice();
         let sandboxes = new.sandboxes.len();
-        self.keys.len() == sandboxes + new.containers.len()
-            && same_keys(&self.keys[..sandboxes], &new.sandboxes)
-            && same_keys(&self.keys[sandboxes..], &new.containers)
+        keys.len() == sandboxes + new.containers.len()
+            && same_keys(&keys[..sandboxes], &new.sandboxes)
+            && same_keys(&keys[sandboxes..], &new.containers)
     }
 }
 
@@ -557,6 +597,34 @@ mod tests {
 mod record_tests {
     use super::*;
     use crate::model::PodMeta;
+
+    #[test]
+    fn pods_with_more_entries_than_fit_inline_diff_alike() {
+        let big = |state| {
+            (0..7).fold(
+                Pod::new(PodMeta::new("big", "big", "ns")).with_sandbox(Container::new(
+                    "s",
+                    "big",
+                    ContainerState::Running,
+                )),
+                |p, i| p.with_container(Container::new(format!("c{i}"), format!("c{i}"), state)),
+            )
+        };
+        let mut records = Records::new();
+        let first = diff(&records, &Listing::new([big(ContainerState::Running)]));
+        assert_eq!(first.events().len(), 8);
+        for change in first.changes() {
+            records.apply(&change.uid, change.new.as_ref());
+        }
+        assert!(diff(&records, &Listing::new([big(ContainerState::Running)])).is_empty());
+        let died = diff(&records, &Listing::new([big(ContainerState::Exited)]));
+        assert_eq!(died.events().len(), 7);
+        assert!(
+            died.events()
+                .iter()
+                .all(|e| e.kind == EventType::ContainerDied)
+        );
+    }
 
     #[test]
     fn records_stay_findable_through_inserts_updates_and_removals() {

@@ -400,7 +400,7 @@ pub enum EntryKind {
 ///
 /// Construction normalises runtime data that would otherwise confuse the diff:
 /// two entries for the same pod UID are merged, and a container or sandbox ID
-/// listed twice is kept once (the first sighting wins). Both are counted in
+/// listed twice in a pod is kept once (the first sighting wins). Both are counted in
 /// [`Listing::duplicates_dropped`]. Each pod's sandboxes and containers are
 /// kept in ID order, so a runtime that lists them in a different order every
 /// time (containerd lists from Go maps) still diffs on the fast path.
@@ -421,55 +421,27 @@ impl Listing {
         let mut merged: Vec<Pod> = Vec::new();
         let mut keys: Vec<(PodUid, u64)> = Vec::new();
         let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
-        let mut seen_ids: IdSet<ContainerId> = IdSet::default();
         let mut duplicates_dropped = 0;
         for pod in pods {
-            let Pod {
-                meta,
-                sandboxes,
-                containers,
-            } = pod;
-            let hash = uid_hash(&meta.uid);
-            let found = index
-                .find(hash, |&i| keys[i as usize].0 == meta.uid)
-                .map(|&i| i as usize);
-            let slot = match found {
-                Some(i) => {
+            let hash = uid_hash(&pod.meta.uid);
+            match index.find(hash, |&i| keys[i as usize].0 == pod.meta.uid) {
+                Some(&i) => {
                     duplicates_dropped += 1;
-                    i
+                    let target = &mut merged[i as usize];
+                    target.sandboxes.extend(pod.sandboxes);
+                    target.containers.extend(pod.containers);
                 }
                 None => {
-                    let i = merged.len();
-                    let position = u32::try_from(i).unwrap_or(u32::MAX);
+                    let position = u32::try_from(merged.len()).unwrap_or(u32::MAX);
                     index.insert_unique(hash, position, |&j| keys[j as usize].1);
-                    keys.push((meta.uid.clone(), hash));
-                    merged.push(Pod {
-                        meta,
-                        sandboxes: Vec::with_capacity(sandboxes.len()),
-                        containers: Vec::with_capacity(containers.len()),
-                    });
-                    i
-                }
-            };
-            let target = &mut merged[slot];
-            for sandbox in sandboxes {
-                if seen_ids.insert(sandbox.id.clone()) {
-                    target.sandboxes.push(sandbox);
-                } else {
-                    duplicates_dropped += 1;
-                }
-            }
-            for container in containers {
-                if seen_ids.insert(container.id.clone()) {
-                    target.containers.push(container);
-                } else {
-                    duplicates_dropped += 1;
+                    keys.push((pod.meta.uid.clone(), hash));
+                    merged.push(pod);
                 }
             }
         }
         for pod in &mut merged {
-            pod.sandboxes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-            pod.containers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            duplicates_dropped +=
+                in_id_order_once(&mut pod.sandboxes) + in_id_order_once(&mut pod.containers);
         }
         Listing {
             pods: merged.into_iter().map(Arc::new).collect(),
@@ -524,6 +496,15 @@ impl Listing {
     pub fn duplicates_dropped(&self) -> usize {
         self.duplicates_dropped
     }
+}
+
+/// Sorts entries by ID and drops repeated IDs, keeping the first sighting (the
+/// sort is stable). Returns how many were dropped.
+fn in_id_order_once(entries: &mut Vec<Container>) -> usize {
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let before = entries.len();
+    entries.dedup_by(|later, first| later.id == first.id);
+    before - entries.len()
 }
 
 /// The status of one pod, as the cache holds it.

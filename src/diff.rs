@@ -38,7 +38,8 @@ use std::sync::Arc;
 
 use crate::event::EventType;
 use crate::model::{
-    Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid, uid_hash,
+    Container, ContainerId, ContainerState, EntryKind, Listing, Pod, PodUid, RuntimeCounts,
+    uid_hash,
 };
 
 /// What the generator remembers of each pod: the listing entry it last
@@ -249,6 +250,7 @@ pub struct PodChange {
 pub struct Diff {
     changes: Vec<PodChange>,
     events: Vec<DiffEvent>,
+    counts: RuntimeCounts,
 }
 
 impl Diff {
@@ -282,9 +284,16 @@ impl Diff {
         self.changes.is_empty()
     }
 
+    /// Running pods and containers by state in the listing, counted on the
+    /// same pass.
+    pub fn counts(&self) -> RuntimeCounts {
+        self.counts
+    }
+
     fn clear(&mut self) {
         self.changes.clear();
         self.events.clear();
+        self.counts = RuntimeCounts::default();
     }
 }
 
@@ -299,7 +308,9 @@ pub fn diff(records: &Records, listing: &Listing) -> Diff {
 pub fn diff_into(records: &Records, listing: &Listing, out: &mut Diff) {
     out.clear();
     let mut matched = 0usize;
+    let mut counts = RuntimeCounts::default();
     for (pod, uid, hash) in listing.keyed_pods() {
+        counts.add(pod);
         let record = records.find(uid, hash);
         if let Some(record) = record {
             matched += 1;
@@ -309,6 +320,7 @@ pub fn diff_into(records: &Records, listing: &Listing, out: &mut Diff) {
         }
         push_change(out, uid, record.map(|r| &r.pod), Some(pod));
     }
+    out.counts = counts;
     if matched < records.len() {
         for record in &records.entries {
             if listing.get_hashed(record.uid(), record.hash).is_none() {

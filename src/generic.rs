@@ -39,7 +39,7 @@ use crate::diff::{Diff, DiffEvent, Records, diff_into};
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 use crate::health::{self, InvalidRelistDuration, RelistDuration, Unhealthy};
 use crate::hub::{self, Hub, SubscribeOptions, Subscription};
-use crate::model::{ContainerState, IdSet, Listing, Pod, PodMeta, PodStatus, PodUid};
+use crate::model::{ContainerState, IdSet, Pod, PodMeta, PodStatus, PodUid, RuntimeCounts};
 use crate::runtime::{self, Runtime, bounded};
 
 /// Errors of the generator's control API.
@@ -71,40 +71,6 @@ impl Default for GenericConfig {
             relist: RelistDuration::GENERIC,
             runtime_request_timeout: Duration::from_secs(120),
         }
-    }
-}
-
-/// Pods with a running sandbox, and containers by state, as of the last
-/// successful listing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuntimeCounts {
-    /// Pods with at least one running (ready) sandbox.
-    pub running_pods: usize,
-    containers: [usize; 4],
-}
-
-impl RuntimeCounts {
-    /// Counts a listing.
-    pub fn of(listing: &Listing) -> Self {
-        let mut counts = RuntimeCounts::default();
-        for pod in listing.pods() {
-            if pod
-                .sandboxes
-                .iter()
-                .any(|s| s.state == ContainerState::Running)
-            {
-                counts.running_pods += 1;
-            }
-            for c in &pod.containers {
-                counts.containers[c.state.index()] += 1;
-            }
-        }
-        counts
-    }
-
-    /// Containers (not sandboxes) in a state.
-    pub fn containers(&self, state: ContainerState) -> usize {
-        self.containers[state.index()]
     }
 }
 
@@ -479,7 +445,6 @@ impl Inner {
             }
         };
         *self.last_success.lock() = Some(started);
-        *self.counts.lock() = RuntimeCounts::of(&listing);
         let duplicates = listing.duplicates_dropped();
         if duplicates > 0 {
             self.stats
@@ -502,6 +467,7 @@ impl Inner {
             diff,
         } = &mut *state;
         diff_into(records, &listing, diff);
+        *self.counts.lock() = diff.counts();
         self.conditions.retain_pods(|uid| listing.contains(uid));
 
         let mut summary = RelistSummary {

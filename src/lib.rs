@@ -75,10 +75,10 @@ pub mod runtime;
 pub use cache::{CacheEntry, CacheReader, PodCache};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-pub use generic::{GenericConfig, GenericPleg, RelistSummary, RuntimeCounts};
+pub use generic::{GenericConfig, GenericPleg, RelistSummary};
 pub use health::{InvalidRelistDuration, RelistDuration, Unhealthy};
 pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
-pub use model::{ContainerId, PodUid};
+pub use model::{ContainerId, PodUid, RuntimeCounts};
 pub use runtime::Runtime;
 
 /// The README's examples, compiled and run as doctests.

@@ -225,10 +225,6 @@ impl ContainerState {
             _ => None,
         }
     }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
 }
 
 impl fmt::Display for ContainerState {
@@ -406,6 +402,12 @@ pub enum EntryKind {
 /// time (containerd lists from Go maps) still diffs on the fast path.
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
+    /// Shared, so that handing a listing around costs one reference count.
+    inner: Arc<ListingInner>,
+}
+
+#[derive(Debug, Default)]
+struct ListingInner {
     pods: Vec<Arc<Pod>>,
     /// UID and `uid_hash` of each pod, by position, kept apart from the pods
     /// so that walking them reads memory in order.
@@ -418,49 +420,81 @@ pub struct Listing {
 impl Listing {
     /// Builds a listing from the runtime's pods.
     pub fn new(pods: impl IntoIterator<Item = Pod>) -> Self {
-        let mut merged: Vec<Pod> = Vec::new();
-        let mut keys: Vec<(PodUid, u64)> = Vec::new();
-        let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
+        // Canonical order: by UID hash (stable, so the first sighting of a
+        // repeated UID comes first). Whatever order the runtime lists pods in,
+        // the same pods then come in the same order, and the diff walks the
+        // records, which were created in that order, from front to back.
+        let mut hashed: Vec<(u64, Pod)> = pods
+            .into_iter()
+            .map(|pod| (uid_hash(&pod.meta.uid), pod))
+            .collect();
+        hashed.sort_by_key(|(hash, _)| *hash);
+
+        let mut merged: Vec<Pod> = Vec::with_capacity(hashed.len());
+        let mut keys: Vec<(PodUid, u64)> = Vec::with_capacity(hashed.len());
         let mut duplicates_dropped = 0;
-        for pod in pods {
-            let hash = uid_hash(&pod.meta.uid);
-            match index.find(hash, |&i| keys[i as usize].0 == pod.meta.uid) {
-                Some(&i) => {
+        for (hash, pod) in hashed {
+            // A repeated UID sits among the pods with the same hash just before.
+            let same_hash = keys.iter().rev().take_while(|(_, h)| *h == hash).count();
+            let first = keys.len() - same_hash;
+            match keys[first..]
+                .iter()
+                .position(|(uid, _)| *uid == pod.meta.uid)
+            {
+                Some(offset) => {
                     duplicates_dropped += 1;
-                    let target = &mut merged[i as usize];
+                    let target = &mut merged[first + offset];
                     target.sandboxes.extend(pod.sandboxes);
                     target.containers.extend(pod.containers);
                 }
                 None => {
-                    let position = u32::try_from(merged.len()).unwrap_or(u32::MAX);
-                    index.insert_unique(hash, position, |&j| keys[j as usize].1);
                     keys.push((pod.meta.uid.clone(), hash));
                     merged.push(pod);
                 }
             }
         }
+        // Repack every pod's entries into fresh vectors allocated in the
+        // canonical order, so that walking the listing reads memory front to
+        // back. The runtime's vectors are freed only after all are allocated,
+        // so that the new ones do not land in their holes.
+        let mut spent: Vec<Vec<Container>> = Vec::with_capacity(merged.len() * 2);
         for pod in &mut merged {
             duplicates_dropped +=
                 in_id_order_once(&mut pod.sandboxes) + in_id_order_once(&mut pod.containers);
+            for entries in [&mut pod.sandboxes, &mut pod.containers] {
+                let mut fresh = Vec::with_capacity(entries.len());
+                fresh.append(entries);
+                spent.push(std::mem::replace(entries, fresh));
+            }
+        }
+        drop(spent);
+        let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(keys.len());
+        for (position, (_, hash)) in keys.iter().enumerate() {
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            index.insert_unique(*hash, position, |&j| keys[j as usize].1);
         }
         Listing {
-            pods: merged.into_iter().map(Arc::new).collect(),
-            keys,
-            index,
-            duplicates_dropped,
+            inner: Arc::new(ListingInner {
+                pods: merged.into_iter().map(Arc::new).collect(),
+                keys,
+                index,
+                duplicates_dropped,
+            }),
         }
     }
 
-    /// The pods, in the order the runtime listed them.
+    /// The pods, in a canonical order (by UID hash) that does not depend on
+    /// the order the runtime listed them in.
     pub fn pods(&self) -> &[Arc<Pod>] {
-        &self.pods
+        &self.inner.pods
     }
 
     /// The pods with their UID and [`uid_hash`].
     pub fn keyed_pods(&self) -> impl Iterator<Item = (&Arc<Pod>, &PodUid, u64)> {
-        self.pods
+        self.inner
+            .pods
             .iter()
-            .zip(&self.keys)
+            .zip(&self.inner.keys)
             .map(|(p, (uid, hash))| (p, uid, *hash))
     }
 
@@ -471,9 +505,10 @@ impl Listing {
 
     /// The pod with this UID, given its [`uid_hash`].
     pub fn get_hashed(&self, uid: &PodUid, hash: u64) -> Option<&Arc<Pod>> {
-        self.index
-            .find(hash, |&i| self.keys[i as usize].0 == *uid)
-            .map(|&i| &self.pods[i as usize])
+        self.inner
+            .index
+            .find(hash, |&i| self.inner.keys[i as usize].0 == *uid)
+            .map(|&i| &self.inner.pods[i as usize])
     }
 
     /// Whether the pod is listed.
@@ -483,18 +518,18 @@ impl Listing {
 
     /// Number of pods.
     pub fn len(&self) -> usize {
-        self.pods.len()
+        self.inner.pods.len()
     }
 
     /// Whether no pod is listed.
     pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
+        self.inner.pods.is_empty()
     }
 
     /// How many repeated pod UIDs and repeated container/sandbox IDs were
     /// folded away when the listing was built.
     pub fn duplicates_dropped(&self) -> usize {
-        self.duplicates_dropped
+        self.inner.duplicates_dropped
     }
 }
 
@@ -505,6 +540,60 @@ fn in_id_order_once(entries: &mut Vec<Container>) -> usize {
     let before = entries.len();
     entries.dedup_by(|later, first| later.id == first.id);
     before - entries.len()
+}
+
+/// Pods with a running sandbox, and containers by state, in a listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeCounts {
+    /// Pods with at least one running (ready) sandbox.
+    pub running_pods: usize,
+    // One field per state rather than an array: a local tally then lives in
+    // registers inside the diff's loop.
+    created: usize,
+    running: usize,
+    exited: usize,
+    unknown: usize,
+}
+
+impl RuntimeCounts {
+    /// Counts a listing.
+    pub fn of(listing: &Listing) -> Self {
+        let mut counts = RuntimeCounts::default();
+        for pod in listing.pods() {
+            counts.add(pod);
+        }
+        counts
+    }
+
+    /// Adds one pod to the counts.
+    #[inline]
+    pub fn add(&mut self, pod: &Pod) {
+        if pod
+            .sandboxes
+            .iter()
+            .any(|s| s.state == ContainerState::Running)
+        {
+            self.running_pods += 1;
+        }
+        for c in &pod.containers {
+            match c.state {
+                ContainerState::Created => self.created += 1,
+                ContainerState::Running => self.running += 1,
+                ContainerState::Exited => self.exited += 1,
+                ContainerState::Unknown => self.unknown += 1,
+            }
+        }
+    }
+
+    /// Containers (not sandboxes) in a state.
+    pub fn containers(&self, state: ContainerState) -> usize {
+        match state {
+            ContainerState::Created => self.created,
+            ContainerState::Running => self.running,
+            ContainerState::Exited => self.exited,
+            ContainerState::Unknown => self.unknown,
+        }
+    }
 }
 
 /// The status of one pod, as the cache holds it.

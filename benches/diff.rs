@@ -11,8 +11,11 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pleg::diff::{Diff, Records, diff_into};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
+use pleg::diff::{Diff, Records, diff, diff_into};
 use pleg::model::{ContainerState, Listing, Pod, PodMeta};
 use pleg::runtime::fake::{runtime_id, synthetic_pods};
 
@@ -46,28 +49,46 @@ fn churned(pods: usize, percent: usize) -> Vec<Pod> {
     listing
 }
 
+/// Records after a first relist of `pods` synthetic pods.
+fn recorded(pods: usize) -> Records {
+    let mut records = Records::new();
+    let first = diff(&records, &Listing::new(synthetic_pods(pods)));
+    for change in first.changes() {
+        records.apply(&change.uid, change.new.as_ref());
+    }
+    records
+}
+
+/// Benchmarks one diff of `listing` against `records` as `<group>/<pods>/<churn>`.
+fn bench_one(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    pods: usize,
+    churn: usize,
+    records: &Records,
+    listing: &Listing,
+    out: &mut Diff,
+) {
+    group.throughput(Throughput::Elements(pods as u64));
+    group.bench_with_input(
+        BenchmarkId::new(pods.to_string(), churn),
+        listing,
+        |b, listing| {
+            b.iter(|| {
+                diff_into(black_box(records), black_box(listing), out);
+                black_box(out.events().len())
+            })
+        },
+    );
+}
+
 fn bench_diff(c: &mut Criterion) {
     let mut group = c.benchmark_group("diff");
     for pods in [100usize, 1_000, 10_000] {
-        let mut records = Records::new();
+        let records = recorded(pods);
         let mut out = Diff::new();
-        diff_into(&records, &Listing::new(synthetic_pods(pods)), &mut out);
-        for change in out.changes() {
-            records.apply(&change.uid, change.new.as_ref());
-        }
         for churn in [0usize, 1, 10] {
             let listing = Listing::new(churned(pods, churn));
-            group.throughput(Throughput::Elements(pods as u64));
-            group.bench_with_input(
-                BenchmarkId::new(pods.to_string(), churn),
-                &listing,
-                |b, listing| {
-                    b.iter(|| {
-                        diff_into(black_box(&records), black_box(listing), &mut out);
-                        black_box(out.events().len())
-                    })
-                },
-            );
+            bench_one(&mut group, pods, churn, &records, &listing, &mut out);
         }
     }
     group.finish();
@@ -78,12 +99,8 @@ fn bench_diff(c: &mut Criterion) {
     // pod, so this stays on the fast path.
     let mut group = c.benchmark_group("diff_reordered");
     let pods = 10_000usize;
-    let mut records = Records::new();
+    let records = recorded(pods);
     let mut out = Diff::new();
-    diff_into(&records, &Listing::new(synthetic_pods(pods)), &mut out);
-    for change in out.changes() {
-        records.apply(&change.uid, change.new.as_ref());
-    }
     let mut reordered = synthetic_pods(pods);
     // Fisher-Yates with a fixed-seed xorshift, so every run shuffles alike.
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -97,17 +114,7 @@ fn bench_diff(c: &mut Criterion) {
         pod.containers.reverse();
     }
     let listing = Listing::new(reordered);
-    group.throughput(Throughput::Elements(pods as u64));
-    group.bench_with_input(
-        BenchmarkId::new(pods.to_string(), 0),
-        &listing,
-        |b, listing| {
-            b.iter(|| {
-                diff_into(black_box(&records), black_box(listing), &mut out);
-                black_box(out.events().len())
-            })
-        },
-    );
+    bench_one(&mut group, pods, 0, &records, &listing, &mut out);
     group.finish();
 }
 

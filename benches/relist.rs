@@ -9,31 +9,11 @@
 //!   on every relist.
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pleg::model::{Listing, Pod, PodStatus};
-use pleg::runtime::fake::synthetic_pods;
-use pleg::runtime::{self, BoxFuture, Runtime, RuntimeStats};
+use pleg::model::Listing;
+use pleg::runtime::fake::{FixedRuntime, synthetic_pods};
 use pleg::{GenericConfig, GenericPleg};
-
-struct PreparedRuntime {
-    listing: Listing,
-    stats: RuntimeStats,
-}
-
-impl Runtime for PreparedRuntime {
-    fn list_pods(&self) -> BoxFuture<'_, runtime::Result<Listing>> {
-        let listing = self.listing.clone();
-        Box::pin(async move { Ok(listing) })
-    }
-    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, runtime::Result<PodStatus>> {
-        Box::pin(async move { Ok(PodStatus::from_pod(pod)) })
-    }
-    fn stats(&self) -> &RuntimeStats {
-        &self.stats
-    }
-}
 
 fn bench_relist(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -42,10 +22,7 @@ fn bench_relist(c: &mut Criterion) {
         .expect("tokio runtime");
     let mut group = c.benchmark_group("relist");
     for pods in [1_000usize, 10_000] {
-        let runtime = Arc::new(PreparedRuntime {
-            listing: Listing::new(synthetic_pods(pods)),
-            stats: RuntimeStats::default(),
-        });
+        let runtime = FixedRuntime::new(Listing::new(synthetic_pods(pods)));
         let pleg = GenericPleg::new(runtime, GenericConfig::default()).expect("valid config");
         let _subscriber = pleg.subscribe();
         tokio.block_on(pleg.relist()).expect("listing works");

@@ -3,12 +3,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
 
 use pleg::diff::{Diff, Records, diff_into};
-use pleg::model::{Listing, Pod, PodStatus};
-use pleg::runtime::fake::synthetic_pods;
-use pleg::runtime::{self, BoxFuture, Runtime, RuntimeStats};
+use pleg::model::Listing;
+use pleg::runtime::fake::{FixedRuntime, synthetic_pods};
 use pleg::{GenericConfig, GenericPleg};
 
 struct Counting;
@@ -81,26 +79,6 @@ fn a_no_change_diff_allocates_nothing_at_any_size() {
     }
 }
 
-/// Hands out clones of one prepared listing: a runtime whose own cost does not
-/// grow with the pods, so what is measured is the generator.
-struct PreparedRuntime {
-    listing: Listing,
-    stats: RuntimeStats,
-}
-
-impl Runtime for PreparedRuntime {
-    fn list_pods(&self) -> BoxFuture<'_, runtime::Result<Listing>> {
-        let listing = self.listing.clone();
-        Box::pin(async move { Ok(listing) })
-    }
-    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, runtime::Result<PodStatus>> {
-        Box::pin(async move { Ok(PodStatus::from_pod(pod)) })
-    }
-    fn stats(&self) -> &RuntimeStats {
-        &self.stats
-    }
-}
-
 #[test]
 fn allocations_of_a_no_change_relist_do_not_grow_with_the_number_of_pods() {
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -109,10 +87,7 @@ fn allocations_of_a_no_change_relist_do_not_grow_with_the_number_of_pods() {
         .expect("tokio runtime");
     let mut per_size = Vec::new();
     for pods in SIZES {
-        let runtime = Arc::new(PreparedRuntime {
-            listing: Listing::new(synthetic_pods(pods)),
-            stats: RuntimeStats::default(),
-        });
+        let runtime = FixedRuntime::new(Listing::new(synthetic_pods(pods)));
         let pleg = GenericPleg::new(runtime, GenericConfig::default()).expect("valid config");
         let _subscriber = pleg.subscribe();
         tokio.block_on(async {

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{drain, drain_sorted, expect, generator, pod, sandbox_pod};
+use common::{drain, drain_sorted, expect, generator, pod, sandbox_pod, subscribe_with_changed};
 use pleg::model::{Container, ContainerState::*, Pod, PodMeta, PodStatus};
-use pleg::{Delivery, EventType::*, Filter, PodUid, SubscribeOptions};
+use pleg::{Delivery, EventType::*, PodUid};
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
@@ -222,15 +222,7 @@ async fn a_pod_whose_first_fetch_failed_and_that_vanished_leaves_nothing_behind(
 async fn pod_is_reinspected_after_a_transient_unknown_container() {
     let (runtime, pleg) = generator();
     // ContainerChanged too, so that the held-back event of relist 2 would show.
-    let mut sub = pleg
-        .subscribe_with(SubscribeOptions {
-            filter: Filter {
-                include_container_changed: true,
-                ..Filter::default()
-            },
-            ..SubscribeOptions::default()
-        })
-        .expect("valid options");
+    let mut sub = subscribe_with_changed(&pleg);
     let uid = PodUid::new("p");
     runtime.set_pods(vec![pod("p", &[("infra", Running)])]);
     pleg.relist().await.expect("listing works");
@@ -360,15 +352,7 @@ async fn running_pods_and_containers_are_counted_by_state() {
 async fn unknown_state_values_become_unknown_are_counted_and_never_panic() {
     let (runtime, pleg) = generator();
     let mut default_sub = pleg.subscribe();
-    let mut changed_sub = pleg
-        .subscribe_with(SubscribeOptions {
-            filter: Filter {
-                include_container_changed: true,
-                ..Filter::default()
-            },
-            ..SubscribeOptions::default()
-        })
-        .expect("valid options");
+    let mut changed_sub = subscribe_with_changed(&pleg);
     runtime.set_pods(vec![
         pod("p", &[("c", Running)]).with_sandbox(Container::new("s", "p", Running)),
     ]);

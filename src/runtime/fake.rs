@@ -270,3 +270,37 @@ pub fn runtime_id(pod: usize, entry: usize) -> String {
     }
     id
 }
+
+/// A runtime that answers every listing with one prepared [`Listing`] (a
+/// reference-count bump) and every status from the listing entry. Benchmarks
+/// and allocation tests use it to leave the runtime's own cost out.
+#[derive(Debug)]
+pub struct FixedRuntime {
+    listing: Listing,
+    stats: RuntimeStats,
+}
+
+impl FixedRuntime {
+    /// A runtime that always lists `listing`.
+    pub fn new(listing: Listing) -> Arc<Self> {
+        Arc::new(FixedRuntime {
+            listing,
+            stats: RuntimeStats::default(),
+        })
+    }
+}
+
+impl Runtime for FixedRuntime {
+    fn list_pods(&self) -> BoxFuture<'_, Result<Listing>> {
+        let listing = self.listing.clone();
+        Box::pin(async move { Ok(listing) })
+    }
+
+    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<PodStatus>> {
+        Box::pin(async move { Ok(PodStatus::from_pod(pod)) })
+    }
+
+    fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+}

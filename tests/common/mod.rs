@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use pleg::model::{Container, ContainerState, Pod, PodMeta};
 use pleg::runtime::fake::FakeRuntime;
-use pleg::{Delivery, EventType, GenericConfig, GenericPleg, RelistDuration, Subscription};
+use pleg::{
+    Delivery, EventType, Filter, GenericConfig, GenericPleg, RelistDuration, SubscribeOptions,
+    Subscription,
+};
 
 /// A pod with these containers (no sandbox).
 pub fn pod(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
@@ -73,4 +76,16 @@ pub fn expect(events: &[(&str, EventType, &str)]) -> Vec<(String, EventType, Str
         .collect();
     out.sort();
     out
+}
+
+/// A subscription that also receives `ContainerChanged`.
+pub fn subscribe_with_changed(pleg: &GenericPleg) -> Subscription {
+    pleg.subscribe_with(SubscribeOptions {
+        filter: Filter {
+            include_container_changed: true,
+            ..Filter::default()
+        },
+        ..SubscribeOptions::default()
+    })
+    .expect("valid options")
 }

@@ -639,6 +639,25 @@ mod record_tests {
     }
 
     #[test]
+    fn counts_taken_on_the_diff_pass_match_a_separate_count() {
+        let listing = Listing::new([
+            Pod::new(PodMeta::new("a", "a", "ns"))
+                .with_sandbox(Container::new("s", "a", ContainerState::Running))
+                .with_container(Container::new("c1", "x", ContainerState::Running))
+                .with_container(Container::new("c2", "y", ContainerState::Exited)),
+            Pod::new(PodMeta::new("b", "b", "ns"))
+                .with_sandbox(Container::new("t", "b", ContainerState::Exited))
+                .with_container(Container::new("d1", "z", ContainerState::Created)),
+        ]);
+        let counts = diff(&Records::new(), &listing).counts();
+        assert_eq!(counts, RuntimeCounts::of(&listing));
+        assert_eq!(counts.running_pods, 1);
+        assert_eq!(counts.containers(ContainerState::Running), 1);
+        assert_eq!(counts.containers(ContainerState::Exited), 1);
+        assert_eq!(counts.containers(ContainerState::Created), 1);
+    }
+
+    #[test]
     fn records_stay_findable_through_inserts_updates_and_removals() {
         let mut records = Records::new();
         let pods: Vec<Arc<Pod>> = (0..50)

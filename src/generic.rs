@@ -384,6 +384,11 @@ impl GenericPleg {
     pub async fn recorded_pods(&self) -> usize {
         self.inner.state.lock().await.records.len()
     }
+
+    /// Whether the records hold this pod (test and debugging aid).
+    pub async fn is_recorded(&self, uid: &PodUid) -> bool {
+        self.inner.state.lock().await.records.contains(uid)
+    }
 }
 
 fn warn_if_threshold_is_short(relist: &RelistDuration) {

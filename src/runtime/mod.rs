@@ -24,7 +24,9 @@ use parking_lot::Mutex;
 use crate::health::go_duration;
 use crate::model::{ContainerState, Listing, Pod, PodStatus};
 
+pub mod cri;
 pub mod fake;
+pub mod fake_cri;
 
 /// A boxed, sendable future, so that [`Runtime`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -70,7 +72,9 @@ pub trait Runtime: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct RuntimeStats {
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    outcomes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     unknown_values: AtomicU64,
+    skipped_records: AtomicU64,
 }
 
 impl RuntimeStats {
@@ -94,6 +98,17 @@ impl RuntimeStats {
         *self.calls.lock().entry(method).or_default() += 1;
     }
 
+    /// Counts how a call of `method` ended: a gRPC code name such as `OK` or
+    /// `NotFound`, or `Timeout`.
+    pub fn count_outcome(&self, method: &'static str, code: &'static str) {
+        *self.outcomes.lock().entry((method, code)).or_default() += 1;
+    }
+
+    /// Calls that ended so far, by method and outcome.
+    pub fn outcomes(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.outcomes.lock().clone()
+    }
+
     /// Calls made so far, by method.
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
         self.calls.lock().clone()
@@ -107,6 +122,24 @@ impl RuntimeStats {
     /// Values outside the enums we know, received so far.
     pub fn unknown_values(&self) -> u64 {
         self.unknown_values.load(Ordering::Relaxed)
+    }
+
+    /// Counts a record the runtime sent that cannot be used (an empty ID, a
+    /// sandbox without metadata, a container whose pod is unknown) and was
+    /// left out. The first one is logged as a warning, the rest at debug level.
+    pub fn skip_record(&self, what: &str, why: &str) {
+        if self.skipped_records.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                "runtime sent a {what} that cannot be used ({why}); skipped it (counted from now on)"
+            );
+        } else {
+            tracing::debug!("runtime sent a {what} that cannot be used ({why}); skipped it");
+        }
+    }
+
+    /// Records the runtime sent that could not be used and were left out.
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped_records.load(Ordering::Relaxed)
     }
 
     /// Decodes a CRI container state number; a value outside the enum becomes

@@ -1,0 +1,230 @@
+//! Fixtures for the tests against a real containerd: the endpoint and image
+//! from the environment `scripts/containerd.sh env` prints, pods driven
+//! through pleg's own CRI driver, and per-pod event subscriptions.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use pleg::model::{Container, ContainerState, PodUid};
+use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
+use pleg::{
+    Delivery, EventType, Filter, GenericConfig, GenericPleg, PodLifecycleEvent, RelistDuration,
+    SubscribeOptions, Subscription,
+};
+
+/// The namespace every test pod lives in.
+pub const NAMESPACE: &str = "pleg-test";
+
+fn env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: these tests need the project-local containerd; \
+             run scripts/test.sh, or `scripts/containerd.sh up` and \
+             `eval \"$(scripts/containerd.sh env)\"` first"
+        ),
+    }
+}
+
+/// The containerd 1.7 endpoint under test.
+pub fn endpoint() -> String {
+    env("PLEG_CONTAINERD_ENDPOINT")
+}
+
+/// The busybox image imported into containerd.
+pub fn image() -> String {
+    env("PLEG_TEST_IMAGE")
+}
+
+/// A connected runtime.
+pub async fn runtime() -> Arc<CriRuntime> {
+    CriRuntime::connect(CriConfig::new(endpoint()))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to containerd: {e}"))
+}
+
+/// A generator over the runtime that relists only when told to (period 1 h),
+/// with the kubelet's 3-minute threshold.
+pub fn generator(runtime: Arc<CriRuntime>) -> GenericPleg {
+    GenericPleg::new(
+        runtime,
+        GenericConfig {
+            relist: RelistDuration {
+                relist_period: Duration::from_secs(3600),
+                relist_threshold: Duration::from_secs(180),
+            },
+            ..GenericConfig::default()
+        },
+    )
+    .expect("valid config")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Subscribes to the events of these pods, `ContainerChanged` included.
+pub fn subscribe_pods(pleg: &GenericPleg, uids: &[&str]) -> Subscription {
+    subscribe_pods_with(pleg, uids, true)
+}
+
+/// Subscribes to the events of these pods, with or without `ContainerChanged`.
+pub fn subscribe_pods_with(pleg: &GenericPleg, uids: &[&str], changed: bool) -> Subscription {
+    pleg.subscribe_with(SubscribeOptions {
+        filter: Filter {
+            pod_uids: Some(uids.iter().map(|u| PodUid::new(u)).collect::<HashSet<_>>()),
+            include_container_changed: changed,
+            ..Filter::default()
+        },
+        ..SubscribeOptions::default()
+    })
+    .expect("valid options")
+}
+
+/// The events queued for the subscriber, without waiting.
+pub fn events(sub: &mut Subscription) -> Vec<Arc<PodLifecycleEvent>> {
+    std::iter::from_fn(|| sub.try_recv())
+        .map(|d| match d {
+            Delivery::Event(e) => e,
+            Delivery::Resync { missed } => panic!("subscriber lagged and missed {missed} events"),
+        })
+        .collect()
+}
+
+/// (kind, container id) of each event, in order.
+pub fn kinds(events: &[Arc<PodLifecycleEvent>]) -> Vec<(EventType, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.container_id().map(|c| c.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A shell loop that runs until the test creates `/trigger/<name>`, then
+/// exits with `code`.
+pub fn until_triggered(name: &str, code: i32) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("while [ ! -e /trigger/{name} ]; do sleep 0.05; done; exit {code}"),
+    ]
+}
+
+/// A pod sandbox in containerd with a host directory mounted into its
+/// containers at `/trigger`, so that the test decides when they exit.
+pub struct TestPod {
+    /// What the pod was created from.
+    pub spec: PodSpec,
+    /// The sandbox ID.
+    pub sandbox_id: String,
+    trigger_dir: PathBuf,
+}
+
+impl TestPod {
+    /// Runs a sandbox for a new pod.
+    pub async fn run(runtime: &CriRuntime, name: &str) -> TestPod {
+        let name = unique(name);
+        let spec = PodSpec::new(name.clone(), NAMESPACE, format!("uid-{name}"))
+            .with_label("pleg.test/name", name.clone());
+        let trigger_dir = std::env::temp_dir().join(format!("pleg-trigger-{name}"));
+        std::fs::create_dir_all(&trigger_dir).expect("trigger directory");
+        let sandbox_id = runtime
+            .run_pod(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
+        TestPod {
+            spec,
+            sandbox_id,
+            trigger_dir,
+        }
+    }
+
+    /// The pod UID.
+    pub fn uid(&self) -> &str {
+        &self.spec.uid
+    }
+
+    /// Creates and starts a container running `command`; returns its ID.
+    pub async fn start(
+        &self,
+        runtime: &CriRuntime,
+        name: &str,
+        attempt: u32,
+        command: Vec<String>,
+    ) -> String {
+        let id = self.create(runtime, name, attempt, command).await;
+        runtime
+            .start_container(&id)
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+        id
+    }
+
+    /// Creates (without starting) a container running `command`.
+    pub async fn create(
+        &self,
+        runtime: &CriRuntime,
+        name: &str,
+        attempt: u32,
+        command: Vec<String>,
+    ) -> String {
+        let spec = ContainerSpec::new(name, image(), command)
+            .with_attempt(attempt)
+            .with_mount(&self.trigger_dir, "/trigger");
+        runtime
+            .create_container(&self.sandbox_id, &self.spec, &spec)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+    }
+
+    /// Lets the containers waiting for `name` exit.
+    pub fn trigger(&self, name: &str) {
+        std::fs::write(self.trigger_dir.join(name), b"").expect("trigger file");
+    }
+
+    /// Stops and removes the sandbox (and with it its containers).
+    pub async fn remove(&self, runtime: &CriRuntime) {
+        runtime
+            .stop_pod(&self.sandbox_id)
+            .await
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+        runtime
+            .remove_pod(&self.sandbox_id)
+            .await
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+        let _ = std::fs::remove_dir_all(&self.trigger_dir);
+    }
+}
+
+/// Waits until the runtime reports the container exited (at most 30 s).
+pub async fn wait_exited(runtime: &CriRuntime, id: &str) -> Container {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match runtime.container_status(id).await {
+            Ok(c) if c.state == ContainerState::Exited => return c,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(c) => panic!("container {id} still {} after 30s", c.state),
+            Err(e) => panic!("ContainerStatus {id}: {e}"),
+        }
+    }
+}

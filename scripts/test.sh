@@ -1,10 +1,35 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, integration tests and doctests.
-# (The tests against a real containerd join this script when the CRI runtime lands.)
+# The whole test suite: unit, integration and doc tests, plus the tests against
+# a real containerd. It brings up the project-local containerd 1.7 and 1.6
+# (scripts/containerd.sh; installing them on first use) and takes down again
+# whatever it started. Extra arguments go to the first `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
-exec cargo test --locked "$@"
+
+started=()
+cleanup() {
+  for version in "${started[@]}"; do
+    scripts/containerd.sh down --version "$version" >/dev/null || true
+  done
+}
+trap cleanup EXIT
+for version in 1.7 1.6; do
+  if ! scripts/containerd.sh status --version "$version" >/dev/null 2>&1; then
+    scripts/containerd.sh up --version "$version"
+    started+=("$version")
+  fi
+done
+eval "$(scripts/containerd.sh env --version 1.7)"
+eval "$(scripts/containerd.sh env --version 1.6)"
+
+echo "== cargo test (containerd ${PLEG_CONTAINERD_ENDPOINT#unix://})"
+cargo test --locked --features containerd-tests "$@"
+if [ "$#" -eq 0 ]; then
+  echo "== relisting tests again, against containerd 1.6 (${PLEG_CONTAINERD16_ENDPOINT#unix://})"
+  PLEG_CONTAINERD_ENDPOINT="$PLEG_CONTAINERD16_ENDPOINT" \
+    cargo test --locked --features containerd-tests --test containerd_relist
+fi

@@ -1,11 +1,16 @@
 //! The `pleg` command line.
 //!
 //! For now it has one job, `pleg demo`: it runs the relisting generator
-//! against the scripted in-memory runtime, drives a small workload through it
-//! and prints the events live, with the generator's health. The real CRI
-//! runtime and the node daemon come next.
+//! against a CRI runtime (or, with `--fake`, the scripted in-memory one),
+//! drives a small workload through it and prints the events live, with the
+//! generator's health. The node daemon comes next.
 
 #![forbid(unsafe_code)]
+
+mod cli {
+    pub mod cri_demo;
+}
+use cli::cri_demo;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,22 +26,35 @@ const USAGE: &str = "\
 pleg: a node-level Pod Lifecycle Event Generator
 
 USAGE:
-    pleg demo [--pods N] [--relist-period DURATION]
+    pleg demo [--runtime-endpoint ENDPOINT] [--image IMAGE] [--pods N] [--relist-period DURATION]
+    pleg demo --fake [--pods N] [--relist-period DURATION]
     pleg --version
     pleg --help
 
 COMMANDS:
-    demo    run the relisting generator against a scripted in-memory runtime,
-            drive a small workload through it and print every event live
+    demo    run the relisting generator against a CRI runtime, drive a small
+            workload of pods through the runtime and print every event live
 
 OPTIONS (demo):
+    --runtime-endpoint ENDPOINT unix:///path or a bare socket path
+                                (env PLEG_RUNTIME_ENDPOINT; default
+                                unix:///run/containerd/containerd.sock)
+    --image IMAGE               image on the node with /bin/sh and sleep for the
+                                workload (env PLEG_TEST_IMAGE; default
+                                docker.io/library/busybox:pleg)
+    --fake                      use the scripted in-memory runtime instead
     --pods N                    pods in the workload, 1 to 50 (default 3)
     --relist-period DURATION    relist period such as 100ms, 1s (default 100ms)
 ";
 
+const DEFAULT_IMAGE: &str = "docker.io/library/busybox:pleg";
+
 struct DemoOptions {
     pods: usize,
     relist_period: Duration,
+    /// `None`: the scripted fake runtime.
+    endpoint: Option<String>,
+    image: String,
 }
 
 enum Command {
@@ -55,10 +73,17 @@ fn parse_args(args: &[String]) -> Result<Command> {
         "demo" => {}
         other => bail!("unknown command {other:?}; expected demo, --help or --version"),
     }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut options = DemoOptions {
         pods: 3,
         relist_period: Duration::from_millis(100),
+        endpoint: Some(
+            env("PLEG_RUNTIME_ENDPOINT")
+                .unwrap_or_else(|| pleg::runtime::cri::DEFAULT_ENDPOINT.into()),
+        ),
+        image: env("PLEG_TEST_IMAGE").unwrap_or_else(|| DEFAULT_IMAGE.into()),
     };
+    let mut fake = false;
     let mut rest = args[1..].iter();
     while let Some(flag) = rest.next() {
         let (name, inline) = match flag.split_once('=') {
@@ -87,8 +112,23 @@ fn parse_args(args: &[String]) -> Result<Command> {
                 options.relist_period =
                     parse_duration(&raw).with_context(|| format!("--relist-period {raw:?}"))?;
             }
+            "--runtime-endpoint" => {
+                let raw = value()?;
+                pleg::runtime::cri::RuntimeEndpoint::parse(&raw)?;
+                options.endpoint = Some(raw);
+            }
+            "--image" => {
+                options.image = value()?;
+                if options.image.trim().is_empty() {
+                    bail!("--image: expected an image reference, got an empty value");
+                }
+            }
+            "--fake" if inline.is_none() => fake = true,
             other => bail!("unknown flag {other:?} for demo"),
         }
+    }
+    if fake {
+        options.endpoint = None;
     }
     Ok(Command::Demo(options))
 }
@@ -154,7 +194,10 @@ fn run_demo(options: DemoOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    tokio.block_on(demo(options))
+    match options.endpoint.clone() {
+        Some(endpoint) => tokio.block_on(cri_demo::run(options, endpoint)),
+        None => tokio.block_on(demo(options)),
+    }
 }
 
 fn sandbox(pod: usize, state: ContainerState) -> Container {
@@ -175,6 +218,7 @@ fn web_pod(pod: usize, containers: Vec<Container>, sandbox_state: ContainerState
     p
 }
 
+/// The demo against the scripted runtime.
 async fn demo(options: DemoOptions) -> Result<()> {
     let runtime = FakeRuntime::new();
     let relist = RelistDuration {
@@ -189,21 +233,7 @@ async fn demo(options: DemoOptions) -> Result<()> {
         },
     )
     .context("configuring the generator")?;
-    let mut events = pleg.subscribe();
-    let printer = tokio::spawn(async move {
-        let stdout = std::io::stdout();
-        while let Some(delivery) = events.recv().await {
-            let mut out = stdout.lock();
-            let line = match delivery {
-                Delivery::Event(e) => format_event(&e),
-                Delivery::Resync { missed } => format!("RESYNC missed={missed}"),
-            };
-            // A closed stdout (for example `| head`) ends the printer quietly.
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                break;
-            }
-        }
-    });
+    let printer = print_events(pleg.subscribe());
     pleg.start().context("starting the generator")?;
     println!(
         "pleg demo: relisting a scripted runtime every {:?}, {} pods",
@@ -280,6 +310,24 @@ async fn demo(options: DemoOptions) -> Result<()> {
     drop(pleg);
     printer.await.context("event printer")?;
     Ok(())
+}
+
+/// Prints every delivery on stdout, one line each, flushed at once.
+fn print_events(mut events: pleg::Subscription) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stdout = std::io::stdout();
+        while let Some(delivery) = events.recv().await {
+            let mut out = stdout.lock();
+            let line = match delivery {
+                Delivery::Event(e) => format_event(&e),
+                Delivery::Resync { missed } => format!("RESYNC missed={missed}"),
+            };
+            // A closed stdout (for example `| head`) ends the printer quietly.
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 fn report_health(pleg: &GenericPleg) {

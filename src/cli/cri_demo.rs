@@ -1,0 +1,210 @@
+//! `pleg demo` against a real CRI runtime: it connects, starts the relisting
+//! generator, prints every event live, and drives a small workload of pods
+//! through pleg's own CRI driver: containers that run, one that exits with
+//! code 3 and is re-created as attempt 1, a pod stopped and removed. It
+//! removes every pod it made before it returns, also after a failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pleg::model::ContainerState;
+use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
+use pleg::{GenericConfig, GenericPleg, PodUid, RelistDuration};
+
+use crate::{DemoOptions, print_events, report_health};
+
+/// A demo pod: its spec and sandbox.
+struct DemoPod {
+    spec: PodSpec,
+    sandbox_id: String,
+}
+
+pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
+    let runtime = CriRuntime::connect(CriConfig::new(endpoint))
+        .await
+        .context("connecting to the container runtime")?;
+    if let Some(version) = runtime.version() {
+        println!("pleg demo: runtime {version} at {}", runtime.endpoint());
+    }
+    let relist = RelistDuration {
+        relist_period: options.relist_period,
+        relist_threshold: (options.relist_period * 30).max(Duration::from_secs(10)),
+    };
+    let pleg = GenericPleg::new(
+        runtime.clone(),
+        GenericConfig {
+            relist,
+            ..GenericConfig::default()
+        },
+    )
+    .context("configuring the generator")?;
+    // Only the demo's own pods: the node may run others.
+    let run_id = format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let mut pods = Vec::new();
+    let outcome = async {
+        let sub = pleg
+            .subscribe_with(pleg::SubscribeOptions {
+                filter: pleg::Filter {
+                    labels: [("pleg.demo/run".to_string(), run_id.clone())].into(),
+                    ..pleg::Filter::default()
+                },
+                ..pleg::SubscribeOptions::default()
+            })
+            .context("subscribing")?;
+        let printer = print_events(sub);
+        pleg.start().context("starting the generator")?;
+        println!(
+            "pleg demo: relisting every {:?}; {} pods in namespace pleg-demo",
+            options.relist_period, options.pods
+        );
+        let result = workload(&runtime, &pleg, &options, &run_id, &mut pods).await;
+        settle(&options).await;
+        report_health(&pleg);
+        let stats = pleg.stats();
+        println!(
+            "pleg demo: {} relists, {} events, {} RPCs ({} ListPodSandbox, {} ListContainers, {} PodSandboxStatus, {} ContainerStatus)",
+            stats.relists,
+            stats.events.iter().sum::<u64>(),
+            runtime_calls(&runtime, None),
+            runtime_calls(&runtime, Some("ListPodSandbox")),
+            runtime_calls(&runtime, Some("ListContainers")),
+            runtime_calls(&runtime, Some("PodSandboxStatus")),
+            runtime_calls(&runtime, Some("ContainerStatus")),
+        );
+        pleg.stop().await;
+        drop(printer);
+        result
+    }
+    .await;
+    // Leave nothing behind, whatever happened.
+    for pod in &pods {
+        let _ = runtime.stop_pod(&pod.sandbox_id).await;
+        if let Err(e) = runtime.remove_pod(&pod.sandbox_id).await {
+            eprintln!("pleg demo: removing pod {}: {e}", pod.spec.name);
+        }
+    }
+    outcome
+}
+
+fn runtime_calls(runtime: &CriRuntime, method: Option<&str>) -> u64 {
+    use pleg::Runtime;
+    match method {
+        Some(m) => runtime.stats().calls_of(m),
+        None => runtime.stats().calls().values().sum(),
+    }
+}
+
+/// A few relist periods, for the generator to see the last change.
+async fn settle(options: &DemoOptions) {
+    tokio::time::sleep((options.relist_period * 4).max(Duration::from_millis(300))).await;
+}
+
+async fn workload(
+    runtime: &Arc<CriRuntime>,
+    pleg: &GenericPleg,
+    options: &DemoOptions,
+    run_id: &str,
+    pods: &mut Vec<DemoPod>,
+) -> Result<()> {
+    let image = options.image.as_str();
+    let sleeper = |name: &str, attempt| {
+        ContainerSpec::new(name, image, ["/bin/sleep", "3600"]).with_attempt(attempt)
+    };
+
+    // 1. The pods come up, each with one long-running container.
+    for i in 0..options.pods {
+        let name = format!("web-{i}");
+        let spec = PodSpec::new(name.clone(), "pleg-demo", format!("demo-{run_id}-{i}"))
+            .with_label("app", "web")
+            .with_label("pleg.demo/run", run_id);
+        let sandbox_id = runtime
+            .run_pod(&spec)
+            .await
+            .with_context(|| format!("running pod {name}"))?;
+        pods.push(DemoPod { spec, sandbox_id });
+        let pod = &pods[i];
+        let app = runtime
+            .create_container(&pod.sandbox_id, &pod.spec, &sleeper("app", 0))
+            .await
+            .with_context(|| format!("creating the app container of {name}"))?;
+        runtime
+            .start_container(&app)
+            .await
+            .with_context(|| format!("starting the app container of {name}"))?;
+    }
+    settle(options).await;
+    report_health(pleg);
+
+    // 2. In pod 0, a job container that exits with code 3 after a moment;
+    //    a watch condition is met once it is no longer running.
+    let first = &pods[0];
+    let job = ContainerSpec::new("job", image, ["/bin/sh", "-c", "sleep 0.5; exit 3"]);
+    let job_id = runtime
+        .create_container(&first.sandbox_id, &first.spec, &job)
+        .await
+        .context("creating the job container")?;
+    runtime
+        .start_container(&job_id)
+        .await
+        .context("starting the job container")?;
+    pleg.set_pod_watch_condition(
+        &PodUid::new(&first.spec.uid),
+        "job-finished",
+        pleg::running_container_condition("job", |_| false),
+    );
+    wait_exited(runtime, &job_id).await?;
+    settle(options).await;
+
+    // 3. The job is re-created as attempt 1, as a kubelet would restart it.
+    let retry = ContainerSpec::new("job", image, ["/bin/sleep", "3600"]).with_attempt(1);
+    let retry_id = runtime
+        .create_container(&first.sandbox_id, &first.spec, &retry)
+        .await
+        .context("re-creating the job container")?;
+    runtime
+        .start_container(&retry_id)
+        .await
+        .context("starting the job again")?;
+    settle(options).await;
+
+    // 4. The dead attempt is removed.
+    runtime
+        .remove_container(&job_id)
+        .await
+        .context("removing the dead job")?;
+    settle(options).await;
+
+    // 5. The last pod is stopped, then removed.
+    if let Some(last) = pods.pop() {
+        runtime
+            .stop_pod(&last.sandbox_id)
+            .await
+            .context("stopping the last pod")?;
+        settle(options).await;
+        runtime
+            .remove_pod(&last.sandbox_id)
+            .await
+            .context("removing the last pod")?;
+        settle(options).await;
+    }
+    Ok(())
+}
+
+async fn wait_exited(runtime: &CriRuntime, id: &str) -> Result<()> {
+    for _ in 0..300 {
+        let status = runtime.container_status(id).await?;
+        if status.state == ContainerState::Exited {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("container {id} did not exit within 6s")
+}

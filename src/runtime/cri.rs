@@ -657,7 +657,7 @@ impl CriRuntime {
         self.ready().await?;
         let mut status = PodStatus::new(pod.meta.clone());
         let mut sandbox_ids: Vec<&Container> = pod.sandboxes.iter().collect();
-        sandbox_ids.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sandbox_ids.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         for (newest, sandbox) in sandbox_ids
             .into_iter()
             .enumerate()
@@ -683,13 +683,14 @@ impl CriRuntime {
                 continue;
             };
             let state = self.stats.decode_sandbox_state(s.state);
-            if newest && state == ContainerState::Running {
-                if let Some(network) = &s.network {
-                    status.ips = std::iter::once(network.ip.clone())
-                        .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
-                        .filter(|ip| !ip.is_empty())
-                        .collect();
-                }
+            if newest
+                && state == ContainerState::Running
+                && let Some(network) = &s.network
+            {
+                status.ips = std::iter::once(network.ip.clone())
+                    .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
+                    .filter(|ip| !ip.is_empty())
+                    .collect();
             }
             let (name, attempt) = s
                 .metadata

@@ -402,16 +402,20 @@ impl CriRuntime {
                 return Err(ConnectError::Timeout { endpoint, after });
             }
             Err(RpcFailure::Status(status)) => {
+                use std::io::ErrorKind;
+                let message = describe(&status);
                 return Err(match io_error_kind(&status) {
-                    Some(std::io::ErrorKind::NotFound) => ConnectError::NoSocket { endpoint },
-                    Some(_) => ConnectError::Unreachable {
-                        endpoint,
-                        message: describe(&status),
-                    },
-                    None => ConnectError::NotCri {
-                        endpoint,
-                        message: describe(&status),
-                    },
+                    Some(ErrorKind::NotFound) => ConnectError::NoSocket { endpoint },
+                    // Could not connect at all.
+                    Some(
+                        ErrorKind::ConnectionRefused
+                        | ErrorKind::PermissionDenied
+                        | ErrorKind::AddrNotAvailable
+                        | ErrorKind::TimedOut,
+                    ) => ConnectError::Unreachable { endpoint, message },
+                    // Connected, but the peer hung up on the HTTP/2 handshake
+                    // or answered something that is not gRPC.
+                    _ => ConnectError::NotCri { endpoint, message },
                 });
             }
         };

@@ -86,7 +86,7 @@ pub fn subscribe_pods(pleg: &GenericPleg, uids: &[&str]) -> Subscription {
 pub fn subscribe_pods_with(pleg: &GenericPleg, uids: &[&str], changed: bool) -> Subscription {
     pleg.subscribe_with(SubscribeOptions {
         filter: Filter {
-            pod_uids: Some(uids.iter().map(|u| PodUid::new(u)).collect::<HashSet<_>>()),
+            pod_uids: Some(uids.iter().map(PodUid::new).collect::<HashSet<_>>()),
             include_container_changed: changed,
             ..Filter::default()
         },

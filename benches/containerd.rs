@@ -1,0 +1,158 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+//! The relisting generator against a real containerd (the project-local one:
+//! `scripts/bench-containerd.sh` brings it up and runs this).
+//!
+//! With 100 pods running (one sandbox and one `sleep` container each):
+//! - `containerd/list/100`: `CriRuntime::list_pods`, the two RPCs of a relist
+//!   (ListPodSandbox + ListContainers) and the conversion into a `Listing`;
+//! - `containerd/relist_no_change/100`: a whole no-change `relist()`;
+//! - `containerd/relist_one_started/100`: a `relist()` that finds one newly
+//!   started container (its pod's status is fetched: PodSandboxStatus +
+//!   ContainerStatus) and publishes `ContainerStarted`. The container is
+//!   created and started outside the timed part.
+//! - `containerd/pod_start`: RunPodSandbox + CreateContainer + StartContainer
+//!   through pleg's driver, for scale.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
+use pleg::{GenericConfig, GenericPleg, Runtime};
+
+const PODS: usize = 100;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set; run scripts/bench-containerd.sh, which brings up the project-local containerd")
+    })
+}
+
+struct Fixture {
+    runtime: Arc<CriRuntime>,
+    image: String,
+    sandboxes: Vec<String>,
+    run: String,
+}
+
+impl Fixture {
+    async fn pod(&mut self, name: String) -> (PodSpec, String) {
+        let spec = PodSpec::new(
+            name.clone(),
+            "pleg-bench",
+            format!("bench-{}-{name}", self.run),
+        )
+        .with_label("pleg.bench/run", self.run.clone());
+        let sandbox = self.runtime.run_pod(&spec).await.expect("RunPodSandbox");
+        self.sandboxes.push(sandbox.clone());
+        (spec, sandbox)
+    }
+
+    async fn container(&self, spec: &PodSpec, sandbox: &str, name: &str) -> String {
+        let c = ContainerSpec::new(name, self.image.clone(), ["/bin/sleep", "3600"]);
+        self.runtime
+            .create_container(sandbox, spec, &c)
+            .await
+            .expect("CreateContainer")
+    }
+
+    async fn cleanup(&self) {
+        for sandbox in &self.sandboxes {
+            let _ = self.runtime.stop_pod(sandbox).await;
+            let _ = self.runtime.remove_pod(sandbox).await;
+        }
+    }
+}
+
+fn bench_containerd(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let runtime = tokio
+        .block_on(CriRuntime::connect(CriConfig::new(env(
+            "PLEG_CONTAINERD_ENDPOINT",
+        ))))
+        .expect("connect to containerd");
+    let mut fixture = Fixture {
+        runtime: runtime.clone(),
+        image: env("PLEG_TEST_IMAGE"),
+        sandboxes: Vec::new(),
+        run: std::process::id().to_string(),
+    };
+    tokio.block_on(async {
+        for i in 0..PODS {
+            let (spec, sandbox) = fixture.pod(format!("p{i}")).await;
+            let id = fixture.container(&spec, &sandbox, "app").await;
+            runtime.start_container(&id).await.expect("StartContainer");
+        }
+    });
+    let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("config");
+    let _subscriber = pleg.subscribe();
+    tokio.block_on(pleg.relist()).expect("first relist");
+
+    let mut group = c.benchmark_group("containerd");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function(BenchmarkId::new("list", PODS), |b| {
+        b.iter(|| tokio.block_on(runtime.list_pods()).expect("list").len())
+    });
+    group.bench_function(BenchmarkId::new("relist_no_change", PODS), |b| {
+        b.iter(|| tokio.block_on(pleg.relist()).expect("relist").events)
+    });
+
+    // One pod whose new containers start one per iteration.
+    let (spec, sandbox) = tokio.block_on(fixture.pod("starter".into()));
+    let mut n = 0;
+    group.bench_function(BenchmarkId::new("relist_one_started", PODS), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let id = tokio.block_on(fixture.container(&spec, &sandbox, &format!("c{n}")));
+                tokio
+                    .block_on(runtime.start_container(&id))
+                    .expect("StartContainer");
+                let start = Instant::now();
+                let summary = tokio.block_on(pleg.relist()).expect("relist");
+                total += start.elapsed();
+                assert!(summary.events >= 1, "the start was seen");
+                // Keep the pod small: the container goes again (untimed).
+                tokio.block_on(async {
+                    let _ = runtime.stop_container(&id, Duration::ZERO).await;
+                    let _ = runtime.remove_container(&id).await;
+                    pleg.relist().await.expect("relist");
+                });
+            }
+            total
+        })
+    });
+
+    group.sample_size(10);
+    let mut p = 0;
+    group.bench_function("pod_start", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                p += 1;
+                let start = Instant::now();
+                tokio.block_on(async {
+                    let (spec, sandbox) = fixture.pod(format!("s{p}")).await;
+                    let id = fixture.container(&spec, &sandbox, "app").await;
+                    runtime.start_container(&id).await.expect("StartContainer");
+                });
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+    tokio.block_on(fixture.cleanup());
+}
+
+criterion_group!(benches, bench_containerd);
+criterion_main!(benches);

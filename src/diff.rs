@@ -182,6 +182,15 @@ impl Records {
         self.entries.is_empty()
     }
 
+    /// The pod whose record holds this container or sandbox ID. A linear
+    /// scan: for the rare event that names no pod.
+    pub fn owner_of(&self, id: &ContainerId) -> Option<&PodUid> {
+        self.entries
+            .iter()
+            .find(|r| r.keys.as_slice().iter().any(|k| k.id == *id))
+            .map(|r| r.uid())
+    }
+
     /// All records.
     pub fn iter(&self) -> impl Iterator<Item = (&PodUid, &Arc<Pod>)> {
         self.entries.iter().map(|r| (r.uid(), &r.pod))
@@ -295,6 +304,14 @@ impl Diff {
         self.events.clear();
         self.counts = RuntimeCounts::default();
     }
+}
+
+/// The transitions between two versions of one pod (`None`: not there), in
+/// the same order as a relist's.
+pub fn diff_pod(uid: &PodUid, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>) -> Vec<DiffEvent> {
+    let mut out = Diff::new();
+    push_change(&mut out, uid, old, new);
+    out.events
 }
 
 /// Diffs a listing against the records, into a fresh [`Diff`].

@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -39,7 +39,9 @@ use crate::diff::{Diff, DiffEvent, Records, diff_into};
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 use crate::health::{self, InvalidRelistDuration, RelistDuration, Unhealthy};
 use crate::hub::{self, Hub, SubscribeOptions, Subscription};
-use crate::model::{ContainerState, IdSet, Pod, PodMeta, PodStatus, PodUid, RuntimeCounts};
+use crate::model::{
+    ContainerId, ContainerState, IdSet, Pod, PodMeta, PodStatus, PodUid, RuntimeCounts,
+};
 use crate::runtime::{self, Runtime, bounded};
 
 /// Errors of the generator's control API.
@@ -127,6 +129,47 @@ struct RelistState {
     records: Records,
     reinspect: HashSet<PodUid>,
     diff: Diff,
+    /// Wall-clock start of the last successful listing: the records reflect
+    /// the runtime as of then, so a stream event from before it is stale.
+    listed_at: Option<SystemTime>,
+    /// IDs recently reported removed, so that a late event cannot bring
+    /// them back.
+    removed: Tombstones,
+}
+
+/// A bounded memory of removed container and sandbox IDs.
+#[derive(Default)]
+struct Tombstones {
+    order: std::collections::VecDeque<ContainerId>,
+    set: HashSet<ContainerId>,
+}
+
+impl Tombstones {
+    /// Enough for every container of a busy node over many minutes.
+    const CAPACITY: usize = 16_384;
+
+    fn insert(&mut self, id: &ContainerId) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id.clone());
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, id: &ContainerId) -> bool {
+        self.set.contains(id)
+    }
+
+    fn bury(&mut self, events: &[DiffEvent]) {
+        for e in events {
+            if e.kind == EventType::ContainerRemoved {
+                self.insert(&e.id);
+            }
+        }
+    }
 }
 
 struct Running {
@@ -225,6 +268,8 @@ impl GenericPleg {
                     records: Records::new(),
                     reinspect: HashSet::new(),
                     diff: Diff::new(),
+                    listed_at: None,
+                    removed: Tombstones::default(),
                 }),
                 last_success: Mutex::new(None),
                 counts: Mutex::new(RuntimeCounts::default()),
@@ -357,6 +402,11 @@ impl GenericPleg {
         self.inner.cache.reader()
     }
 
+    /// Declares the cache fresh as of `at` (the evented generator's tick).
+    pub(crate) fn cache_update_time(&self, at: Instant) {
+        self.inner.cache.update_time(at);
+    }
+
     /// Running pods and containers by state, as of the last successful listing.
     pub fn runtime_counts(&self) -> RuntimeCounts {
         *self.inner.counts.lock()
@@ -439,6 +489,7 @@ impl Inner {
     async fn relist(&self) -> runtime::Result<RelistSummary> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
+        let listed_at = SystemTime::now();
         let listing = match bounded("ListPods", self.request_timeout, self.runtime.list_pods())
             .await
         {
@@ -470,7 +521,10 @@ impl Inner {
             records,
             reinspect,
             diff,
+            listed_at: last_listed_at,
+            removed,
         } = &mut *state;
+        *last_listed_at = Some(listed_at);
         diff_into(records, &listing, diff);
         *self.counts.lock() = diff.counts();
         self.conditions.retain_pods(|uid| listing.contains(uid));
@@ -484,11 +538,14 @@ impl Inner {
             let events = diff.events_of(change);
             let outcome = match &change.new {
                 Some(new) => {
-                    self.inspect(records, new, change.old.as_ref(), events)
+                    self.inspect(records, new, change.old.as_ref(), events, listed_at)
                         .await
                 }
-                None => self.forget(records, &change.uid, change.old.as_ref(), events),
+                None => self.forget(records, &change.uid, change.old.as_ref(), events, None),
             };
+            if outcome.is_some() {
+                removed.bury(events);
+            }
             summary.record(outcome, &mut failed, &change.uid);
         }
 
@@ -519,10 +576,13 @@ impl Inner {
             }
             let outcome = match listing.get(&uid) {
                 Some(pod) => {
-                    self.inspect(records, pod, records.get(&uid).cloned().as_ref(), &[])
+                    let old = records.get(&uid).cloned();
+                    self.inspect(records, pod, old.as_ref(), &[], listed_at)
                         .await
                 }
-                None if self.cache.get(&uid).is_some() => self.forget(records, &uid, None, &[]),
+                None if self.cache.get(&uid).is_some() => {
+                    self.forget(records, &uid, None, &[], None)
+                }
                 None => continue,
             };
             summary.record(outcome, &mut failed, &uid);
@@ -555,10 +615,11 @@ impl Inner {
         pod: &Arc<Pod>,
         old: Option<&Arc<Pod>>,
         events: &[DiffEvent],
+        listed_at: SystemTime,
     ) -> Option<usize> {
         let uid = pod.uid();
         let fetched_at = Instant::now();
-        let status = match bounded(
+        let mut status = match bounded(
             "PodStatus",
             self.request_timeout,
             self.runtime.pod_status(pod),
@@ -576,20 +637,51 @@ impl Inner {
                 return None;
             }
         };
-        self.cache.set(uid, status, None, fetched_at);
+        // The status is at least as fresh as the listing it was fetched for.
+        status.timestamp = status.timestamp.or(Some(listed_at));
+        Some(self.accept(records, pod, old, events, status, fetched_at, None))
+    }
+
+    /// Accepts a pod's new record and status: writes the cache, evaluates its
+    /// watch conditions, and publishes its events, `ConditionMet` last.
+    /// `stream_time` is the runtime's time of the stream event that brought
+    /// the change (`None` for a relist).
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &self,
+        records: &mut Records,
+        pod: &Arc<Pod>,
+        old: Option<&Arc<Pod>>,
+        events: &[DiffEvent],
+        status: PodStatus,
+        written_at: Instant,
+        stream_time: Option<Option<SystemTime>>,
+    ) -> usize {
+        let uid = pod.uid();
+        self.cache.set(uid, status, None, written_at);
         let stored = self.cache.get(uid).map(|e| e.status);
         let met = stored
             .as_deref()
             .is_some_and(|status| self.conditions.evaluate(uid, status));
         records.apply(uid, Some(pod));
+        let source = Source::of(stream_time);
         let mut batch: Vec<Arc<PodLifecycleEvent>> = events
             .iter()
-            .map(|e| Arc::new(build_event(&pod.meta, e, stored.as_deref(), Some(pod), old)))
+            .map(|e| {
+                Arc::new(build_event(
+                    &pod.meta,
+                    e,
+                    stored.as_deref(),
+                    Some(pod),
+                    old,
+                    source,
+                ))
+            })
             .collect();
         if met {
-            batch.push(Arc::new(pod_event(&pod.meta, EventType::ConditionMet)));
+            batch.push(Arc::new(source.event(&pod.meta, EventType::ConditionMet)));
         }
-        Some(self.publish(batch))
+        self.publish(batch)
     }
 
     /// Handles a pod that is gone from the runtime: drops its cache entry and
@@ -600,6 +692,7 @@ impl Inner {
         uid: &PodUid,
         old: Option<&Arc<Pod>>,
         events: &[DiffEvent],
+        stream_time: Option<Option<SystemTime>>,
     ) -> Option<usize> {
         let last_status = self.cache.get(uid).map(|e| e.status);
         self.cache.delete(uid);
@@ -616,6 +709,7 @@ impl Inner {
                     last_status.as_deref(),
                     None,
                     Some(old),
+                    Source::of(stream_time),
                 ))
             })
             .collect();
@@ -644,8 +738,29 @@ impl RelistSummary {
     }
 }
 
-fn pod_event(meta: &Arc<PodMeta>, kind: EventType) -> PodLifecycleEvent {
-    PodLifecycleEvent::new(meta.clone(), kind, EventSource::Relist)
+/// Where the events being built come from.
+#[derive(Clone, Copy)]
+enum Source {
+    Relist,
+    /// A stream event, with the runtime's time of it.
+    Stream(Option<SystemTime>),
+}
+
+impl Source {
+    fn of(stream_time: Option<Option<SystemTime>>) -> Self {
+        stream_time.map_or(Source::Relist, Source::Stream)
+    }
+
+    fn event(self, meta: &Arc<PodMeta>, kind: EventType) -> PodLifecycleEvent {
+        match self {
+            Source::Relist => PodLifecycleEvent::new(meta.clone(), kind, EventSource::Relist),
+            Source::Stream(at) => {
+                let mut e = PodLifecycleEvent::new(meta.clone(), kind, EventSource::Stream);
+                e.runtime_time = at;
+                e
+            }
+        }
+    }
 }
 
 /// Builds the event for one diff transition, with the best payload at hand:
@@ -656,12 +771,13 @@ fn build_event(
     status: Option<&PodStatus>,
     new: Option<&Arc<Pod>>,
     old: Option<&Arc<Pod>>,
+    source: Source,
 ) -> PodLifecycleEvent {
     let from_status = status.and_then(|s| s.find(&event.id));
     let described = from_status
         .or_else(|| new.and_then(|p| p.find(&event.id)).map(|(c, _)| c))
         .or_else(|| old.and_then(|p| p.find(&event.id)).map(|(c, _)| c));
-    let mut out = pod_event(meta, event.kind);
+    let mut out = source.event(meta, event.kind);
     out.container = Some(ContainerRef {
         id: event.id.clone(),
         name: described.map(|c| c.name.clone()).unwrap_or_default(),
@@ -673,13 +789,19 @@ fn build_event(
     {
         out.exit_code = c.exit_code;
         out.reason = c.reason.clone();
-        out.runtime_time = c.finished_at;
+        if matches!(source, Source::Relist) {
+            out.runtime_time = c.finished_at;
+        }
     }
-    if event.kind == EventType::ContainerStarted {
+    if event.kind == EventType::ContainerStarted && matches!(source, Source::Relist) {
         out.runtime_time = from_status.and_then(|c| c.started_at);
     }
     out
 }
+
+mod stream;
+
+pub use stream::{Applied, StaleReason};
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,13 @@ impl RelistDuration {
         relist_period: Duration::from_secs(1),
         relist_threshold: Duration::from_secs(180),
     };
+
+    /// The kubelet's evented defaults, for relisting as a safety net while the
+    /// event stream works: every five minutes, unhealthy after ten.
+    pub const EVENTED: RelistDuration = RelistDuration {
+        relist_period: Duration::from_secs(300),
+        relist_threshold: Duration::from_secs(600),
+    };
 }
 
 impl RelistDuration {

@@ -67,9 +67,11 @@ pub mod cache;
 pub mod condition;
 pub mod diff;
 pub mod event;
+pub mod evented;
 pub mod generic;
 pub mod health;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 

@@ -26,7 +26,8 @@ const USAGE: &str = "\
 pleg: a node-level Pod Lifecycle Event Generator
 
 USAGE:
-    pleg demo [--runtime-endpoint ENDPOINT] [--image IMAGE] [--pods N] [--relist-period DURATION]
+    pleg demo [--runtime-endpoint ENDPOINT] [--image IMAGE] [--mode evented|generic]
+              [--pods N] [--relist-period DURATION]
     pleg demo --fake [--pods N] [--relist-period DURATION]
     pleg --version
     pleg --help
@@ -42,6 +43,8 @@ OPTIONS (demo):
     --image IMAGE               image on the node with /bin/sh and sleep for the
                                 workload (env PLEG_TEST_IMAGE; default
                                 docker.io/library/busybox:pleg)
+    --mode evented|generic      the runtime's event stream with relisting as a
+                                safety net (default), or relisting only
     --fake                      use the scripted in-memory runtime instead
     --pods N                    pods in the workload, 1 to 50 (default 3)
     --relist-period DURATION    relist period such as 100ms, 1s (default 100ms)
@@ -54,6 +57,8 @@ struct DemoOptions {
     relist_period: Duration,
     /// `None`: the scripted fake runtime.
     endpoint: Option<String>,
+    /// The event stream (with relisting as a safety net), or relisting only.
+    evented: bool,
     image: String,
 }
 
@@ -82,6 +87,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
                 .unwrap_or_else(|| pleg::runtime::cri::DEFAULT_ENDPOINT.into()),
         ),
         image: env("PLEG_TEST_IMAGE").unwrap_or_else(|| DEFAULT_IMAGE.into()),
+        evented: true,
     };
     let mut fake = false;
     let mut rest = args[1..].iter();
@@ -124,6 +130,14 @@ fn parse_args(args: &[String]) -> Result<Command> {
                 }
             }
             "--fake" if inline.is_none() => fake = true,
+            "--mode" => {
+                let raw = value()?;
+                options.evented = match raw.as_str() {
+                    "evented" => true,
+                    "generic" => false,
+                    _ => bail!("--mode {raw:?}: expected evented or generic"),
+                };
+            }
             other => bail!("unknown flag {other:?} for demo"),
         }
     }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use pleg::evented::{EventedConfig, EventedPleg};
 use pleg::model::ContainerState;
 use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
-use pleg::{GenericConfig, GenericPleg, PodUid, RelistDuration};
+use pleg::{GenericPleg, PodUid, RelistDuration};
 
 use crate::{DemoOptions, print_events, report_health};
 
@@ -31,14 +32,11 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
         relist_period: options.relist_period,
         relist_threshold: (options.relist_period * 30).max(Duration::from_secs(10)),
     };
-    let pleg = GenericPleg::new(
-        runtime.clone(),
-        GenericConfig {
-            relist,
-            ..GenericConfig::default()
-        },
-    )
-    .context("configuring the generator")?;
+    let config = EventedConfig {
+        generic_relist: relist,
+        ..EventedConfig::default()
+    };
+    let pleg = EventedPleg::new(runtime.clone(), config).context("configuring the generator")?;
     // Only the demo's own pods: the node may run others.
     let run_id = format!(
         "{}-{:x}",
@@ -60,15 +58,36 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
             })
             .context("subscribing")?;
         let printer = print_events(sub);
-        pleg.start().context("starting the generator")?;
-        println!(
-            "pleg demo: relisting every {:?}; {} pods in namespace pleg-demo",
-            options.relist_period, options.pods
-        );
+        if options.evented {
+            pleg.start().context("starting the generator")?;
+            wait_for_stream(&pleg).await;
+            println!(
+                "pleg demo: {} mode; {} pods in namespace pleg-demo",
+                pleg.mode().as_str(),
+                options.pods
+            );
+        } else {
+            pleg.generic().start().context("starting the generator")?;
+            println!(
+                "pleg demo: generic mode, relisting every {:?}; {} pods in namespace pleg-demo",
+                options.relist_period, options.pods
+            );
+        }
         let result = workload(&runtime, &pleg, &options, &run_id, &mut pods).await;
         settle(&options).await;
         report_health(&pleg);
         let stats = pleg.stats();
+        if options.evented {
+            let stream = pleg.stream_stats();
+            println!(
+                "pleg demo: stream: {} mode, {} events received, {} applied, {} stale dropped; latency mean {:.1} ms",
+                pleg.mode().as_str(),
+                stream.events_received,
+                stream.events_applied,
+                stream.stale_total(),
+                if stream.latency.count > 0 { stream.latency.sum * 1000.0 / stream.latency.count as f64 } else { 0.0 },
+            );
+        }
         println!(
             "pleg demo: {} relists, {} events, {} RPCs ({} ListPodSandbox, {} ListContainers, {} PodSandboxStatus, {} ContainerStatus)",
             stats.relists,
@@ -92,6 +111,20 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
         }
     }
     outcome
+}
+
+/// Waits (at most 5 s) for the stream to be open or given up.
+async fn wait_for_stream(pleg: &EventedPleg) {
+    use pleg::evented::StreamState;
+    for _ in 0..500 {
+        if matches!(
+            pleg.stream_status().state,
+            StreamState::Streaming | StreamState::Fallback
+        ) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn runtime_calls(runtime: &CriRuntime, method: Option<&str>) -> u64 {

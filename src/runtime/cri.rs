@@ -43,10 +43,15 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::sync::OnceCell;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{BoxFuture, Error, Result, Runtime, RuntimeStats};
+use super::{
+    BoxFuture, ContainerEvent, ContainerEventKind, Error, EventStream, Result, Runtime,
+    RuntimeStats, SandboxSnapshot,
+};
 use crate::backoff::Backoff;
 use crate::health::go_duration;
-use crate::model::{Container, ContainerState, Listing, Pod, PodMeta, PodStatus, PodUid};
+use crate::model::{
+    Container, ContainerId, ContainerState, Listing, Pod, PodMeta, PodStatus, PodUid,
+};
 
 /// The socket containerd serves CRI on by default.
 pub const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
@@ -277,7 +282,7 @@ pub struct CriRuntime {
     request_timeout: Duration,
     connect_timeout: Duration,
     version: OnceCell<RuntimeVersion>,
-    stats: RuntimeStats,
+    stats: Arc<RuntimeStats>,
 }
 
 impl std::fmt::Debug for CriRuntime {
@@ -347,7 +352,7 @@ impl CriRuntime {
             request_timeout: config.request_timeout,
             connect_timeout: config.connect_timeout,
             version: OnceCell::new(),
-            stats: RuntimeStats::default(),
+            stats: Arc::new(RuntimeStats::default()),
         }))
     }
 
@@ -738,30 +743,7 @@ impl CriRuntime {
     }
 
     fn container_status_entry(&self, s: &cri::ContainerStatus, listed: &Container) -> Container {
-        let (name, attempt) = s
-            .metadata
-            .as_ref()
-            .map(|m| (m.name.clone(), m.attempt))
-            .unwrap_or_else(|| (listed.name.clone(), listed.attempt));
-        let id = if s.id.is_empty() {
-            listed.id.as_str()
-        } else {
-            s.id.as_str()
-        };
-        let state = self.stats.decode_container_state(s.state);
-        let mut entry = Container::new(id, name, state).with_attempt(attempt);
-        entry.created_at = time(s.created_at).or(listed.created_at);
-        entry.started_at = time(s.started_at);
-        entry.finished_at = time(s.finished_at);
-        if state == ContainerState::Exited {
-            entry.exit_code = Some(s.exit_code);
-        }
-        entry.reason = Some(s.reason.clone()).filter(|r| !r.is_empty());
-        entry.image = image_name(s.image.as_ref(), &s.image_ref);
-        if entry.image.is_empty() {
-            entry.image = listed.image.clone();
-        }
-        entry
+        status_entry(&self.stats, s, listed)
     }
 
     /// The status of one container, as the cache would hold it.
@@ -897,6 +879,10 @@ impl Runtime for CriRuntime {
 
     fn stats(&self) -> &RuntimeStats {
         &self.stats
+    }
+
+    fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(open_events(self))
     }
 }
 
@@ -1058,6 +1044,186 @@ fn host_network() -> cri::NamespaceOption {
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
+}
+
+/// A container status in our model; `listed` fills what the status lacks.
+fn status_entry(stats: &RuntimeStats, s: &cri::ContainerStatus, listed: &Container) -> Container {
+    let (name, attempt) = s
+        .metadata
+        .as_ref()
+        .map(|m| (m.name.clone(), m.attempt))
+        .unwrap_or_else(|| (listed.name.clone(), listed.attempt));
+    let id = if s.id.is_empty() {
+        listed.id.as_str()
+    } else {
+        s.id.as_str()
+    };
+    let state = stats.decode_container_state(s.state);
+    let mut entry = Container::new(id, name, state).with_attempt(attempt);
+    entry.created_at = time(s.created_at).or(listed.created_at);
+    entry.started_at = time(s.started_at);
+    entry.finished_at = time(s.finished_at);
+    if state == ContainerState::Exited {
+        entry.exit_code = Some(s.exit_code);
+    }
+    entry.reason = Some(s.reason.clone()).filter(|r| !r.is_empty());
+    entry.image = image_name(s.image.as_ref(), &s.image_ref);
+    if entry.image.is_empty() {
+        entry.image = listed.image.clone();
+    }
+    entry
+}
+
+/// Opens the event stream. Separate from the `Runtime` impl for readability.
+async fn open_events(runtime: &CriRuntime) -> Result<EventStream> {
+    runtime.ready().await?;
+    let answer = runtime
+        .rpc(
+            "GetContainerEvents",
+            runtime.request_timeout,
+            |mut c| async move { c.get_container_events(cri::GetEventsRequest {}).await },
+        )
+        .await;
+    match answer {
+        Ok(stream) => Ok(Box::pin(CriEvents {
+            inner: stream,
+            stats: runtime.stats.clone(),
+            endpoint: runtime.endpoint.to_string(),
+        })),
+        Err(RpcFailure::Status(status)) if is_unimplemented(&status) => Err(Error::Unimplemented {
+            call: "GetContainerEvents",
+            message: format!(
+                "runtime endpoint {}: {}",
+                runtime.endpoint,
+                describe(&status)
+            ),
+        }),
+        Err(failure) => Err(runtime.error("GetContainerEvents", failure)),
+    }
+}
+
+/// containerd 1.6 answers `Unimplemented`; some 1.6 patch releases answer
+/// `Unknown` with "not implemented".
+fn is_unimplemented(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unimplemented => true,
+        tonic::Code::Unknown => {
+            let message = status.message().to_ascii_lowercase();
+            message.contains("not implemented") || message.contains("unimplemented")
+        }
+        _ => false,
+    }
+}
+
+/// The CRI event stream, decoded into our model as it is read.
+struct CriEvents {
+    inner: tonic::Streaming<cri::ContainerEventResponse>,
+    stats: Arc<RuntimeStats>,
+    endpoint: String,
+}
+
+impl futures_core::Stream for CriEvents {
+    type Item = Result<ContainerEvent>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            let next = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+            return match next {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(status))) => {
+                    let message =
+                        format!("runtime endpoint {}: {}", self.endpoint, describe(&status));
+                    Poll::Ready(Some(Err(if is_unimplemented(&status) {
+                        Error::Unimplemented {
+                            call: "GetContainerEvents",
+                            message,
+                        }
+                    } else {
+                        Error::Failed {
+                            call: "GetContainerEvents",
+                            message,
+                        }
+                    })))
+                }
+                Poll::Ready(Some(Ok(event))) => match event_from_cri(&self.stats, event) {
+                    Some(event) => Poll::Ready(Some(Ok(event))),
+                    None => continue,
+                },
+            };
+        }
+    }
+}
+
+/// Converts one CRI event; `None` (counted) for an event type we do not know
+/// or an event without a container ID.
+fn event_from_cri(
+    stats: &RuntimeStats,
+    event: cri::ContainerEventResponse,
+) -> Option<ContainerEvent> {
+    let Some(kind) = ContainerEventKind::from_cri(event.container_event_type) else {
+        stats.skip_record(
+            "container event",
+            &format!("unknown event type {}", event.container_event_type),
+        );
+        return None;
+    };
+    if event.container_id.is_empty() {
+        stats.skip_record("container event", "empty container ID");
+        return None;
+    }
+    let sandbox = event.pod_sandbox_status.map(|s| {
+        let state = stats.decode_sandbox_state(s.state);
+        let pod = s.metadata.as_ref().filter(|m| !m.uid.is_empty()).map(|m| {
+            let mut meta = PodMeta::new(&m.uid, &m.name, &m.namespace);
+            meta.labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            meta
+        });
+        let (name, attempt) = s
+            .metadata
+            .as_ref()
+            .map(|m| (m.name.clone(), m.attempt))
+            .unwrap_or_default();
+        let mut entry = Container::new(s.id.as_str(), name, state).with_attempt(attempt);
+        entry.created_at = time(s.created_at);
+        let ips = s
+            .network
+            .as_ref()
+            .map(|n| {
+                std::iter::once(n.ip.clone())
+                    .chain(n.additional_ips.iter().map(|ip| ip.ip.clone()))
+                    .filter(|ip| !ip.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        SandboxSnapshot {
+            pod,
+            sandbox: entry,
+            ips,
+        }
+    });
+    let unnamed = Container::new("", "", ContainerState::Unknown);
+    let containers = event
+        .containers_statuses
+        .iter()
+        .filter(|s| !s.id.is_empty())
+        .map(|s| status_entry(stats, s, &unnamed))
+        .collect();
+    Some(ContainerEvent {
+        id: ContainerId::new(&event.container_id),
+        kind,
+        created_at: time(event.created_at),
+        sandbox: sandbox.filter(|s| !s.sandbox.id.is_empty()),
+        containers,
+    })
 }
 
 /// A CRI timestamp (nanoseconds since the epoch; 0 means unset).

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{BoxFuture, Error, Result, Runtime, RuntimeStats};
+use super::{BoxFuture, ContainerEvent, Error, EventStream, Result, Runtime, RuntimeStats};
 use crate::model::{ContainerId, Listing, Pod, PodStatus, PodUid};
 
 /// Method names the fake counts calls under.
@@ -40,7 +40,21 @@ struct Script {
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
     script: Mutex<Script>,
+    events: Mutex<EventScript>,
     stats: RuntimeStats,
+}
+
+/// The scripted event stream.
+#[derive(Debug, Default)]
+struct EventScript {
+    /// Open streams.
+    streams: Vec<tokio::sync::mpsc::UnboundedSender<Result<ContainerEvent>>>,
+    /// Answers to the next attempts to open a stream, before success.
+    open_failures: VecDeque<Error>,
+    /// Every attempt fails with this (until cleared).
+    standing_failure: Option<Error>,
+    /// When each attempt to open a stream was made.
+    opens: Vec<tokio::time::Instant>,
 }
 
 impl FakeRuntime {
@@ -222,6 +236,115 @@ impl Runtime for FakeRuntime {
 
     fn stats(&self) -> &RuntimeStats {
         &self.stats
+    }
+
+    fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(async move {
+            let mut script = self.events.lock();
+            script.opens.push(tokio::time::Instant::now());
+            if let Some(error) = script.open_failures.pop_front() {
+                return Err(error);
+            }
+            if let Some(error) = &script.standing_failure {
+                return Err(clone_error(error));
+            }
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            script.streams.push(sender);
+            Ok(Box::pin(ChannelStream(receiver)) as EventStream)
+        })
+    }
+}
+
+/// A stream fed by the test.
+struct ChannelStream(tokio::sync::mpsc::UnboundedReceiver<Result<ContainerEvent>>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = Result<ContainerEvent>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn clone_error(error: &Error) -> Error {
+    match error {
+        Error::Timeout { call, after } => Error::Timeout {
+            call,
+            after: *after,
+        },
+        Error::Unimplemented { call, message } => Error::Unimplemented {
+            call,
+            message: message.clone(),
+        },
+        Error::Failed { call, message } => Error::Failed {
+            call,
+            message: message.clone(),
+        },
+    }
+}
+
+/// Scripting the event stream.
+impl FakeRuntime {
+    /// Sends an event to every open stream; returns how many took it.
+    pub fn push_event(&self, event: ContainerEvent) -> usize {
+        let mut script = self.events.lock();
+        script.streams.retain(|s| !s.is_closed());
+        script
+            .streams
+            .iter()
+            .filter(|s| s.send(Ok(event.clone())).is_ok())
+            .count()
+    }
+
+    /// Ends every open stream, with an error first if given.
+    pub fn end_event_streams(&self, error: Option<String>) {
+        let mut script = self.events.lock();
+        for stream in script.streams.drain(..) {
+            if let Some(message) = &error {
+                let _ = stream.send(Err(failed("GetContainerEvents", message.clone())));
+            }
+        }
+    }
+
+    /// Makes the next `times` attempts to open a stream fail.
+    pub fn fail_event_opens(&self, times: usize, message: impl Into<String>) {
+        let message = message.into();
+        let mut script = self.events.lock();
+        for _ in 0..times {
+            script
+                .open_failures
+                .push_back(failed("GetContainerEvents", message.clone()));
+        }
+    }
+
+    /// Makes every attempt to open a stream fail (`None`: stop doing so).
+    /// With `unimplemented`, the failure is `Unimplemented`, like containerd 1.6.
+    pub fn set_event_failure(&self, message: Option<String>, unimplemented: bool) {
+        self.events.lock().standing_failure = message.map(|message| {
+            if unimplemented {
+                Error::Unimplemented {
+                    call: "GetContainerEvents",
+                    message,
+                }
+            } else {
+                failed("GetContainerEvents", message)
+            }
+        });
+    }
+
+    /// When each attempt to open a stream was made (tokio time).
+    pub fn event_opens(&self) -> Vec<tokio::time::Instant> {
+        self.events.lock().opens.clone()
+    }
+
+    /// Streams open now.
+    pub fn open_event_streams(&self) -> usize {
+        let mut script = self.events.lock();
+        script.streams.retain(|s| !s.is_closed());
+        script.streams.len()
     }
 }
 

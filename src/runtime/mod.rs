@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
 use crate::health::go_duration;
-use crate::model::{ContainerState, Listing, Pod, PodStatus};
+use crate::model::{Container, ContainerId, ContainerState, Listing, Pod, PodMeta, PodStatus};
 
 pub mod cri;
 pub mod fake;
@@ -45,6 +45,15 @@ pub enum Error {
         /// The timeout that expired.
         after: Duration,
     },
+    /// The runtime does not implement the call (containerd 1.6 and
+    /// `GetContainerEvents`, for example).
+    #[error("runtime call {call} is not implemented by the runtime: {message}")]
+    Unimplemented {
+        /// The call.
+        call: &'static str,
+        /// What the runtime said.
+        message: String,
+    },
     /// The runtime answered with an error.
     #[error("runtime call {call} failed: {message}")]
     Failed {
@@ -65,6 +74,86 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Counters kept by the runtime adapter.
     fn stats(&self) -> &RuntimeStats;
+
+    /// Opens the runtime's container event stream (CRI `GetContainerEvents`).
+    /// A runtime without one answers [`Error::Unimplemented`], which is the
+    /// default.
+    fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(async {
+            Err(Error::Unimplemented {
+                call: "GetContainerEvents",
+                message: "this runtime has no event stream".into(),
+            })
+        })
+    }
+}
+
+/// A stream of container events; it ends (or yields an error) when the
+/// connection breaks. CRI has no resume token: what happens while no stream
+/// is open is found by relisting.
+pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = Result<ContainerEvent>> + Send>>;
+
+/// What happened to a container or sandbox, as an event stream reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContainerEventKind {
+    /// Created, not started.
+    Created,
+    /// Started (for a sandbox: ready).
+    Started,
+    /// Stopped: the process exited or was killed (for a sandbox: not ready).
+    Stopped,
+    /// Removed from the runtime.
+    Deleted,
+}
+
+impl ContainerEventKind {
+    /// Decodes a CRI `ContainerEventType` number; `None` outside the enum.
+    pub fn from_cri(value: i32) -> Option<Self> {
+        match value {
+            0 => Some(ContainerEventKind::Created),
+            1 => Some(ContainerEventKind::Started),
+            2 => Some(ContainerEventKind::Stopped),
+            3 => Some(ContainerEventKind::Deleted),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerEventKind::Created => "created",
+            ContainerEventKind::Started => "started",
+            ContainerEventKind::Stopped => "stopped",
+            ContainerEventKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// A sandbox as an event describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSnapshot {
+    /// The pod, when the runtime sent the sandbox's metadata (containerd 1.7
+    /// sends none for a sandbox's own `DELETED` event).
+    pub pod: Option<PodMeta>,
+    /// The sandbox itself (ID, name, attempt, state, creation time).
+    pub sandbox: Container,
+    /// The pod IPs, primary first.
+    pub ips: Vec<String>,
+}
+
+/// One event from the runtime's event stream, in our model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The container or sandbox the event is about.
+    pub id: ContainerId,
+    /// What happened.
+    pub kind: ContainerEventKind,
+    /// The runtime's time of the event.
+    pub created_at: Option<SystemTime>,
+    /// The sandbox of the container (or the sandbox itself), at event time.
+    pub sandbox: Option<SandboxSnapshot>,
+    /// The statuses of the sandbox's containers at event time.
+    pub containers: Vec<Container>,
 }
 
 /// Counters kept by a runtime adapter: calls by method, and values received

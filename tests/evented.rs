@@ -1,0 +1,443 @@
+//! The evented generator over the scripted runtime, with paused time: how
+//! stream events become lifecycle events, which are dropped as stale, and the
+//! reconnect, fallback and re-promotion schedule.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::pod;
+use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
+use pleg::generic::{Applied, StaleReason};
+use pleg::model::{Container, ContainerState, Pod, PodMeta, PodUid};
+use pleg::runtime::fake::FakeRuntime;
+use pleg::runtime::{ContainerEvent, ContainerEventKind, SandboxSnapshot};
+use pleg::{Delivery, EventSource, EventType, Filter, SubscribeOptions, Subscription};
+
+use ContainerState::*;
+
+fn generator(runtime: &Arc<FakeRuntime>) -> EventedPleg {
+    EventedPleg::new(runtime.clone(), EventedConfig::default()).expect("valid config")
+}
+
+/// A pod `uid` with a ready sandbox `sb-<uid>` and these containers.
+fn pod_with_sandbox(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
+    let mut p = pod(uid, containers);
+    p.sandboxes
+        .push(Container::new(format!("sb-{uid}"), format!("{uid}-name"), Running));
+    p
+}
+
+fn snapshot(uid: Option<&str>, sandbox_id: &str, state: ContainerState) -> SandboxSnapshot {
+    SandboxSnapshot {
+        pod: uid.map(|u| PodMeta::new(u, format!("{u}-name"), "default")),
+        sandbox: Container::new(sandbox_id, "sandbox", state),
+        ips: Vec::new(),
+    }
+}
+
+/// An event about `id` in pod `uid` (sandbox `sb-<uid>` ready), carrying
+/// these container statuses, stamped now.
+fn event(kind: ContainerEventKind, uid: &str, id: &str, containers: Vec<Container>) -> ContainerEvent {
+    ContainerEvent {
+        id: id.into(),
+        kind,
+        created_at: Some(SystemTime::now()),
+        sandbox: Some(snapshot(Some(uid), &format!("sb-{uid}"), Running)),
+        containers,
+    }
+}
+
+fn exited(id: &str, code: i32, reason: &str) -> Container {
+    Container::new(id, format!("{id}-name"), Exited).with_exit(code, reason)
+}
+
+fn subscribe(pleg: &EventedPleg) -> Subscription {
+    pleg.subscribe_with(SubscribeOptions {
+        filter: Filter {
+            include_container_changed: true,
+            ..Filter::default()
+        },
+        ..SubscribeOptions::default()
+    })
+    .expect("valid options")
+}
+
+fn drain(sub: &mut Subscription) -> Vec<Arc<pleg::PodLifecycleEvent>> {
+    std::iter::from_fn(|| sub.try_recv())
+        .filter_map(|d| match d {
+            Delivery::Event(e) => Some(e),
+            Delivery::Resync { .. } => None,
+        })
+        .collect()
+}
+
+fn kinds(events: &[Arc<pleg::PodLifecycleEvent>]) -> Vec<(EventType, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.container_id().map(|c| c.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Lets the generator's tasks run until the stream state is `state`.
+async fn until_state(pleg: &EventedPleg, state: StreamState) {
+    for _ in 0..10_000 {
+        if pleg.stream_status().state == state {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("stream never reached {state:?}: {:?}", pleg.stream_status());
+}
+
+/// Lets the generator's tasks run (paused time: no time passes).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_events_are_published_once_with_source_stream_and_the_runtime_time() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[("c1", Running)])]);
+    let pleg = generator(&runtime);
+    let mut sub = subscribe(&pleg);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    assert_eq!(pleg.mode(), Mode::Evented);
+    assert_eq!(pleg.relist_duration().relist_period, Duration::from_secs(300));
+    // The catch-up relist at connection reported the pod.
+    let first = drain(&mut sub);
+    assert_eq!(
+        kinds(&first),
+        [
+            (EventType::ContainerStarted, "sb-p1".to_string()),
+            (EventType::ContainerStarted, "c1".to_string()),
+        ]
+    );
+    assert!(first.iter().all(|e| e.source == EventSource::Relist));
+
+    // c1 exits: the stream says so first.
+    let stopped = event(
+        ContainerEventKind::Stopped,
+        "p1",
+        "c1",
+        vec![exited("c1", 3, "Error")],
+    );
+    let at = stopped.created_at;
+    runtime.set_pods(vec![pod_with_sandbox("p1", &[("c1", Exited)])]);
+    assert_eq!(runtime.push_event(stopped), 1);
+    settle().await;
+    let died = drain(&mut sub);
+    assert_eq!(kinds(&died), [(EventType::ContainerDied, "c1".to_string())]);
+    assert_eq!(died[0].source, EventSource::Stream);
+    assert_eq!(died[0].runtime_time, at);
+    assert_eq!((died[0].exit_code, died[0].reason.as_deref()), (Some(3), Some("Error")));
+    let cached = pleg.cache().get(&PodUid::new("p1")).expect("cached").status;
+    assert_eq!(cached.find(&"c1".into()).map(|c| c.state), Some(Exited));
+
+    // The relist finds the same exit: no duplicate.
+    pleg.relist().await.expect("relist");
+    assert!(drain(&mut sub).is_empty());
+    assert_eq!(pleg.stream_stats().events_applied, 1);
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn container_that_lives_between_relists_is_reported_from_the_stream() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let mut sub = subscribe(&pleg);
+
+    let running = Container::new("short", "short-name", Running);
+    for e in [
+        event(ContainerEventKind::Created, "p1", "short", vec![Container::new("short", "short-name", Created)]),
+        event(ContainerEventKind::Started, "p1", "short", vec![running]),
+        event(ContainerEventKind::Stopped, "p1", "short", vec![exited("short", 0, "Completed")]),
+        event(ContainerEventKind::Deleted, "p1", "short", vec![]),
+    ] {
+        runtime.push_event(e);
+    }
+    settle().await;
+    let got = drain(&mut sub);
+    assert_eq!(
+        kinds(&got),
+        [
+            (EventType::ContainerChanged, "short".to_string()),
+            (EventType::ContainerStarted, "short".to_string()),
+            (EventType::ContainerDied, "short".to_string()),
+            (EventType::ContainerRemoved, "short".to_string()),
+        ]
+    );
+    assert!(got.iter().all(|e| e.source == EventSource::Stream));
+    assert_eq!(got[2].exit_code, Some(0));
+    let c = got[1].container.as_ref().expect("container");
+    assert_eq!(c.name, "short-name");
+    // The runtime never listed it; the next relist adds nothing.
+    pleg.relist().await.expect("relist");
+    assert!(drain(&mut sub).is_empty());
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleted_running_container_is_reported_died_then_removed() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[("c1", Running)])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let mut sub = subscribe(&pleg);
+    runtime.push_event(event(ContainerEventKind::Deleted, "p1", "c1", vec![]));
+    settle().await;
+    assert_eq!(
+        kinds(&drain(&mut sub)),
+        [
+            (EventType::ContainerDied, "c1".to_string()),
+            (EventType::ContainerRemoved, "c1".to_string()),
+        ]
+    );
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_and_out_of_order_events_are_dropped_and_counted() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox(
+        "p1",
+        &[("running", Running), ("done", Exited)],
+    )]);
+    let pleg = generator(&runtime);
+    // Before the stream opens (and its catch-up relist lists): the backlog.
+    let backlog = event(ContainerEventKind::Started, "p1", "gone-long-ago", vec![]);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let mut sub = subscribe(&pleg);
+
+    let apply = |e: ContainerEvent| {
+        let pleg = &pleg;
+        async move { pleg.apply_event(&e).await }
+    };
+    assert_eq!(apply(backlog).await, Applied::Stale(StaleReason::BeforeListing));
+    assert_eq!(
+        apply(event(ContainerEventKind::Created, "p1", "running", vec![])).await,
+        Applied::Stale(StaleReason::CreatedAfterStart)
+    );
+    assert_eq!(
+        apply(event(ContainerEventKind::Started, "p1", "done", vec![])).await,
+        Applied::Stale(StaleReason::StartedAfterFinish)
+    );
+
+    // Out of order: an event stamped before one already applied.
+    let early = event(ContainerEventKind::Started, "p1", "late-news", vec![]);
+    tokio::time::advance(Duration::from_millis(5)).await;
+    let mut stop = event(
+        ContainerEventKind::Stopped,
+        "p1",
+        "running",
+        vec![exited("running", 1, "Error")],
+    );
+    stop.created_at = early.created_at.map(|t| t + Duration::from_millis(5));
+    assert_eq!(apply(stop).await, Applied::Published(1));
+    assert_eq!(apply(early).await, Applied::Stale(StaleReason::OlderThanCache));
+
+    // Removed, then a late event about it.
+    let mut delete = event(ContainerEventKind::Deleted, "p1", "done", vec![]);
+    delete.created_at = delete.created_at.map(|t| t + Duration::from_millis(10));
+    assert_eq!(apply(delete).await, Applied::Published(1));
+    let mut late = event(ContainerEventKind::Stopped, "p1", "done", vec![]);
+    late.created_at = late.created_at.map(|t| t + Duration::from_millis(20));
+    assert_eq!(apply(late).await, Applied::Stale(StaleReason::AlreadyRemoved));
+
+    assert_eq!(
+        kinds(&drain(&mut sub)),
+        [
+            (EventType::ContainerDied, "running".to_string()),
+            (EventType::ContainerRemoved, "done".to_string()),
+        ]
+    );
+    // Counted by the stream driver when they come through the stream.
+    runtime.push_event(event(ContainerEventKind::Created, "p1", "running", vec![]));
+    settle().await;
+    let stats = pleg.stream_stats();
+    assert_eq!(stats.stale(StaleReason::CreatedAfterStart), 1);
+    assert_eq!(stats.events_received, 1);
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn sandbox_deleted_without_metadata_is_resolved_through_the_records() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[("c1", Exited)])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let mut sub = subscribe(&pleg);
+    let uid = PodUid::new("p1");
+    assert!(pleg.cache().get(&uid).is_some());
+
+    // Like containerd 1.7: the sandbox's own DELETED event has no sandbox
+    // status, so no pod UID.
+    let deleted = ContainerEvent {
+        id: "sb-p1".into(),
+        kind: ContainerEventKind::Deleted,
+        created_at: Some(SystemTime::now()),
+        sandbox: None,
+        containers: Vec::new(),
+    };
+    runtime.set_pods(Vec::new());
+    runtime.push_event(deleted);
+    settle().await;
+    assert_eq!(
+        kinds(&drain(&mut sub)),
+        [
+            (EventType::ContainerRemoved, "c1".to_string()),
+            (EventType::ContainerDied, "sb-p1".to_string()),
+            (EventType::ContainerRemoved, "sb-p1".to_string()),
+        ]
+    );
+    assert!(pleg.cache().get(&uid).is_none(), "the pod left the cache");
+    assert!(!pleg.is_recorded(&uid).await);
+
+    // An ID nobody knows, without metadata: counted and skipped.
+    runtime.push_event(ContainerEvent {
+        id: "never-seen".into(),
+        kind: ContainerEventKind::Deleted,
+        created_at: Some(SystemTime::now()),
+        sandbox: None,
+        containers: Vec::new(),
+    });
+    settle().await;
+    assert_eq!(pleg.stream_stats().unresolved, 1);
+    assert!(drain(&mut sub).is_empty());
+    pleg.relist().await.expect("relist");
+    assert!(drain(&mut sub).is_empty(), "no duplicate from the relist");
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnects_back_off_exponentially_with_jitter() {
+    let runtime = FakeRuntime::new();
+    runtime.fail_event_opens(4, "connection refused");
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let opens = runtime.event_opens();
+    assert_eq!(opens.len(), 5);
+    let gaps: Vec<f64> = opens
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)
+        .collect();
+    for (gap, expected) in gaps.iter().zip([100.0, 200.0, 400.0, 800.0]) {
+        assert!(
+            *gap >= expected * 0.8 - 1.0 && *gap <= expected * 1.2 + 1.0,
+            "gaps {gaps:?}: {gap} ms is not within ±20 % of {expected} ms"
+        );
+    }
+    let stats = pleg.stream_stats();
+    assert_eq!((stats.connection_errors, stats.connection_successes), (4, 1));
+    assert_eq!(pleg.mode(), Mode::Evented);
+    assert_eq!(stats.fallbacks, 0);
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_failures_in_a_row_fall_back_and_a_working_stream_re_promotes() {
+    let runtime = FakeRuntime::new();
+    runtime.set_event_failure(Some("stream broken".into()), false);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Fallback).await;
+    assert_eq!(runtime.event_opens().len(), 5);
+    assert_eq!(pleg.mode(), Mode::Generic);
+    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
+    assert_eq!(pleg.stream_stats().fallbacks, 1);
+    let status = pleg.stream_status();
+    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("stream broken")));
+
+    // In fallback the stream is probed every 30 s, no more.
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    assert_eq!(runtime.event_opens().len(), 5 + 3);
+    assert_eq!(pleg.mode(), Mode::Generic);
+
+    // The stream works again: back to evented mode at the next probe.
+    runtime.set_event_failure(None, false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    until_state(&pleg, StreamState::Streaming).await;
+    assert_eq!(pleg.mode(), Mode::Evented);
+    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::EVENTED);
+    assert_eq!(pleg.stream_stats().promotions, 1);
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unimplemented_stream_falls_back_at_once_without_a_retry_storm() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[("c1", Running)])]);
+    runtime.set_event_failure(Some("unknown method GetContainerEvents".into()), true);
+    let pleg = generator(&runtime);
+    let mut sub = subscribe(&pleg);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Fallback).await;
+    assert_eq!(runtime.event_opens().len(), 1, "no retry before falling back");
+    assert_eq!(pleg.mode(), Mode::Generic);
+
+    // Ten minutes: one probe every 30 s, and relisting every second finds
+    // what happens.
+    let lists_before = runtime.list_calls();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(runtime.event_opens().len(), 1 + 20);
+    assert!(runtime.list_calls() - lists_before >= 590);
+    let got = drain(&mut sub);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|e| e.source == EventSource::Relist));
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_that_ends_reconnects_and_relists_at_once() {
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[("c1", Running)])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let mut sub = subscribe(&pleg);
+    let lists = runtime.list_calls();
+
+    // While the stream is down, c1 dies; nobody tells the stream.
+    runtime.set_pods(vec![pod_with_sandbox("p1", &[("c1", Exited)])]);
+    runtime.end_event_streams(Some("connection reset".into()));
+    until_state(&pleg, StreamState::Backoff).await;
+    until_state(&pleg, StreamState::Streaming).await;
+    assert!(runtime.list_calls() > lists, "a relist followed the reconnection");
+    let got = drain(&mut sub);
+    assert_eq!(kinds(&got), [(EventType::ContainerDied, "c1".to_string())]);
+    assert_eq!(got[0].source, EventSource::Relist);
+    assert_eq!(pleg.stream_stats().connection_successes, 2);
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn global_cache_time_ticks_every_second_while_streaming() {
+    let runtime = FakeRuntime::new();
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    let lists = runtime.list_calls();
+    let first = pleg.cache().global_time().expect("set by the first relist");
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let later = pleg.cache().global_time().expect("still set");
+    // No relist ran (the period is 300 s), yet the cache moved on.
+    assert_eq!(runtime.list_calls(), lists);
+    assert!(later - first >= Duration::from_secs(3), "{:?}", later - first);
+
+    // A reader waiting for data newer than now is woken by the tick.
+    let reader = pleg.cache();
+    let uid = PodUid::new("nobody");
+    let since = tokio::time::Instant::now();
+    let waited = tokio::time::timeout(Duration::from_secs(5), reader.get_newer_than(&uid, since)).await;
+    assert!(waited.is_ok(), "get_newer_than was stranded");
+    pleg.stop().await;
+}

@@ -24,8 +24,11 @@ fn generator(runtime: &Arc<FakeRuntime>) -> EventedPleg {
 /// A pod `uid` with a ready sandbox `sb-<uid>` and these containers.
 fn pod_with_sandbox(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
     let mut p = pod(uid, containers);
-    p.sandboxes
-        .push(Container::new(format!("sb-{uid}"), format!("{uid}-name"), Running));
+    p.sandboxes.push(Container::new(
+        format!("sb-{uid}"),
+        format!("{uid}-name"),
+        Running,
+    ));
     p
 }
 
@@ -39,7 +42,12 @@ fn snapshot(uid: Option<&str>, sandbox_id: &str, state: ContainerState) -> Sandb
 
 /// An event about `id` in pod `uid` (sandbox `sb-<uid>` ready), carrying
 /// these container statuses, stamped now.
-fn event(kind: ContainerEventKind, uid: &str, id: &str, containers: Vec<Container>) -> ContainerEvent {
+fn event(
+    kind: ContainerEventKind,
+    uid: &str,
+    id: &str,
+    containers: Vec<Container>,
+) -> ContainerEvent {
     ContainerEvent {
         id: id.into(),
         kind,
@@ -111,7 +119,10 @@ async fn stream_events_are_published_once_with_source_stream_and_the_runtime_tim
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
     assert_eq!(pleg.mode(), Mode::Evented);
-    assert_eq!(pleg.relist_duration().relist_period, Duration::from_secs(300));
+    assert_eq!(
+        pleg.relist_duration().relist_period,
+        Duration::from_secs(300)
+    );
     // The catch-up relist at connection reported the pod.
     let first = drain(&mut sub);
     assert_eq!(
@@ -138,7 +149,10 @@ async fn stream_events_are_published_once_with_source_stream_and_the_runtime_tim
     assert_eq!(kinds(&died), [(EventType::ContainerDied, "c1".to_string())]);
     assert_eq!(died[0].source, EventSource::Stream);
     assert_eq!(died[0].runtime_time, at);
-    assert_eq!((died[0].exit_code, died[0].reason.as_deref()), (Some(3), Some("Error")));
+    assert_eq!(
+        (died[0].exit_code, died[0].reason.as_deref()),
+        (Some(3), Some("Error"))
+    );
     let cached = pleg.cache().get(&PodUid::new("p1")).expect("cached").status;
     assert_eq!(cached.find(&"c1".into()).map(|c| c.state), Some(Exited));
 
@@ -159,9 +173,19 @@ async fn container_that_lives_between_relists_is_reported_from_the_stream() {
 
     let running = Container::new("short", "short-name", Running);
     for e in [
-        event(ContainerEventKind::Created, "p1", "short", vec![Container::new("short", "short-name", Created)]),
+        event(
+            ContainerEventKind::Created,
+            "p1",
+            "short",
+            vec![Container::new("short", "short-name", Created)],
+        ),
         event(ContainerEventKind::Started, "p1", "short", vec![running]),
-        event(ContainerEventKind::Stopped, "p1", "short", vec![exited("short", 0, "Completed")]),
+        event(
+            ContainerEventKind::Stopped,
+            "p1",
+            "short",
+            vec![exited("short", 0, "Completed")],
+        ),
         event(ContainerEventKind::Deleted, "p1", "short", vec![]),
     ] {
         runtime.push_event(e);
@@ -223,7 +247,10 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
         let pleg = &pleg;
         async move { pleg.apply_event(&e).await }
     };
-    assert_eq!(apply(backlog).await, Applied::Stale(StaleReason::BeforeListing));
+    assert_eq!(
+        apply(backlog).await,
+        Applied::Stale(StaleReason::BeforeListing)
+    );
     assert_eq!(
         apply(event(ContainerEventKind::Created, "p1", "running", vec![])).await,
         Applied::Stale(StaleReason::CreatedAfterStart)
@@ -244,7 +271,10 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
     );
     stop.created_at = early.created_at.map(|t| t + Duration::from_millis(5));
     assert_eq!(apply(stop).await, Applied::Published(1));
-    assert_eq!(apply(early).await, Applied::Stale(StaleReason::OlderThanCache));
+    assert_eq!(
+        apply(early).await,
+        Applied::Stale(StaleReason::OlderThanCache)
+    );
 
     // Removed, then a late event about it.
     let mut delete = event(ContainerEventKind::Deleted, "p1", "done", vec![]);
@@ -252,7 +282,10 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
     assert_eq!(apply(delete).await, Applied::Published(1));
     let mut late = event(ContainerEventKind::Stopped, "p1", "done", vec![]);
     late.created_at = late.created_at.map(|t| t + Duration::from_millis(20));
-    assert_eq!(apply(late).await, Applied::Stale(StaleReason::AlreadyRemoved));
+    assert_eq!(
+        apply(late).await,
+        Applied::Stale(StaleReason::AlreadyRemoved)
+    );
 
     assert_eq!(
         kinds(&drain(&mut sub)),
@@ -339,7 +372,10 @@ async fn reconnects_back_off_exponentially_with_jitter() {
         );
     }
     let stats = pleg.stream_stats();
-    assert_eq!((stats.connection_errors, stats.connection_successes), (4, 1));
+    assert_eq!(
+        (stats.connection_errors, stats.connection_successes),
+        (4, 1)
+    );
     assert_eq!(pleg.mode(), Mode::Evented);
     assert_eq!(stats.fallbacks, 0);
     pleg.stop().await;
@@ -357,7 +393,12 @@ async fn five_failures_in_a_row_fall_back_and_a_working_stream_re_promotes() {
     assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
     assert_eq!(pleg.stream_stats().fallbacks, 1);
     let status = pleg.stream_status();
-    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("stream broken")));
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("stream broken"))
+    );
 
     // In fallback the stream is probed every 30 s, no more.
     tokio::time::sleep(Duration::from_secs(95)).await;
@@ -382,7 +423,11 @@ async fn unimplemented_stream_falls_back_at_once_without_a_retry_storm() {
     let mut sub = subscribe(&pleg);
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Fallback).await;
-    assert_eq!(runtime.event_opens().len(), 1, "no retry before falling back");
+    assert_eq!(
+        runtime.event_opens().len(),
+        1,
+        "no retry before falling back"
+    );
     assert_eq!(pleg.mode(), Mode::Generic);
 
     // Ten minutes: one probe every 30 s, and relisting every second finds
@@ -411,7 +456,10 @@ async fn stream_that_ends_reconnects_and_relists_at_once() {
     runtime.end_event_streams(Some("connection reset".into()));
     until_state(&pleg, StreamState::Backoff).await;
     until_state(&pleg, StreamState::Streaming).await;
-    assert!(runtime.list_calls() > lists, "a relist followed the reconnection");
+    assert!(
+        runtime.list_calls() > lists,
+        "a relist followed the reconnection"
+    );
     let got = drain(&mut sub);
     assert_eq!(kinds(&got), [(EventType::ContainerDied, "c1".to_string())]);
     assert_eq!(got[0].source, EventSource::Relist);
@@ -431,13 +479,18 @@ async fn global_cache_time_ticks_every_second_while_streaming() {
     let later = pleg.cache().global_time().expect("still set");
     // No relist ran (the period is 300 s), yet the cache moved on.
     assert_eq!(runtime.list_calls(), lists);
-    assert!(later - first >= Duration::from_secs(3), "{:?}", later - first);
+    assert!(
+        later - first >= Duration::from_secs(3),
+        "{:?}",
+        later - first
+    );
 
     // A reader waiting for data newer than now is woken by the tick.
     let reader = pleg.cache();
     let uid = PodUid::new("nobody");
     let since = tokio::time::Instant::now();
-    let waited = tokio::time::timeout(Duration::from_secs(5), reader.get_newer_than(&uid, since)).await;
+    let waited =
+        tokio::time::timeout(Duration::from_secs(5), reader.get_newer_than(&uid, since)).await;
     assert!(waited.is_ok(), "get_newer_than was stranded");
     pleg.stop().await;
 }

@@ -112,9 +112,12 @@ fn rank(state: ContainerState) -> u8 {
 }
 
 /// Sets an entry's state from a status, unless that would move it backwards.
+/// `entries` is in ID order and stays so (a pod can hold many containers,
+/// and containerd sends the status of every one with each event).
 fn upsert(entries: &mut Vec<Container>, mut status: Container) {
-    match entries.iter_mut().find(|c| c.id == status.id) {
-        Some(existing) => {
+    match entries.binary_search_by(|c| c.id.cmp(&status.id)) {
+        Ok(i) => {
+            let existing = &mut entries[i];
             if rank(status.state) >= rank(existing.state) {
                 if status.name.is_empty() {
                     status.name = std::mem::take(&mut existing.name);
@@ -122,13 +125,15 @@ fn upsert(entries: &mut Vec<Container>, mut status: Container) {
                 *existing = status;
             }
         }
-        None => entries.push(status),
+        Err(i) => entries.insert(i, status),
     }
 }
 
-/// Merges a status into a cached list, with the same forward-only rule.
-fn merge_status(entries: &mut Vec<Container>, status: &Container) {
-    upsert(entries, status.clone());
+/// Puts entries in ID order (cheap when they already are).
+fn by_id(entries: &mut [Container]) {
+    if !entries.is_sorted_by(|a, b| a.id <= b.id) {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+    }
 }
 
 impl Inner {
@@ -194,6 +199,8 @@ impl Inner {
             None => Pod::new(PodMeta::clone(&meta)),
         };
         pod.meta = meta.clone();
+        by_id(&mut pod.sandboxes);
+        by_id(&mut pod.containers);
         let forced = subject_state(event.kind);
         let with_subject_state = |c: &Container| {
             let mut c = c.clone();
@@ -221,21 +228,19 @@ impl Inner {
                 } else {
                     &mut pod.containers
                 };
-                match entries.iter_mut().find(|c| c.id == event.id) {
-                    Some(existing) => {
-                        if rank(state) >= rank(existing.state) {
-                            existing.state = state;
+                match entries.binary_search_by(|c| c.id.cmp(&event.id)) {
+                    Ok(i) => {
+                        if rank(state) >= rank(entries[i].state) {
+                            entries[i].state = state;
                         }
                     }
-                    None => {
+                    Err(i) => {
                         let name = subject.map(|(c, _)| c.name.clone()).unwrap_or_default();
-                        entries.push(Container::new(event.id.clone(), name, state));
+                        entries.insert(i, Container::new(event.id.clone(), name, state));
                     }
                 }
             }
         }
-        pod.sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
-        pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
 
         let stream_time = Some(at);
         let gone = forced.is_none() && is_sandbox && pod.sandboxes.is_empty();
@@ -266,14 +271,16 @@ impl Inner {
             .map(|e| PodStatus::clone(&e.status))
             .unwrap_or_else(|| PodStatus::new(meta.clone()));
         status.meta = meta;
+        by_id(&mut status.sandboxes);
+        by_id(&mut status.containers);
         if let Some(s) = snapshot {
-            merge_status(&mut status.sandboxes, &with_subject_state(&s.sandbox));
+            upsert(&mut status.sandboxes, with_subject_state(&s.sandbox));
             if !s.ips.is_empty() {
                 status.ips = s.ips.clone();
             }
         }
         for c in &event.containers {
-            merge_status(&mut status.containers, &with_subject_state(c));
+            upsert(&mut status.containers, with_subject_state(c));
         }
         if forced.is_none() {
             status.sandboxes.retain(|c| c.id != event.id);
@@ -285,15 +292,15 @@ impl Inner {
             } else {
                 &mut status.containers
             };
-            if !list.iter().any(|c| c.id == event.id)
+            if let Err(i) = list.binary_search_by(|c| c.id.cmp(&event.id))
                 && let Some(entry) = new.find(&event.id).map(|(c, _)| c.clone())
             {
-                list.push(Container { state, ..entry });
+                list.insert(i, Container { state, ..entry });
             }
         }
         status
             .sandboxes
-            .sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            .sort_by_key(|s| std::cmp::Reverse(s.created_at));
         status.timestamp = at.or(status.timestamp);
         let published = self.accept(
             records,

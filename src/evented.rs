@@ -50,6 +50,9 @@ use crate::runtime::{self, ContainerEvent, EventStream, Runtime, bounded};
 /// How an evented generator runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EventedConfig {
+    /// Use the event stream at all; `false` runs the relisting generator
+    /// alone, at the generic period (`pleg run --mode generic`).
+    pub stream: bool,
     /// Relist period and threshold while the stream works (300 s, 10 min).
     pub evented_relist: RelistDuration,
     /// Relist period and threshold in fallback (1 s, 3 min).
@@ -73,6 +76,7 @@ pub struct EventedConfig {
 impl Default for EventedConfig {
     fn default() -> Self {
         EventedConfig {
+            stream: true,
             evented_relist: RelistDuration::EVENTED,
             generic_relist: RelistDuration::GENERIC,
             runtime_request_timeout: Duration::from_secs(120),
@@ -303,6 +307,7 @@ impl EventedPleg {
 
     /// Starts relisting and the event stream on the current tokio runtime.
     /// Until the stream works, the generator relists at the generic period.
+    /// With [`EventedConfig::stream`] off, only the relisting starts.
     pub fn start(&self) -> Result<(), Error> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Generic(generic::Error::NoTokioRuntime))?;
@@ -311,6 +316,9 @@ impl EventedPleg {
             return Ok(());
         }
         self.generic.start()?;
+        if !self.shared.config.stream {
+            return Ok(());
+        }
         let cancel = CancellationToken::new();
         let driver = StreamDriver {
             generic: self.generic.clone(),

@@ -39,6 +39,7 @@ use crate::diff::{Diff, DiffEvent, Records, diff_into};
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 use crate::health::{self, InvalidRelistDuration, RelistDuration, Unhealthy};
 use crate::hub::{self, Hub, SubscribeOptions, Subscription};
+use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::model::{
     ContainerId, ContainerState, IdSet, Pod, PodMeta, PodStatus, PodUid, RuntimeCounts,
 };
@@ -99,10 +100,20 @@ pub struct Stats {
     last_relist_nanos: AtomicU64,
     duplicates_dropped: AtomicU64,
     duplicates_seen: AtomicBool,
+    /// Published events by kind and source (relist, stream).
+    events_by_source: [[AtomicU64; 2]; 6],
+    relist_duration: Histogram,
+    relist_interval: Histogram,
+    /// Start of the previous relist, for the interval histogram.
+    previous_start: Mutex<Option<Instant>>,
+    /// Wall-clock start of the last relist whose listing succeeded.
+    last_seen: Mutex<Option<SystemTime>>,
+    /// Why the last relist failed, while it is the latest.
+    last_error: Mutex<Option<String>>,
 }
 
 /// A copy of the counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatsSnapshot {
     /// Relists whose listing succeeded.
     pub relists: u64,
@@ -116,6 +127,17 @@ pub struct StatsSnapshot {
     pub last_relist_duration: Duration,
     /// Repeated pod UIDs and container IDs folded away from listings.
     pub duplicates_dropped: u64,
+    /// Published events by kind (indexed like [`EventType::ALL`]) and source
+    /// (0: relist, 1: stream).
+    pub events_by_source: [[u64; 2]; 6],
+    /// Durations of relists whose listing succeeded.
+    pub relist_duration: HistogramSnapshot,
+    /// Time between the starts of consecutive relists.
+    pub relist_interval: HistogramSnapshot,
+    /// Wall-clock start of the last relist whose listing succeeded.
+    pub last_seen: Option<SystemTime>,
+    /// Why the last relist failed, if it did (cleared by a success).
+    pub last_error: Option<String>,
 }
 
 impl StatsSnapshot {
@@ -422,6 +444,13 @@ impl GenericPleg {
             events: std::array::from_fn(|i| s.events[i].load(Ordering::Relaxed)),
             last_relist_duration: Duration::from_nanos(s.last_relist_nanos.load(Ordering::Relaxed)),
             duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
+            events_by_source: std::array::from_fn(|k| {
+                std::array::from_fn(|i| s.events_by_source[k][i].load(Ordering::Relaxed))
+            }),
+            relist_duration: s.relist_duration.snapshot(),
+            relist_interval: s.relist_interval.snapshot(),
+            last_seen: *s.last_seen.lock(),
+            last_error: s.last_error.lock().clone(),
         }
     }
 
@@ -490,17 +519,23 @@ impl Inner {
         let mut state = self.state.lock().await;
         let started = Instant::now();
         let listed_at = SystemTime::now();
+        if let Some(previous) = self.stats.previous_start.lock().replace(started) {
+            self.stats.relist_interval.observe(started - previous);
+        }
         let listing = match bounded("ListPods", self.request_timeout, self.runtime.list_pods())
             .await
         {
             Ok(listing) => listing,
             Err(e) => {
+                *self.stats.last_error.lock() = Some(e.to_string());
                 self.stats.relist_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "relist: unable to list pods; keeping previous records");
                 return Err(e);
             }
         };
         *self.last_success.lock() = Some(started);
+        *self.stats.last_seen.lock() = Some(listed_at);
+        *self.stats.last_error.lock() = None;
         let duplicates = listing.duplicates_dropped();
         if duplicates > 0 {
             self.stats
@@ -599,8 +634,10 @@ impl Inner {
         }
         self.cache.update_time(started);
         self.stats.relists.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
+        self.stats.relist_duration.observe(took);
         self.stats.last_relist_nanos.store(
-            started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX),
+            took.as_nanos().try_into().unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
         Ok(summary)
@@ -719,6 +756,11 @@ impl Inner {
     fn publish(&self, batch: Vec<Arc<PodLifecycleEvent>>) -> usize {
         for event in &batch {
             self.stats.events[event.kind.index()].fetch_add(1, Ordering::Relaxed);
+            let source = match event.source {
+                EventSource::Relist => 0,
+                EventSource::Stream => 1,
+            };
+            self.stats.events_by_source[event.kind.index()][source].fetch_add(1, Ordering::Relaxed);
         }
         self.hub.publish(&batch);
         batch.len()

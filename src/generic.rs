@@ -224,6 +224,21 @@ struct Inner {
     counts: Mutex<RuntimeCounts>,
     running: Mutex<Option<Running>>,
     stats: Stats,
+    /// The last event of each container and sandbox, by pod.
+    last_events: dashmap::DashMap<PodUid, Vec<LastEvent>>,
+}
+
+/// The last event published about a container or sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastEvent {
+    /// The container or sandbox.
+    pub id: ContainerId,
+    /// What happened.
+    pub kind: EventType,
+    /// When pleg published it.
+    pub at: SystemTime,
+    /// Where it was seen.
+    pub source: EventSource,
 }
 
 impl Drop for Inner {
@@ -297,6 +312,7 @@ impl GenericPleg {
                 counts: Mutex::new(RuntimeCounts::default()),
                 running: Mutex::new(None),
                 stats: Stats::default(),
+                last_events: dashmap::DashMap::new(),
             }),
         })
     }
@@ -457,6 +473,16 @@ impl GenericPleg {
     /// Counters of the runtime adapter.
     pub fn runtime_stats(&self) -> &runtime::RuntimeStats {
         self.inner.runtime.stats()
+    }
+
+    /// The last event of each container and sandbox of a pod that pleg has
+    /// published about (forgotten with the pod).
+    pub fn last_events(&self, uid: &PodUid) -> Vec<LastEvent> {
+        self.inner
+            .last_events
+            .get(uid)
+            .map(|e| e.value().clone())
+            .unwrap_or_default()
     }
 
     /// Pods currently in the records (test and debugging aid).
@@ -735,6 +761,7 @@ impl Inner {
         self.cache.delete(uid);
         records.apply(uid, None);
         let Some(old) = old else {
+            self.last_events.remove(uid);
             return Some(0);
         };
         let batch = events
@@ -750,7 +777,10 @@ impl Inner {
                 ))
             })
             .collect();
-        Some(self.publish(batch))
+        let published = self.publish(batch);
+        // Gone with the pod (after publishing, which records them).
+        self.last_events.remove(uid);
+        Some(published)
     }
 
     fn publish(&self, batch: Vec<Arc<PodLifecycleEvent>>) -> usize {
@@ -761,6 +791,19 @@ impl Inner {
                 EventSource::Stream => 1,
             };
             self.stats.events_by_source[event.kind.index()][source].fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = &event.container {
+                let last = LastEvent {
+                    id: c.id.clone(),
+                    kind: event.kind,
+                    at: event.observed_at,
+                    source: event.source,
+                };
+                let mut entry = self.last_events.entry(event.pod.uid.clone()).or_default();
+                match entry.iter_mut().find(|e| e.id == c.id) {
+                    Some(slot) => *slot = last,
+                    None => entry.push(last),
+                }
+            }
         }
         self.hub.publish(&batch);
         batch.len()
@@ -844,6 +887,7 @@ fn build_event(
 mod stream;
 
 pub use stream::{Applied, StaleReason};
+
 
 #[cfg(test)]
 mod tests;

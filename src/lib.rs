@@ -74,11 +74,12 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod runtime;
+pub mod server;
 
 pub use cache::{CacheEntry, CacheReader, PodCache};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-pub use generic::{GenericConfig, GenericPleg, RelistSummary};
+pub use generic::{GenericConfig, GenericPleg, LastEvent, RelistSummary};
 pub use health::{InvalidRelistDuration, RelistDuration, Unhealthy};
 pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
 pub use model::{ContainerId, PodUid, RuntimeCounts};

@@ -1,0 +1,1 @@
+//! The gRPC subscription API (in progress).

@@ -1,0 +1,1 @@
+//! Health probe and metrics over HTTP (in progress).

@@ -1,0 +1,99 @@
+//! What the `pleg run` daemon serves: the health probe and Prometheus
+//! metrics over HTTP ([`http`]), and the subscription API over gRPC on a
+//! unix socket ([`grpc`]). Both read one [`EventedPleg`]; neither changes it.
+
+use std::sync::Arc;
+
+use crate::evented::EventedPleg;
+
+pub mod grpc;
+pub mod http;
+
+/// What the servers read.
+#[derive(Clone)]
+pub struct Daemon {
+    /// The generator.
+    pub pleg: Arc<EventedPleg>,
+    /// The runtime endpoint, as configured (for health messages).
+    pub runtime_endpoint: String,
+    /// Prefix for every metric name (empty by default; `kubelet_` gives the
+    /// kubelet's full names).
+    pub metrics_prefix: String,
+}
+
+/// One named health check and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// `pleg`, `runtime`, `stream` or `generator`.
+    pub name: &'static str,
+    /// `None` when it passes; otherwise why it fails.
+    pub failure: Option<String>,
+    /// A short description when it passes (shown in verbose output).
+    pub detail: String,
+}
+
+impl Check {
+    /// Whether the check passes.
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// The kubelet-style line: `[+]pleg ok` or `[-]pleg failed: reason`.
+    pub fn line(&self) -> String {
+        match &self.failure {
+            None => format!("[+]{} ok", self.name),
+            Some(reason) => format!("[-]{} failed: {reason}", self.name),
+        }
+    }
+}
+
+/// Which probe is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// `/healthz`: every check, like the kubelet's.
+    Health,
+    /// `/livez`: the process works: its relisting loop (and, in evented
+    /// mode, its stream task) runs. A runtime outage does not fail it, since
+    /// restarting pleg would not help.
+    Live,
+    /// `/readyz`: pleg can serve subscribers with current data: it relisted
+    /// successfully within the threshold and the runtime answers.
+    Ready,
+}
+
+impl Daemon {
+    /// The checks a probe runs, in a stable order.
+    pub fn checks(&self, probe: Probe) -> Vec<Check> {
+        let pleg = &self.pleg;
+        let stats = pleg.stats();
+        let generator = Check {
+            name: "generator",
+            failure: (!pleg.is_running()).then(|| "the relisting loop is not running".to_string()),
+            detail: "relisting loop running".into(),
+        };
+        let relist = Check {
+            name: "pleg",
+            failure: pleg.healthy().err().map(|e| e.to_string()),
+            detail: format!(
+                "last relist within {}",
+                crate::health::go_duration(pleg.relist_duration().relist_threshold)
+            ),
+        };
+        let runtime = Check {
+            name: "runtime",
+            failure: stats.last_error.clone(),
+            detail: format!("{} answers", self.runtime_endpoint),
+        };
+        let status = pleg.stream_status();
+        let stream = Check {
+            name: "stream",
+            failure: None,
+            detail: format!("{} mode, stream {}", status.mode.as_str(), status.state.as_str()),
+        };
+        match probe {
+            Probe::Health => vec![relist, runtime, stream],
+            Probe::Live => vec![generator],
+            Probe::Ready => vec![relist, runtime],
+        }
+    }
+}

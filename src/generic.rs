@@ -888,6 +888,5 @@ mod stream;
 
 pub use stream::{Applied, StaleReason};
 
-
 #[cfg(test)]
 mod tests;

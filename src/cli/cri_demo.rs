@@ -13,7 +13,8 @@ use pleg::model::ContainerState;
 use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
 use pleg::{GenericPleg, PodUid, RelistDuration};
 
-use crate::{DemoOptions, print_events, report_health};
+use super::DemoOptions;
+use super::output::{print_events, report_health};
 
 /// A demo pod: its spec and sandbox.
 struct DemoPod {

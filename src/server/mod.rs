@@ -88,7 +88,11 @@ impl Daemon {
         let stream = Check {
             name: "stream",
             failure: None,
-            detail: format!("{} mode, stream {}", status.mode.as_str(), status.state.as_str()),
+            detail: format!(
+                "{} mode, stream {}",
+                status.mode.as_str(),
+                status.state.as_str()
+            ),
         };
         match probe {
             Probe::Health => vec![relist, runtime, stream],

@@ -1,0 +1,490 @@
+//! Flags, environment variables and shared plumbing of the `pleg` commands.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pleg::evented::EventedConfig;
+use pleg::runtime::cri::{CriConfig, DEFAULT_ENDPOINT, RuntimeEndpoint};
+use pleg::{EventType, Filter, PodUid, RelistDuration};
+
+pub mod cri_demo;
+pub mod fake_demo;
+pub mod output;
+pub mod pods;
+pub mod run;
+pub mod watch;
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    /// Failure while running.
+    pub const FAILURE: u8 = 1;
+    /// The health address cannot be bound (in use, bad address, no permission).
+    pub const HEALTH_ADDR: u8 = 3;
+    /// The gRPC socket cannot be bound.
+    pub const GRPC_SOCKET: u8 = 4;
+    /// The runtime is not available and `--wait` was not given.
+    pub const RUNTIME_UNAVAILABLE: u8 = 5;
+    /// The daemon given with `--daemon` is not reachable.
+    pub const DAEMON_UNREACHABLE: u8 = 6;
+}
+
+/// A command's failure: an exit code and what went wrong.
+#[derive(Debug)]
+pub struct Failure {
+    /// The process exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A failure with this exit code.
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: exit::FAILURE,
+            error,
+        }
+    }
+}
+
+/// What a command returns.
+pub type Outcome = Result<(), Failure>;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success, 1 failure while running, 2 bad command line, 3 health address
+unavailable, 4 gRPC socket unavailable, 5 runtime unavailable (without --wait),
+6 daemon unreachable.";
+
+/// pleg: a node-level Pod Lifecycle Event Generator.
+#[derive(Debug, Parser)]
+#[command(name = "pleg", version, about, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon: health probe and metrics over HTTP, event
+    /// subscriptions over gRPC on a unix socket.
+    Run(RunArgs),
+    /// Show pod lifecycle events live, from the runtime or from a daemon.
+    Watch(WatchArgs),
+    /// Show the pods and containers pleg knows, like `crictl ps -a`.
+    Pods(PodsArgs),
+    /// Drive a small workload through the runtime and show its events.
+    Demo(DemoArgs),
+}
+
+/// Generator mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The runtime's event stream, with relisting as a safety net; falls back
+    /// to relisting when the runtime has no stream, and back again.
+    Evented,
+    /// Relisting only.
+    Generic,
+}
+
+/// How to reach and watch the runtime.
+#[derive(Debug, Args, Clone)]
+pub struct RuntimeArgs {
+    /// CRI runtime endpoint: unix:///path or a bare socket path.
+    #[arg(long, env = "PLEG_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
+    pub runtime_endpoint: String,
+    /// evented (the runtime's event stream, relisting as a safety net) or
+    /// generic (relisting only).
+    #[arg(long, env = "PLEG_MODE", value_enum, default_value = "evented")]
+    pub mode: ModeArg,
+    /// Relist period when relisting is in charge (generic mode or fallback),
+    /// such as 1s or 500ms.
+    #[arg(long, env = "PLEG_RELIST_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    pub relist_period: Duration,
+    /// How long without a successful relist before pleg reports unhealthy
+    /// (generic mode; evented mode uses 10m while the stream works).
+    #[arg(long, env = "PLEG_RELIST_THRESHOLD", default_value = "3m", value_parser = parse_duration)]
+    pub relist_threshold: Duration,
+    /// Deadline of every call to the runtime.
+    #[arg(long, env = "PLEG_RUNTIME_REQUEST_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub runtime_request_timeout: Duration,
+}
+
+impl RuntimeArgs {
+    /// The CRI client configuration.
+    pub fn cri_config(&self) -> CriConfig {
+        CriConfig {
+            request_timeout: self.runtime_request_timeout,
+            ..CriConfig::new(&self.runtime_endpoint)
+        }
+    }
+
+    /// The generator configuration, checked.
+    pub fn evented_config(&self) -> Result<EventedConfig, Failure> {
+        let generic = RelistDuration {
+            relist_period: self.relist_period,
+            relist_threshold: self.relist_threshold,
+        };
+        generic.validate().map_err(|e| {
+            Failure::new(
+                2,
+                anyhow::anyhow!("--relist-period/--relist-threshold: {e}"),
+            )
+        })?;
+        Ok(EventedConfig {
+            stream: self.mode == ModeArg::Evented,
+            generic_relist: generic,
+            runtime_request_timeout: self.runtime_request_timeout,
+            ..EventedConfig::default()
+        })
+    }
+}
+
+/// Log output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `pleg run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The runtime.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Address of the HTTP health probe and metrics (/healthz, /livez,
+    /// /readyz, /metrics). Loopback by default.
+    #[arg(long, env = "PLEG_HEALTH_ADDR", default_value = "127.0.0.1:10258")]
+    pub health_addr: String,
+    /// Unix socket of the gRPC subscription API, created with mode 0600 and
+    /// removed on exit; an empty value turns the API off.
+    #[arg(long, env = "PLEG_GRPC_SOCKET", default_value = "/run/pleg/pleg.sock")]
+    pub grpc_socket: String,
+    /// Prefix for every metric name (kubelet_ gives the kubelet's full names).
+    #[arg(long, env = "PLEG_METRICS_PREFIX", default_value = "")]
+    pub metrics_prefix: String,
+    /// Log format.
+    #[arg(long, env = "PLEG_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing
+    /// filter such as pleg=debug).
+    #[arg(long, env = "PLEG_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+    /// Check the flags and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Which events to show.
+#[derive(Debug, Args, Clone)]
+pub struct FilterArgs {
+    /// Only pods in this namespace.
+    #[arg(long, short = 'n', env = "PLEG_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only this pod UID (repeatable).
+    #[arg(long = "pod-uid")]
+    pub pod_uids: Vec<String>,
+    /// Only pods with this label, key=value (repeatable; all must match).
+    #[arg(long = "label", short = 'l', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Only these event types (repeatable): ContainerStarted, ContainerDied,
+    /// ContainerRemoved, PodSync, ContainerChanged, ConditionMet.
+    #[arg(long = "type", value_parser = parse_event_type)]
+    pub kinds: Vec<EventType>,
+    /// Also show ContainerChanged (off by default, like the kubelet).
+    #[arg(long)]
+    pub include_changed: bool,
+}
+
+impl FilterArgs {
+    /// The library filter.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            pod_uids: (!self.pod_uids.is_empty()).then(|| {
+                self.pod_uids
+                    .iter()
+                    .map(PodUid::new)
+                    .collect::<HashSet<_>>()
+            }),
+            namespace: self.namespace.clone(),
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            kinds: (!self.kinds.is_empty()).then(|| self.kinds.iter().copied().collect()),
+            include_container_changed: self.include_changed
+                || self.kinds.contains(&EventType::ContainerChanged),
+        }
+    }
+}
+
+/// Flags of `pleg watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The runtime (ignored with --daemon).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Attach to a running daemon's gRPC socket instead of watching the
+    /// runtime directly.
+    #[arg(long, env = "PLEG_DAEMON")]
+    pub daemon: Option<String>,
+    /// text for people, json for one object per line.
+    #[arg(
+        long,
+        short = 'o',
+        env = "PLEG_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub output: output::Format,
+    /// Wait for the runtime (or daemon) to come up instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Which events.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Log level on stderr.
+    #[arg(long, env = "PLEG_LOG_LEVEL", default_value = "warn", value_parser = parse_log_level)]
+    pub log_level: String,
+}
+
+/// Flags of `pleg pods`.
+#[derive(Debug, Args)]
+pub struct PodsArgs {
+    /// The runtime (ignored with --daemon).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Ask a running daemon instead of the runtime.
+    #[arg(long, env = "PLEG_DAEMON")]
+    pub daemon: Option<String>,
+    /// text (a table) or json.
+    #[arg(
+        long,
+        short = 'o',
+        env = "PLEG_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub output: output::Format,
+    /// Only pods in this namespace.
+    #[arg(long, short = 'n', env = "PLEG_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Wait for the runtime (or daemon) to come up instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Log level on stderr.
+    #[arg(long, env = "PLEG_LOG_LEVEL", default_value = "warn", value_parser = parse_log_level)]
+    pub log_level: String,
+}
+
+/// Flags of `pleg demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// CRI runtime endpoint: unix:///path or a bare socket path.
+    #[arg(long, env = "PLEG_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
+    pub runtime_endpoint: String,
+    /// Image on the node with /bin/sh and sleep, for the workload.
+    #[arg(long, env = "PLEG_TEST_IMAGE", default_value = "docker.io/library/busybox:pleg", value_parser = parse_non_empty)]
+    pub image: String,
+    /// evented or generic.
+    #[arg(long, env = "PLEG_MODE", value_enum, default_value = "evented")]
+    pub mode: ModeArg,
+    /// Use the scripted in-memory runtime instead of a real one.
+    #[arg(long)]
+    pub fake: bool,
+    /// Pods in the workload, 1 to 50.
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub pods: u16,
+    /// Relist period, such as 100ms or 1s.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub relist_period: Duration,
+}
+
+/// What the demos need.
+pub struct DemoOptions {
+    /// Pods in the workload.
+    pub pods: usize,
+    /// Relist period.
+    pub relist_period: Duration,
+    /// The image for the workload.
+    pub image: String,
+    /// Use the event stream.
+    pub evented: bool,
+}
+
+/// `pleg demo`.
+pub async fn demo(args: DemoArgs) -> Outcome {
+    init_logging("warn", LogFormat::Text);
+    let options = DemoOptions {
+        pods: usize::from(args.pods),
+        relist_period: args.relist_period,
+        image: args.image,
+        evented: args.mode == ModeArg::Evented,
+    };
+    if args.fake {
+        fake_demo::run(options).await?;
+    } else {
+        cri_demo::run(options, args.runtime_endpoint).await?;
+    }
+    Ok(())
+}
+
+/// Sets up logging on stderr; `RUST_LOG` overrides the level.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Parses `250ms`, `1s`, `1.5s`, `3m`, `1h`, `1m30s`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("empty duration; use a number with a unit: 500ms, 1s, 3m, 1h".into());
+    }
+    let mut total = 0f64;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{raw:?}: missing unit; use ms, s, m or h"))?;
+        let (number, tail) = rest.split_at(split);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{raw:?}: expected a number followed by ms, s, m or h"))?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => {
+                return Err(format!(
+                    "{raw:?}: unknown unit {other:?}; use ms, s, m or h"
+                ));
+            }
+        };
+        total += value * scale;
+        rest = next;
+    }
+    if !(total.is_finite() && total > 0.0) {
+        return Err(format!("{raw:?}: must be greater than zero"));
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{raw:?}: out of range"))
+}
+
+fn parse_endpoint(raw: &str) -> Result<String, String> {
+    RuntimeEndpoint::parse(raw)
+        .map(|_| raw.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_non_empty(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(raw.to_string())
+    }
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{raw:?}: expected key=value")),
+    }
+}
+
+fn parse_event_type(raw: &str) -> Result<EventType, String> {
+    EventType::ALL
+        .iter()
+        .copied()
+        .find(|k| k.as_str().eq_ignore_ascii_case(raw))
+        .ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|k| k.as_str()).collect();
+            format!(
+                "{raw:?}: unknown event type; expected one of {}",
+                known.join(", ")
+            )
+        })
+}
+
+fn parse_log_level(raw: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(raw)
+        .map(|_| raw.to_string())
+        .map_err(|e| format!("{raw:?}: not a log level or filter: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_the_rest() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "5", "s", "-1s", "0s", "1d", "1.2.3s", "ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_duration("5").err().as_deref(),
+            Some("\"5\": missing unit; use ms, s, m or h")
+        );
+    }
+
+    #[test]
+    fn bad_flags_name_what_was_wrong() {
+        let err = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("pleg").chain(args.iter().copied()))
+                .err()
+                .map(|e| (e.exit_code(), e.to_string()))
+                .unwrap_or_default()
+        };
+        let (code, text) = err(&["run", "--relist-period", "5"]);
+        assert_eq!(code, 2);
+        assert!(
+            text.contains("'5'") && text.contains("missing unit"),
+            "{text}"
+        );
+        let (code, text) = err(&["run", "--frobnicate"]);
+        assert_eq!(code, 2);
+        assert!(text.contains("--frobnicate"), "{text}");
+        let (_, text) = err(&["run", "--mode", "fast"]);
+        assert!(text.contains("fast") && text.contains("evented"), "{text}");
+        let (_, text) = err(&["run", "--runtime-endpoint", "tcp://x:1"]);
+        assert!(text.contains("scheme tcp:// is not supported"), "{text}");
+        let (_, text) = err(&["watch", "--type", "Exploded"]);
+        assert!(text.contains("unknown event type"), "{text}");
+        let (_, text) = err(&["watch", "--label", "novalue"]);
+        assert!(text.contains("expected key=value"), "{text}");
+        let (_, text) = err(&["demo", "--pods", "0"]);
+        assert!(text.contains("--pods"), "{text}");
+        assert!(Cli::try_parse_from(["pleg", "demo", "--pods=4"]).is_ok());
+    }
+}

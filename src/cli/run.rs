@@ -1,0 +1,163 @@
+//! `pleg run`: the node daemon.
+//!
+//! It binds the health address and the gRPC socket first (so that a port in
+//! use fails at once, with its own exit code), then starts the generator
+//! over a lazily connected runtime: a runtime that is missing or not CRI
+//! does not stop the daemon; relists keep retrying and the health probe
+//! answers 503 with the reason until the runtime answers. SIGTERM or SIGINT
+//! stops accepting, ends the subscribers' streams after what they were sent,
+//! removes the socket and exits 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use pleg::evented::EventedPleg;
+use pleg::runtime::cri::CriRuntime;
+use pleg::server::{Daemon, grpc, http};
+use tokio_util::sync::CancellationToken;
+
+use super::{Failure, Outcome, RunArgs, exit, init_logging};
+
+/// Longest the daemon waits for its servers to wind down after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> Outcome {
+    let config = args.runtime.evented_config()?;
+    if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
+        return Err(Failure::new(
+            2,
+            anyhow!(
+                "--metrics-prefix {:?}: a metric name prefix is letters, digits, _ and :, not starting with a digit",
+                args.metrics_prefix
+            ),
+        ));
+    }
+    if args.check_config {
+        println!("pleg: configuration ok");
+        return Ok(());
+    }
+    init_logging(&args.log_level, args.log_format);
+
+    let listener = http::bind(&args.health_addr)
+        .await
+        .map_err(|e| Failure::new(exit::HEALTH_ADDR, e))?;
+    let runtime =
+        CriRuntime::connect_lazy(args.runtime.cri_config()).map_err(|e| Failure::new(2, e))?;
+    let pleg = Arc::new(
+        EventedPleg::new(runtime.clone(), config).map_err(|e| Failure::new(2, anyhow!(e)))?,
+    );
+    let daemon = Daemon {
+        pleg: pleg.clone(),
+        runtime_endpoint: runtime.endpoint().to_string(),
+        metrics_prefix: args.metrics_prefix.clone(),
+    };
+
+    let shutdown = CancellationToken::new();
+    let grpc_task = if args.grpc_socket.is_empty() {
+        None
+    } else {
+        let socket = PathBuf::from(args.grpc_socket.trim_start_matches("unix://"));
+        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(parent)
+        {
+            return Err(Failure::new(
+                exit::GRPC_SOCKET,
+                anyhow!(
+                    "gRPC socket {}: creating {}: {e}",
+                    socket.display(),
+                    parent.display()
+                ),
+            ));
+        }
+        let listener = grpc::bind(&socket)
+            .await
+            .map_err(|e| Failure::new(exit::GRPC_SOCKET, e))?;
+        let stop = shutdown.clone();
+        let daemon = daemon.clone();
+        Some(tokio::spawn(async move {
+            grpc::serve_bound(daemon, listener, stop.cancelled_owned()).await
+        }))
+    };
+    let http_task = {
+        let stop = shutdown.clone();
+        let daemon = daemon.clone();
+        tokio::spawn(async move { http::serve(daemon, listener, stop.cancelled_owned()).await })
+    };
+
+    pleg.start()
+        .map_err(|e| Failure::new(exit::FAILURE, anyhow!(e)))?;
+    tracing::info!(
+        endpoint = %runtime.endpoint(),
+        mode = args.runtime.mode.as_str(),
+        health = %args.health_addr,
+        grpc = %args.grpc_socket,
+        "pleg running"
+    );
+    match runtime.verify().await {
+        Ok(version) => tracing::info!(runtime = %version, "runtime answers"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "runtime not available; retrying at every relist, and reporting unhealthy meanwhile"
+        ),
+    }
+
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "shutting down");
+    shutdown.cancel();
+    let wind_down = async {
+        pleg.stop().await;
+        if let Some(task) = grpc_task {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task"),
+                Ok(Ok(())) => {}
+            }
+        }
+        match http_task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "health server"),
+            Err(e) => tracing::warn!(error = %e, "health server task"),
+            Ok(Ok(())) => {}
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, wind_down)
+        .await
+        .is_err()
+    {
+        tracing::warn!("servers did not stop in time; exiting anyway");
+        // The socket must not outlive us.
+        if !args.grpc_socket.is_empty() {
+            let _ = std::fs::remove_file(&args.grpc_socket);
+        }
+    }
+    Ok(())
+}
+
+impl super::ModeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            super::ModeArg::Evented => "evented",
+            super::ModeArg::Generic => "generic",
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+pub async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            // Without signal handlers, Ctrl-C is all we can wait for.
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}

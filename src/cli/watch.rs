@@ -1,0 +1,119 @@
+//! `pleg watch`: lifecycle events live, one line each.
+//!
+//! Embedded (the default), it runs the generator against the runtime: the
+//! first relist reports what already runs, then every change as it happens.
+//! With `--daemon SOCKET` it follows a running daemon's gRPC `Watch` stream
+//! instead (on containerd 1.7 only one event stream per runtime gets each
+//! event, so a node should run one daemon and attach to it).
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::anyhow;
+use pleg::evented::EventedPleg;
+use pleg::server::grpc::Client;
+use pleg::{SubscribeOptions, Subscription};
+
+use super::output::{Format, Printer};
+use super::run::wait_for_signal;
+use super::{Failure, Outcome, WatchArgs, exit, init_logging};
+
+/// Runs until interrupted, or until the daemon's stream ends.
+pub async fn run(args: WatchArgs) -> Outcome {
+    let config = args.runtime.evented_config()?;
+    init_logging(&args.log_level, super::LogFormat::Text);
+    let colour = args.output == Format::Text
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
+    let mut printer = Printer::new(args.output, colour);
+    let filter = args.filter.filter();
+
+    if let Some(socket) = &args.daemon {
+        return follow_daemon(
+            Path::new(socket.trim_start_matches("unix://")),
+            &filter,
+            args.wait,
+            &mut printer,
+        )
+        .await;
+    }
+
+    let runtime = super::pods::connect(&args.runtime, args.wait).await?;
+    let pleg = EventedPleg::new(runtime, config).map_err(|e| Failure::new(2, anyhow!(e)))?;
+    let sub = pleg
+        .subscribe_with(SubscribeOptions {
+            filter,
+            ..SubscribeOptions::default()
+        })
+        .map_err(|e| Failure::new(2, anyhow!(e)))?;
+    pleg.start()
+        .map_err(|e| Failure::new(exit::FAILURE, anyhow!(e)))?;
+    let outcome = print_until_signal(sub, &mut printer).await;
+    pleg.stop().await;
+    outcome
+}
+
+async fn print_until_signal(mut sub: Subscription, printer: &mut Printer) -> Outcome {
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => return Ok(()),
+            delivery = sub.recv() => match delivery {
+                Some(d) => {
+                    if printer.print(&d).is_err() {
+                        // stdout closed (`| head`): done.
+                        return Ok(());
+                    }
+                }
+                None => return Err(Failure::new(exit::FAILURE, anyhow!("the generator stopped"))),
+            },
+        }
+    }
+}
+
+async fn follow_daemon(
+    socket: &Path,
+    filter: &pleg::Filter,
+    wait: bool,
+    printer: &mut Printer,
+) -> Outcome {
+    let mut client = loop {
+        match Client::connect(socket).await {
+            Ok(client) => break client,
+            Err(e) if wait => {
+                tracing::warn!(error = %e, "daemon not reachable; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(Failure::new(exit::DAEMON_UNREACHABLE, e)),
+        }
+    };
+    let mut stream = client
+        .watch(filter, pleg::hub::DEFAULT_CAPACITY)
+        .await
+        .map_err(|e| Failure::new(exit::DAEMON_UNREACHABLE, e))?;
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+        });
+        tokio::select! {
+            _ = &mut signal => return Ok(()),
+            item = next => match item {
+                Some(Ok(d)) => {
+                    if printer.print(&d).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(Failure::new(exit::FAILURE, e)),
+                None => {
+                    return Err(Failure::new(
+                        exit::FAILURE,
+                        anyhow!("the daemon at {} ended the event stream", socket.display()),
+                    ));
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! The real `pleg` binary as a subprocess, against the fake CRI server: the
+//! daemon's health probe, metrics, gRPC API and shutdown; `pleg watch` and
+//! `pleg pods`; and the errors people will hit, with their exit codes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerState as CriState, PodSandboxState};
+use pleg::runtime::fake_cri::{FakeCriServer, container, sandbox};
+use pleg::server::grpc::Client;
+use pleg::{Delivery, EventType, Filter};
+
+fn pleg() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pleg"));
+    // Only what the test gives: no PLEG_* from the environment.
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    c
+}
+
+/// A directory for sockets, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("pleg-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed when the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET path` over HTTP/1.1; (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    // Bodies may be chunked; the probes' are short, so strip chunk framing.
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls until `check` holds (at most 20 s).
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn fake_runtime() -> FakeCriServer {
+    let server = FakeCriServer::start().await.expect("fake CRI server");
+    for (sb, uid, name, ns) in [
+        ("sb1", "uid-1", "web", "shop"),
+        ("sb2", "uid-2", "db", "infra"),
+    ] {
+        server.put_sandbox(sandbox(sb, uid, name, ns, PodSandboxState::SandboxReady));
+        server.put_container(container(
+            &format!("{sb}-app"),
+            sb,
+            "app",
+            0,
+            CriState::ContainerRunning,
+        ));
+    }
+    server
+}
+
+/// `pleg run` against the fake, relisting every 100 ms with a 1 s threshold.
+fn daemon(server: &FakeCriServer, dir: &TempDir, port: u16, extra: &[&str]) -> Running {
+    let child = pleg()
+        .args(["run", "--runtime-endpoint", &server.endpoint()])
+        .args(["--relist-period", "100ms", "--relist-threshold", "1s"])
+        .args(["--health-addr", &format!("127.0.0.1:{port}")])
+        .arg("--grpc-socket")
+        .arg(dir.path("pleg.sock"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pleg run");
+    Running(child)
+}
+
+#[test]
+fn bad_flags_exit_2_naming_the_offending_value() {
+    for (args, expected) in [
+        (vec!["run", "--relist-period", "5"], "missing unit"),
+        (vec!["run", "--relist-threshold", "soon"], "soon"),
+        (vec!["run", "--frobnicate"], "--frobnicate"),
+        (vec!["run", "--mode", "fast"], "fast"),
+        (
+            vec!["run", "--runtime-endpoint", "tcp://10.0.0.1:1"],
+            "scheme tcp:// is not supported",
+        ),
+        (vec!["run", "--log-format", "xml"], "xml"),
+        (vec!["watch", "--output", "yaml"], "yaml"),
+        (vec!["watch", "--type", "Exploded"], "unknown event type"),
+        (vec!["launch"], "launch"),
+    ] {
+        let out = pleg().args(&args).output().expect("run pleg");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // The environment variables are checked the same way.
+    let out = pleg()
+        .args(["run", "--check-config"])
+        .env("PLEG_RELIST_PERIOD", "fast")
+        .output()
+        .expect("run pleg");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fast"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_port_in_use_exits_3_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let server = fake_runtime().await;
+    let dir = TempDir::new("inuse");
+    let out = pleg()
+        .args(["run", "--runtime-endpoint", &server.endpoint()])
+        .args(["--health-addr", &format!("127.0.0.1:{port}")])
+        .arg("--grpc-socket")
+        .arg(dir.path("pleg.sock"))
+        .output()
+        .expect("run pleg");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(!dir.path("pleg.sock").exists(), "no socket left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_health_turns_503_with_the_reason_when_the_runtime_stalls_then_200_again() {
+    let server = fake_runtime().await;
+    let dir = TempDir::new("health");
+    let port = free_port();
+    let _daemon = daemon(&server, &dir, port, &["--mode", "generic"]);
+    eventually("healthz 200", || {
+        get(port, "/healthz").filter(|(s, b)| *s == 200 && b == "ok")
+    })
+    .await;
+
+    server.fail(
+        "ListContainers",
+        tonic::Status::unavailable("runtime is wedged"),
+        None,
+    );
+    let (_, body) = eventually("healthz 503", || {
+        get(port, "/healthz").filter(|(s, b)| *s == 503 && b.contains("[-]pleg failed"))
+    })
+    .await;
+    assert!(
+        body.contains("[-]pleg failed: pleg was last seen active ")
+            && body.contains("; threshold is 1s"),
+        "{body}"
+    );
+    assert!(
+        body.contains("[-]runtime failed:") && body.contains("runtime is wedged"),
+        "{body}"
+    );
+    let (status, verbose) = get(port, "/healthz?verbose").expect("verbose");
+    assert_eq!(status, 503);
+    assert!(
+        verbose.contains("[+]stream ok") || verbose.contains("[+]stream"),
+        "{verbose}"
+    );
+    // Liveness does not depend on the runtime.
+    assert_eq!(get(port, "/livez").map(|(s, _)| s), Some(200));
+    assert_eq!(get(port, "/readyz").map(|(s, _)| s), Some(503));
+
+    server.clear_faults();
+    eventually("healthz 200 again", || {
+        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    })
+    .await;
+}
+
+/// `name{labels} value` lines of a scrape, by family name.
+fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let family = series.split('{').next()?;
+            if family != name {
+                return None;
+            }
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The next item of a stream, or `None` if none came in time.
+async fn next_item<S: futures_core::Stream + Unpin>(
+    s: &mut S,
+    within: Duration,
+) -> Option<Option<S::Item>> {
+    tokio::time::timeout(
+        within,
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)),
+    )
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_the_kubelet_names_and_their_values_move() {
+    let server = fake_runtime().await;
+    let dir = TempDir::new("metrics");
+    let port = free_port();
+    let _daemon = daemon(&server, &dir, port, &[]);
+    let first = eventually("metrics", || {
+        get(port, "/metrics")
+            .filter(|(s, b)| *s == 200 && b.contains("pleg_relist_duration_seconds"))
+    })
+    .await
+    .1;
+    for name in [
+        "pleg_relist_duration_seconds",
+        "pleg_relist_interval_seconds",
+        "pleg_last_seen_seconds",
+        "pleg_discard_events",
+        "evented_pleg_connection_success_count",
+        "evented_pleg_connection_error_count",
+        "evented_pleg_connection_latency_seconds",
+        "running_pods",
+        "running_containers",
+        "pleg_events_total",
+        "pleg_cri_requests_total",
+        "pleg_subscribers",
+        "pleg_mode",
+    ] {
+        assert!(
+            first
+                .lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+            "{name} missing"
+        );
+    }
+    for line in first
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = line.rsplit_once(' ').map(|(_, v)| v).unwrap_or("");
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf",
+            "not a sample: {line}"
+        );
+    }
+    let value =
+        |text: &str, name: &str| samples(text, name).first().map(|(_, v)| *v).unwrap_or(0.0);
+    let started = |text: &str| -> f64 {
+        samples(text, "pleg_events_total")
+            .iter()
+            .filter(|(s, _)| s.contains("type=\"ContainerStarted\""))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert!(started(&first) <= 4.0);
+    server.exit_container("sb1-app", 1);
+    let later = eventually("metrics that moved", || {
+        get(port, "/metrics").map(|(_, b)| b).filter(|b| {
+            value(b, "pleg_stream_events_received_total")
+                > value(&first, "pleg_stream_events_received_total")
+                && samples(b, "pleg_events_total")
+                    .iter()
+                    .any(|(s, v)| s.contains("type=\"ContainerDied\"") && *v >= 1.0)
+        })
+    })
+    .await;
+    assert_eq!(
+        started(&later),
+        4.0,
+        "two sandboxes and two containers started"
+    );
+    assert_eq!(value(&later, "running_pods"), 2.0);
+    assert!(value(&later, "evented_pleg_connection_success_count") >= 1.0);
+    assert!(value(&later, "pleg_relist_duration_seconds_count") >= 1.0);
+    assert!(
+        value(&later, "pleg_last_seen_seconds") > 1.7e9,
+        "a unix time"
+    );
+    let died_from_stream: f64 = samples(&later, "pleg_events_total")
+        .iter()
+        .filter(|(s, _)| s.contains("type=\"ContainerDied\"") && s.contains("source=\"stream\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(died_from_stream, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_client_with_a_filter_sees_exactly_the_matching_events_and_sigterm_exits_0() {
+    let server = fake_runtime().await;
+    let dir = TempDir::new("grpc");
+    let port = free_port();
+    let mut daemon = daemon(&server, &dir, port, &[]);
+    let socket = dir.path("pleg.sock");
+    // Subscribe once the daemon has relisted, so that only changes come.
+    eventually("healthz 200", || {
+        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert!(socket.exists());
+    let mut client = Client::connect(&socket).await.expect("connect");
+    let filter = Filter {
+        namespace: Some("shop".into()),
+        ..Filter::default()
+    };
+    let mut stream = client.watch(&filter, 100).await.expect("watch");
+    // What the daemon already reported is not replayed; new changes are.
+    server.exit_container("sb2-app", 3); // namespace infra: filtered out
+    server.exit_container("sb1-app", 7); // namespace shop
+    let e = match next_item(&mut stream, Duration::from_secs(20)).await {
+        Some(Some(Ok(Delivery::Event(e)))) => e,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        (e.kind, e.pod.namespace.as_str()),
+        (EventType::ContainerDied, "shop")
+    );
+    assert_eq!(e.container_id().map(|c| c.as_str()), Some("sb1-app"));
+    assert_eq!(e.exit_code, Some(7));
+    // Nothing from the other namespace follows.
+    let more = next_item(&mut stream, Duration::from_millis(500)).await;
+    assert!(more.is_none(), "unexpected {more:?}");
+
+    // SIGTERM: exit 0 within 2 s, socket removed.
+    let pid = daemon.0.id().to_string();
+    let started = tokio::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still running 2 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists(), "socket removed on exit");
+    let mut stderr = String::new();
+    if let Some(mut err) = daemon.0.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_runtime_socket_keeps_the_daemon_running_with_503_and_the_reason() {
+    let dir = TempDir::new("missing");
+    let port = free_port();
+    let endpoint = format!("unix://{}", dir.path("cri.sock").display());
+    let _daemon = Running(
+        pleg()
+            .args(["run", "--runtime-endpoint", &endpoint])
+            .args(["--relist-period", "100ms"])
+            .args(["--health-addr", &format!("127.0.0.1:{port}")])
+            .arg("--grpc-socket")
+            .arg(dir.path("pleg.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start"),
+    );
+    let (_, body) = eventually("503 with the reason", || {
+        get(port, "/healthz").filter(|(s, b)| *s == 503 && b.contains("no such socket"))
+    })
+    .await;
+    assert!(
+        body.contains(&format!("runtime endpoint {endpoint}: no such socket")),
+        "{body}"
+    );
+    assert!(
+        body.contains("[-]pleg failed: pleg has yet to be successful"),
+        "{body}"
+    );
+
+    // The runtime appears: the daemon picks it up by itself.
+    let server = FakeCriServer::start_at(dir.path("cri.sock"))
+        .await
+        .expect("server");
+    server.put_sandbox(sandbox(
+        "sb1",
+        "uid-1",
+        "web",
+        "shop",
+        PodSandboxState::SandboxReady,
+    ));
+    eventually("200 once the runtime is there", || {
+        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_without_a_runtime_exits_5_unless_told_to_wait() {
+    let dir = TempDir::new("nowait");
+    let endpoint = format!("unix://{}", dir.path("cri.sock").display());
+    let out = pleg()
+        .args(["watch", "--runtime-endpoint", &endpoint])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("no such socket") && stderr.contains("--wait"),
+        "{stderr}"
+    );
+
+    let out = pleg()
+        .args(["watch", "--daemon"])
+        .arg(dir.path("nothing.sock"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_json_lines_parse_and_match_the_events() {
+    let server = fake_runtime().await;
+    let mut watch = Running(
+        pleg()
+            .args(["watch", "--runtime-endpoint", &server.endpoint()])
+            .args([
+                "--output",
+                "json",
+                "--mode",
+                "generic",
+                "--relist-period",
+                "100ms",
+            ])
+            .args(["--namespace", "shop"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start watch"),
+    );
+    let stdout = watch.0.stdout.take().expect("stdout");
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a line in time")
+            .expect("watch still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+    let sandbox_started = next(&mut lines_rx).await;
+    assert_eq!(sandbox_started["type"], "ContainerStarted");
+    assert_eq!(sandbox_started["container_id"], "sb1");
+    assert_eq!(sandbox_started["pod_uid"], "uid-1");
+    assert_eq!(sandbox_started["pod_name"], "web");
+    assert_eq!(sandbox_started["pod_namespace"], "shop");
+    assert_eq!(sandbox_started["source"], "relist");
+    let time = sandbox_started["time"].as_str().expect("time");
+    assert!(
+        time.len() == 30 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
+    let app_started = next(&mut lines_rx).await;
+    assert_eq!(
+        (
+            app_started["type"].as_str(),
+            app_started["container_name"].as_str()
+        ),
+        (Some("ContainerStarted"), Some("app"))
+    );
+    assert_eq!(app_started["attempt"], 0);
+
+    server.exit_container("sb1-app", 42);
+    let died = next(&mut lines_rx).await;
+    assert_eq!(died["type"], "ContainerDied");
+    assert_eq!(died["container_id"], "sb1-app");
+    assert_eq!(died["exit_code"], 42);
+    assert_eq!(died["reason"], "Error");
+    assert!(died["runtime_time"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_shows_the_cache_as_a_table_and_as_json() {
+    let server = fake_runtime().await;
+    let out = pleg()
+        .args(["pods", "--runtime-endpoint", &server.endpoint()])
+        .output()
+        .expect("run");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("shop/web") && table.contains("infra/db"),
+        "{table}"
+    );
+    assert!(
+        table.contains("ContainerStarted") && table.contains("running"),
+        "{table}"
+    );
+
+    let out = pleg()
+        .args([
+            "pods",
+            "--runtime-endpoint",
+            &server.endpoint(),
+            "--output",
+            "json",
+            "-n",
+            "shop",
+        ])
+        .output()
+        .expect("run");
+    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let pods = pods.as_array().expect("array");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["name"], "web");
+    assert_eq!(pods[0]["containers"][0]["state"], "running");
+    assert_eq!(pods[0]["containers"][0]["last_event"], "ContainerStarted");
+}

@@ -1,0 +1,722 @@
+//! The gRPC subscription API over a real unix socket: a daemon over the
+//! scripted runtime, relisted by hand, served with `server::grpc::serve`,
+//! and read through the CLI's `Client` and the raw generated client.
+//! Real time throughout; every wait is bounded.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
+use pleg::model::{Container, ContainerState, Pod, PodMeta, PodUid};
+use pleg::runtime::fake::FakeRuntime;
+use pleg::server::Daemon;
+use pleg::server::grpc::{
+    self, Client, ClientError, Health, ServeError, WatchStream, pb, pod_listing, pod_listings,
+};
+use pleg::{
+    Delivery, EventSource, EventType, Filter, PodLifecycleEvent, SubscribeOptions, Subscription,
+};
+use tokio::task::JoinHandle;
+
+use ContainerState::*;
+
+/// Bounds every wait: a broken server fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A fresh directory for sockets, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pleg-grpc-test-{}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("pleg.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon over the scripted runtime, without the event stream, never
+/// started: tests relist by hand.
+fn daemon() -> (Arc<FakeRuntime>, Daemon) {
+    let runtime = FakeRuntime::new();
+    let pleg = EventedPleg::new(
+        runtime.clone(),
+        EventedConfig {
+            stream: false,
+            ..EventedConfig::default()
+        },
+    )
+    .expect("valid config");
+    let daemon = Daemon {
+        pleg: Arc::new(pleg),
+        runtime_endpoint: "fake".into(),
+        metrics_prefix: String::new(),
+    };
+    (runtime, daemon)
+}
+
+/// A running `serve`, stopped by `stop`.
+struct Server {
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    /// Serves `daemon` on `socket` and waits until a client gets answers.
+    async fn start(daemon: &Daemon, socket: &Path) -> Server {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let daemon = daemon.clone();
+            let socket = socket.to_path_buf();
+            async move {
+                grpc::serve(daemon, &socket, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        let server = Server {
+            socket: socket.to_path_buf(),
+            stop: Some(stop),
+            task,
+        };
+        server.client().await;
+        server
+    }
+
+    /// A connected client, retrying while the server is still binding.
+    async fn client(&self) -> Client {
+        within("connecting to the daemon", async {
+            loop {
+                match Client::connect(&self.socket).await {
+                    Ok(client) => return client,
+                    Err(ClientError::NoSocket { .. } | ClientError::Unreachable { .. }) => {
+                        assert!(!self.task.is_finished(), "serve ended early");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(e) => panic!("connect: {e}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The raw generated client.
+    async fn raw(&self) -> pb::pleg_client::PlegClient<tonic::transport::Channel> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("unix://{}", self.socket.display()))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("raw connect");
+        pb::pleg_client::PlegClient::new(channel)
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("serve to return", &mut self.task)
+            .await
+            .expect("serve task")
+            .expect("serve ends cleanly");
+    }
+}
+
+fn pod(uid: &str, namespace: &str, app: &str, containers: &[(&str, ContainerState)]) -> Pod {
+    let meta = PodMeta::new(uid, format!("{uid}-name"), namespace).with_label("app", app);
+    containers.iter().fold(
+        Pod::new(meta).with_sandbox(Container::new(
+            format!("sb-{uid}"),
+            format!("{uid}-name"),
+            Running,
+        )),
+        |p, (id, state)| {
+            let mut c = Container::new(*id, format!("{id}-name"), *state);
+            if *state == Exited {
+                c = c.with_exit(3, "Error");
+            }
+            p.with_container(c)
+        },
+    )
+}
+
+/// Everything the stream delivers until the daemon ends it cleanly.
+async fn read_to_end(stream: &mut WatchStream) -> Vec<Delivery> {
+    within("the watch stream to end", async {
+        let mut got = Vec::new();
+        while let Some(item) = stream.next().await {
+            got.push(item.expect("a readable delivery"));
+        }
+        got
+    })
+    .await
+}
+
+fn triples(deliveries: &[Delivery]) -> Vec<(String, EventType, String)> {
+    let mut out: Vec<_> = deliveries
+        .iter()
+        .filter_map(Delivery::event)
+        .map(|e| {
+            (
+                e.pod.uid.to_string(),
+                e.kind,
+                e.container_id().map(|c| c.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
+    let dir = TempDir::new();
+    let (runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &dir.socket()).await;
+
+    let filters = [
+        Filter::default(),
+        Filter {
+            namespace: Some("shop".into()),
+            ..Filter::default()
+        },
+        Filter {
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Filter::default()
+        },
+        Filter {
+            pod_uids: Some([PodUid::new("b"), PodUid::new("c")].into()),
+            ..Filter::default()
+        },
+        Filter {
+            kinds: Some([EventType::ContainerDied].into()),
+            namespace: Some("shop".into()),
+            ..Filter::default()
+        },
+    ];
+    let mut client = server.client().await;
+    let mut watches = Vec::new();
+    let mut embedded: Vec<Subscription> = Vec::new();
+    for filter in &filters {
+        watches.push(
+            within("watch", client.watch(filter, 0))
+                .await
+                .expect("watch"),
+        );
+        embedded.push(
+            daemon
+                .pleg
+                .subscribe_with(SubscribeOptions {
+                    filter: filter.clone(),
+                    ..SubscribeOptions::default()
+                })
+                .expect("valid"),
+        );
+    }
+    assert_eq!(daemon.pleg.hub().subscriber_count(), 2 * filters.len());
+
+    runtime.set_pods(vec![
+        pod("a", "shop", "web", &[("a1", Running)]),
+        pod("b", "shop", "db", &[("b1", Running)]),
+        pod("c", "dev", "web", &[("c1", Running)]),
+    ]);
+    daemon.pleg.relist().await.expect("relist");
+    runtime.set_pods(vec![
+        pod("a", "shop", "web", &[("a1", Exited)]),
+        pod("b", "shop", "db", &[("b1", Running)]),
+        pod("c", "dev", "web", &[("c1", Exited)]),
+    ]);
+    daemon.pleg.relist().await.expect("relist");
+
+    // Shutting down ends every stream after what was queued for it.
+    server.stop().await;
+    let mut received = Vec::new();
+    for watch in &mut watches {
+        received.push(read_to_end(watch).await);
+    }
+    for ((filter, got), local) in filters.iter().zip(&received).zip(&mut embedded) {
+        let expected: Vec<Delivery> = std::iter::from_fn(|| local.try_recv()).collect();
+        assert!(!expected.is_empty(), "{filter:?} selects something");
+        // The very same events, field by field, in the same order.
+        assert_eq!(got, &expected, "filter {filter:?}");
+    }
+
+    let ids = |events: &[(&str, EventType, &str)]| -> Vec<(String, EventType, String)> {
+        let mut v: Vec<_> = events
+            .iter()
+            .map(|(u, k, c)| (u.to_string(), *k, c.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    use EventType::*;
+    assert_eq!(
+        triples(&received[1]),
+        ids(&[
+            ("a", ContainerStarted, "sb-a"),
+            ("a", ContainerStarted, "a1"),
+            ("a", ContainerDied, "a1"),
+            ("b", ContainerStarted, "sb-b"),
+            ("b", ContainerStarted, "b1"),
+        ]),
+        "namespace shop"
+    );
+    assert_eq!(
+        triples(&received[2]),
+        ids(&[
+            ("a", ContainerStarted, "sb-a"),
+            ("a", ContainerStarted, "a1"),
+            ("a", ContainerDied, "a1"),
+            ("c", ContainerStarted, "sb-c"),
+            ("c", ContainerStarted, "c1"),
+            ("c", ContainerDied, "c1"),
+        ]),
+        "label app=web"
+    );
+    assert_eq!(
+        triples(&received[3]),
+        ids(&[
+            ("b", ContainerStarted, "sb-b"),
+            ("b", ContainerStarted, "b1"),
+            ("c", ContainerStarted, "sb-c"),
+            ("c", ContainerStarted, "c1"),
+            ("c", ContainerDied, "c1"),
+        ]),
+        "pod uids b, c"
+    );
+    let died = received[4]
+        .iter()
+        .filter_map(Delivery::event)
+        .collect::<Vec<_>>();
+    assert_eq!(died.len(), 1, "ContainerDied in shop: a1 only");
+    assert_eq!(died[0].kind, ContainerDied);
+    assert_eq!(
+        (died[0].exit_code, died[0].reason.as_deref()),
+        (Some(3), Some("Error"))
+    );
+    assert_eq!(
+        died[0].pod.labels.get("app").map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(died[0].source, EventSource::Relist);
+    drop(watches);
+    drop(embedded);
+    assert_eq!(daemon.pleg.hub().subscriber_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
+    let dir = TempDir::new();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &dir.socket()).await;
+    let mut client = server.client().await;
+    let mut watch = within("watch", client.watch(&Filter::default(), 4))
+        .await
+        .expect("watch");
+    let hub = daemon.pleg.hub();
+    assert_eq!(hub.subscriber_count(), 1);
+
+    // One event per batch, numbered by its container's attempt, published
+    // while the client reads nothing, until the daemon's queue for it
+    // overflowed, then 5000 more, letting the daemon's side of the stream
+    // run now and then (so events, drops and Resyncs interleave).
+    let pod = Arc::new(PodMeta::new("flood", "flood", "default"));
+    let event = |n: u32| {
+        let mut e = PodLifecycleEvent::new(
+            pod.clone(),
+            EventType::ContainerStarted,
+            EventSource::Relist,
+        );
+        e.container = Some(pleg::ContainerRef {
+            id: "ctr".into(),
+            name: "ctr".into(),
+            attempt: n,
+            kind: pleg::model::EntryKind::Container,
+        });
+        Arc::new(e)
+    };
+    let mut published: u32 = 0;
+    let mut overflowed_at = None;
+    while overflowed_at.is_none_or(|at| published < at + 5000) {
+        hub.publish(&[event(published)]);
+        published += 1;
+        if overflowed_at.is_none() && hub.discarded() > 0 {
+            overflowed_at = Some(published);
+        }
+        if published.is_multiple_of(64) {
+            tokio::task::yield_now().await;
+        }
+        assert!(published < 2_000_000, "the queue never overflowed");
+    }
+
+    // Every event arrives once, in order; each gap is announced by a Resync
+    // carrying exactly its size.
+    let (mut next, mut events, mut missed, mut resyncs) = (0u64, 0u64, 0u64, 0);
+    within("every event or its Resync", async {
+        while events + missed < u64::from(published) {
+            match watch.next().await.expect("stream open").expect("readable") {
+                Delivery::Event(e) => {
+                    let n = e.container.as_ref().map(|c| u64::from(c.attempt));
+                    assert_eq!(n, Some(next), "events in order, gaps counted");
+                    next += 1;
+                    events += 1;
+                }
+                Delivery::Resync { missed: m } => {
+                    assert!(m > 0);
+                    next += m;
+                    missed += m;
+                    resyncs += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(resyncs >= 1, "the slow client was told it lagged");
+    assert_eq!(missed, hub.discarded(), "the daemon counted the same");
+    assert_eq!(events + missed, u64::from(published));
+    server.stop().await;
+    assert!(watch.next().await.is_none(), "a clean end after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pods_and_get_pod_status_answer_from_the_cache() {
+    let dir = TempDir::new();
+    let (runtime, daemon) = daemon();
+    runtime.set_pods(vec![
+        pod("a", "shop", "web", &[("a1", Running), ("a0", Exited)]),
+        pod("b", "shop", "db", &[("b1", Running)]),
+        pod("c", "dev", "web", &[("c1", Running)]),
+    ]);
+    runtime.set_ips("a", vec!["10.0.0.7".into(), "fd00::7".into()]);
+    runtime.set_status_failure("c", Some("sandbox status: deadline exceeded".into()));
+    daemon.pleg.relist().await.expect("relist");
+    // a0 is removed: its last event stays with the pod.
+    runtime.set_pods(vec![
+        pod("a", "shop", "web", &[("a1", Running)]),
+        pod("b", "shop", "db", &[("b1", Running)]),
+        pod("c", "dev", "web", &[("c1", Running)]),
+    ]);
+    daemon.pleg.relist().await.expect("relist");
+
+    let server = Server::start(&daemon, &dir.socket()).await;
+    let mut client = server.client().await;
+
+    let all = within("ListPods", client.list_pods(None))
+        .await
+        .expect("ListPods");
+    assert_eq!(all, pod_listings(&daemon.pleg, None), "the cache, as is");
+    let uids: Vec<_> = all.iter().map(|l| l.status.uid().to_string()).collect();
+    assert_eq!(uids, ["c", "a", "b"], "by namespace, then name");
+    let a = &all[1];
+    assert_eq!(a.status.ips, ["10.0.0.7", "fd00::7"]);
+    assert_eq!(a.error, None);
+    let last = |id: &str| a.last_event(&id.into()).map(|e| e.kind);
+    assert_eq!(last("a1"), Some(EventType::ContainerStarted));
+    assert_eq!(
+        last("a0"),
+        Some(EventType::ContainerRemoved),
+        "gone, still told"
+    );
+    assert_eq!(last("sb-a"), Some(EventType::ContainerStarted));
+    let c = &all[0];
+    assert!(
+        c.error
+            .as_deref()
+            .is_some_and(|e| e.contains("deadline exceeded")),
+        "{:?}",
+        c.error
+    );
+
+    let shop = within("ListPods shop", client.list_pods(Some("shop")))
+        .await
+        .expect("ListPods");
+    assert_eq!(shop, pod_listings(&daemon.pleg, Some("shop")));
+    assert_eq!(shop.len(), 2);
+
+    let uid = PodUid::new("a");
+    let one = within("GetPodStatus", client.pod_status(&uid))
+        .await
+        .expect("GetPodStatus");
+    assert_eq!(one, pod_listing(&daemon.pleg, &uid));
+    assert!(one.is_some());
+    let none = within("GetPodStatus", client.pod_status(&PodUid::new("nope")))
+        .await
+        .expect("NotFound is None");
+    assert_eq!(none, None);
+
+    let mut raw = server.raw().await;
+    let err = within(
+        "GetPodStatus unknown",
+        raw.get_pod_status(pb::GetPodStatusRequest { uid: "nope".into() }),
+    )
+    .await
+    .expect_err("unknown uid");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("nope"), "{}", err.message());
+    let err = within(
+        "GetPodStatus empty",
+        raw.get_pod_status(pb::GetPodStatusRequest { uid: String::new() }),
+    )
+    .await
+    .expect_err("empty uid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("uid is empty"), "{}", err.message());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_checks_the_mode_and_the_stream() {
+    let dir = TempDir::new();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &dir.socket()).await;
+    let mut client = server.client().await;
+
+    let before = within("Health", client.health()).await.expect("Health");
+    assert!(!before.healthy);
+    let pleg_check = before
+        .checks
+        .iter()
+        .find(|c| c.name == "pleg")
+        .expect("pleg check");
+    assert!(!pleg_check.ok);
+    assert!(
+        pleg_check.message.contains("yet to be successful"),
+        "{}",
+        pleg_check.message
+    );
+
+    daemon.pleg.relist().await.expect("relist");
+    let after = within("Health", client.health()).await.expect("Health");
+    assert_eq!(after, Health::of(&daemon));
+    assert!(after.healthy, "{after:?}");
+    let names: Vec<_> = after.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["pleg", "runtime", "stream"]);
+    assert_eq!(
+        (after.mode, after.stream_state),
+        (Mode::Generic, StreamState::Stopped)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_requests_with_unknown_kinds_or_huge_capacity_are_refused() {
+    let dir = TempDir::new();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &dir.socket()).await;
+    let mut raw = server.raw().await;
+    let refused = |request: pb::WatchRequest| {
+        let mut raw = raw.clone();
+        async move {
+            within("Watch", raw.watch(request))
+                .await
+                .expect_err("refused")
+        }
+    };
+    let err = refused(pb::WatchRequest {
+        kinds: vec![pb::EventType::ContainerDied.into(), 99],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "kinds[1]: unknown event type 99");
+    let err = refused(pb::WatchRequest {
+        capacity: 5_000_000,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("capacity 5000000"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(daemon.pleg.hub().subscriber_count(), 0);
+
+    // The Client refuses what the wire cannot say, naming the socket.
+    let mut client = server.client().await;
+    let err = client
+        .watch(&Filter::default(), 2_000_000)
+        .await
+        .expect_err("capacity");
+    assert!(matches!(err, ClientError::InvalidRequest { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&dir.socket().display().to_string()),
+        "{err}"
+    );
+    let accepted = within("Watch", raw.watch(pb::WatchRequest::default())).await;
+    assert!(accepted.is_ok());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_watch_client_unsubscribes() {
+    let dir = TempDir::new();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &dir.socket()).await;
+    let mut client = server.client().await;
+    let watch = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect("watch");
+    let other = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect("watch");
+    let hub = daemon.pleg.hub();
+    assert_eq!(hub.subscriber_count(), 2);
+    drop(watch);
+    within("the daemon to unsubscribe", async {
+        while hub.subscriber_count() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The connection is still good for the other stream.
+    drop(client);
+    drop(other);
+    within("the daemon to unsubscribe", async {
+        while hub.subscriber_count() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_private_and_removed_after_shutdown() {
+    let dir = TempDir::new();
+    let socket = dir.socket();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &socket).await;
+    let meta = std::fs::symlink_metadata(&socket).expect("socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // A watcher open at shutdown sees a clean end, not an error.
+    let mut client = server.client().await;
+    let mut watch = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect("watch");
+    server.stop().await;
+    assert!(within("end", watch.next()).await.is_none());
+    assert!(!socket.exists(), "socket removed");
+    assert_eq!(daemon.pleg.hub().subscriber_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_live_socket_is_refused() {
+    let dir = TempDir::new();
+    let socket = dir.socket();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &socket).await;
+    let second = within(
+        "the second serve to fail",
+        grpc::serve(daemon.clone(), &socket, std::future::pending()),
+    )
+    .await
+    .expect_err("in use");
+    assert!(matches!(second, ServeError::InUse { .. }), "{second}");
+    let message = second.to_string();
+    assert!(message.contains(&socket.display().to_string()), "{message}");
+    assert!(message.contains("already listening"), "{message}");
+    // The first server is untouched.
+    let mut client = server.client().await;
+    within("Health", client.health())
+        .await
+        .expect("still served");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
+    let dir = TempDir::new();
+    let socket = dir.socket();
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &socket).await;
+    let mut client = server.client().await;
+    within("Health", client.health()).await.expect("served");
+    server.stop().await;
+    assert!(!socket.exists());
+
+    let file = dir.0.join("not-a-socket");
+    std::fs::write(&file, "keep me").expect("file");
+    let err = within(
+        "serve to refuse",
+        grpc::serve(daemon.clone(), &file, std::future::pending()),
+    )
+    .await
+    .expect_err("not a socket");
+    assert!(matches!(err, ServeError::NotASocket { .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
+
+    let missing_dir = dir.0.join("no/such/dir/pleg.sock");
+    let err = within(
+        "serve to refuse",
+        grpc::serve(daemon, &missing_dir, std::future::pending()),
+    )
+    .await
+    .expect_err("no directory");
+    assert!(matches!(err, ServeError::Bind { .. }), "{err}");
+    assert!(err.to_string().contains("no/such/dir"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_names_the_socket_when_it_cannot_reach_a_pleg_daemon() {
+    let dir = TempDir::new();
+    let missing = dir.socket();
+    let err = Client::connect(&missing).await.expect_err("missing");
+    assert!(matches!(err, ClientError::NoSocket { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    let file = dir.0.join("file");
+    std::fs::write(&file, "").expect("file");
+    let err = Client::connect(&file).await.expect_err("a file");
+    assert!(matches!(err, ClientError::NotASocket { .. }), "{err}");
+
+    let stale = dir.0.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+    let err = within("connect", Client::connect(&stale))
+        .await
+        .expect_err("nobody");
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("stale.sock"), "{err}");
+
+    // A gRPC server that is not pleg: the fake CRI runtime.
+    let cri = pleg::runtime::fake_cri::FakeCriServer::start()
+        .await
+        .expect("fake CRI");
+    let err = within("connect", Client::connect(cri.socket_path()))
+        .await
+        .expect_err("not pleg");
+    assert!(matches!(err, ClientError::NotPleg { .. }), "{err}");
+    assert!(err.to_string().contains("not a pleg daemon"), "{err}");
+}

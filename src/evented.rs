@@ -45,7 +45,7 @@ use crate::backoff::Backoff;
 use crate::generic::{self, Applied, GenericConfig, GenericPleg, StaleReason};
 use crate::health::{InvalidRelistDuration, RelistDuration};
 use crate::metrics::{Histogram, HistogramSnapshot};
-use crate::runtime::{self, ContainerEvent, EventStream, Runtime, bounded};
+use crate::runtime::{self, ContainerEvent, EventStream, Runtime};
 
 /// How an evented generator runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -393,12 +393,32 @@ impl Shared {
     }
 }
 
+/// How long a call to open the stream may stay unanswered before the stream
+/// counts as open. containerd sends the stream's response headers only with
+/// its first event, so on a quiet node the call stays pending; a refusal
+/// (`Unimplemented`, a missing socket) comes at once.
+const OPEN_GRACE: Duration = Duration::from_millis(500);
+
+/// An event stream being opened, owning what it needs.
+type Opening = std::pin::Pin<
+    Box<dyn std::future::Future<Output = runtime::Result<EventStream>> + Send + 'static>,
+>;
+
+/// The stream of the `Streaming` state.
+enum Slot {
+    /// The call is pending: no refusal came within [`OPEN_GRACE`], and the
+    /// runtime is taken to hold the stream open until its first event.
+    Opening(Opening),
+    /// Events flow.
+    Open(EventStream),
+}
+
 /// The stream's states, each holding what it needs.
 enum State {
     /// Opening the stream; `probing` when in fallback.
     Connect { probing: bool },
     /// Receiving events since `since`.
-    Streaming { stream: EventStream, since: Instant },
+    Streaming { stream: Slot, since: Instant },
     /// Waiting `delay` before connecting again.
     Backoff { delay: Duration },
     /// Relisting at the generic period; the next probe at `next_probe`.
@@ -434,30 +454,49 @@ impl StreamDriver {
         match state {
             State::Connect { probing } => {
                 self.shared.set_state(StreamState::Connecting);
-                let opened = bounded(
-                    "GetContainerEvents",
-                    config.runtime_request_timeout,
-                    self.runtime.container_events(),
-                )
-                .await;
-                match opened {
-                    Ok(stream) => self.connected(stream).await,
-                    Err(e) => self.failed(e, probing),
+                let runtime = self.runtime.clone();
+                let mut opening: Opening =
+                    Box::pin(async move { runtime.container_events().await });
+                match tokio::time::timeout(OPEN_GRACE, &mut opening).await {
+                    Ok(Ok(stream)) => self.connected(Slot::Open(stream)).await,
+                    Ok(Err(e)) => self.failed(e, probing),
+                    Err(_) => self.connected(Slot::Opening(opening)).await,
                 }
             }
-            State::Streaming { mut stream, since } => {
+            State::Streaming {
+                stream: Slot::Opening(mut opening),
+                since,
+            } => {
+                tokio::select! {
+                    opened = &mut opening => match opened {
+                        Ok(stream) => State::Streaming { stream: Slot::Open(stream), since },
+                        Err(e) => self.failed(e, false),
+                    },
+                    _ = tick.tick() => {
+                        self.generic.cache_update_time(Instant::now());
+                        State::Streaming { stream: Slot::Opening(opening), since }
+                    }
+                }
+            }
+            State::Streaming {
+                stream: Slot::Open(mut stream),
+                since,
+            } => {
                 use std::future::poll_fn;
                 let next = tokio::select! {
                     item = poll_fn(|cx| stream.as_mut().poll_next(cx)) => item,
                     _ = tick.tick() => {
                         self.generic.cache_update_time(Instant::now());
-                        return State::Streaming { stream, since };
+                        return State::Streaming { stream: Slot::Open(stream), since };
                     }
                 };
                 match next {
                     Some(Ok(event)) => {
                         self.handle(&event).await;
-                        State::Streaming { stream, since }
+                        State::Streaming {
+                            stream: Slot::Open(stream),
+                            since,
+                        }
                     }
                     Some(Err(e)) => {
                         if since.elapsed() >= config.stable_after {
@@ -494,7 +533,7 @@ impl StreamDriver {
 
     /// A stream is open: evented mode, then a relist to catch up on what
     /// happened while none was.
-    async fn connected(&mut self, stream: EventStream) -> State {
+    async fn connected(&mut self, stream: Slot) -> State {
         let counters = &self.shared.counters;
         counters
             .connection_successes

@@ -336,3 +336,23 @@ async fn flood_of_events_with_a_stalled_subscriber_leaves_the_others_whole() {
     assert_eq!(pleg.hub().discarded(), missed);
     pleg.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_headers_wait_for_the_first_event_counts_as_open() {
+    // containerd sends GetContainerEvents' response headers with the first
+    // event: on a quiet node the call stays pending. That is not a failure.
+    let (server, _runtime, pleg) = setup(quick()).await;
+    server.delay("GetContainerEvents", Duration::from_secs(3600));
+    pleg.start().expect("start");
+    until(&pleg, StreamState::Streaming).await;
+    assert_eq!(pleg.mode(), Mode::Evented);
+    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::EVENTED);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = pleg.stream_stats();
+    assert_eq!(
+        (stats.connection_successes, stats.connection_errors),
+        (1, 0)
+    );
+    assert_eq!(pleg.stream_status().state, StreamState::Streaming);
+    pleg.stop().await;
+}

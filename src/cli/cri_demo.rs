@@ -74,9 +74,10 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
                 options.relist_period, options.pods
             );
         }
-        let result = workload(&runtime, &pleg, &options, &run_id, &mut pods).await;
+        let health = Health::Embedded(&pleg);
+        let result = workload(&runtime, &health, &options, &run_id, &mut pods).await;
         settle(&options).await;
-        report_health(&pleg);
+        health.report().await;
         let stats = pleg.stats();
         if options.evented {
             let stream = pleg.stream_stats();
@@ -141,9 +142,108 @@ async fn settle(options: &DemoOptions) {
     tokio::time::sleep((options.relist_period * 4).max(Duration::from_millis(300))).await;
 }
 
+/// Where the demo reads health from.
+enum Health<'a> {
+    /// The demo's own generator.
+    Embedded(&'a GenericPleg),
+    /// A `pleg run` daemon's health address.
+    Daemon(&'a str),
+}
+
+impl Health<'_> {
+    async fn report(&self) {
+        match self {
+            Health::Embedded(pleg) => report_health(pleg),
+            Health::Daemon(addr) => match http_get(addr, "/healthz?verbose").await {
+                Ok((status, body)) => {
+                    println!("GET http://{addr}/healthz?verbose -> {status}");
+                    for line in body.lines() {
+                        println!("    {line}");
+                    }
+                }
+                Err(e) => println!("GET http://{addr}/healthz: {e:#}"),
+            },
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; (status, body).
+async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("connecting to {addr}"))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .context("read timed out")??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("not an HTTP response")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Drives the workload while a `pleg run` daemon watches (its events show in
+/// `pleg watch --daemon`): the demo reports the daemon's health and a few of
+/// its metrics instead of running a generator of its own, since containerd
+/// 1.7 gives each event to only one stream.
+pub async fn drive(options: DemoOptions, endpoint: String, health_addr: String) -> Result<()> {
+    let runtime = CriRuntime::connect(CriConfig::new(endpoint))
+        .await
+        .context("connecting to the container runtime")?;
+    if let Some(version) = runtime.version() {
+        println!("pleg demo: runtime {version} at {}", runtime.endpoint());
+    }
+    let health = Health::Daemon(&health_addr);
+    health.report().await;
+    let run_id = format!("{}", std::process::id());
+    let mut pods = Vec::new();
+    let result = workload(&runtime, &health, &options, &run_id, &mut pods).await;
+    settle(&options).await;
+    health.report().await;
+    match http_get(&health_addr, "/metrics").await {
+        Ok((_, metrics)) => {
+            println!("GET http://{health_addr}/metrics (excerpt):");
+            for line in metrics.lines().filter(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with("pleg_events_total") && !l.ends_with(" 0")
+                        || l.starts_with("pleg_mode")
+                        || l.starts_with("evented_pleg_connection_success_count")
+                        || l.starts_with("pleg_stale_events_dropped_total") && !l.ends_with(" 0")
+                        || l.starts_with("running_pods")
+                        || l.starts_with("pleg_relist_duration_seconds_count")
+                        || l.starts_with("evented_pleg_connection_latency_seconds_count"))
+            }) {
+                println!("    {line}");
+            }
+        }
+        Err(e) => println!("GET http://{health_addr}/metrics: {e:#}"),
+    }
+    for pod in &pods {
+        let _ = runtime.stop_pod(&pod.sandbox_id).await;
+        if let Err(e) = runtime.remove_pod(&pod.sandbox_id).await {
+            eprintln!("pleg demo: removing pod {}: {e}", pod.spec.name);
+        }
+    }
+    result
+}
+
 async fn workload(
     runtime: &Arc<CriRuntime>,
-    pleg: &GenericPleg,
+    health: &Health<'_>,
     options: &DemoOptions,
     run_id: &str,
     pods: &mut Vec<DemoPod>,
@@ -175,7 +275,7 @@ async fn workload(
             .with_context(|| format!("starting the app container of {name}"))?;
     }
     settle(options).await;
-    report_health(pleg);
+    health.report().await;
 
     // 2. In pod 0, a job container that exits with code 3 after a moment;
     //    a watch condition is met once it is no longer running.
@@ -189,11 +289,13 @@ async fn workload(
         .start_container(&job_id)
         .await
         .context("starting the job container")?;
-    pleg.set_pod_watch_condition(
-        &PodUid::new(&first.spec.uid),
-        "job-finished",
-        pleg::running_container_condition("job", |_| false),
-    );
+    if let Health::Embedded(pleg) = health {
+        pleg.set_pod_watch_condition(
+            &PodUid::new(&first.spec.uid),
+            "job-finished",
+            pleg::running_container_condition("job", |_| false),
+        );
+    }
     wait_exited(runtime, &job_id).await?;
     settle(options).await;
 

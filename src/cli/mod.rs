@@ -309,6 +309,10 @@ pub struct DemoArgs {
     /// Relist period, such as 100ms or 1s.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub relist_period: Duration,
+    /// Drive the workload only, while a `pleg run` daemon with this health
+    /// address watches (follow its events with `pleg watch --daemon`).
+    #[arg(long)]
+    pub daemon_health: Option<String>,
 }
 
 /// What the demos need.
@@ -334,6 +338,8 @@ pub async fn demo(args: DemoArgs) -> Outcome {
     };
     if args.fake {
         fake_demo::run(options).await?;
+    } else if let Some(addr) = args.daemon_health {
+        cri_demo::drive(options, args.runtime_endpoint, addr).await?;
     } else {
         cri_demo::run(options, args.runtime_endpoint).await?;
     }

@@ -1077,12 +1077,14 @@ fn status_entry(stats: &RuntimeStats, s: &cri::ContainerStatus, listed: &Contain
 /// Opens the event stream. Separate from the `Runtime` impl for readability.
 async fn open_events(runtime: &CriRuntime) -> Result<EventStream> {
     runtime.ready().await?;
+    // No deadline: containerd (grpc-go) sends the response headers of this
+    // stream with its first event, so on a quiet node the call returns only
+    // when something happens. The evented generator treats a call that has
+    // not failed after a moment as open.
     let answer = runtime
-        .rpc(
-            "GetContainerEvents",
-            runtime.request_timeout,
-            |mut c| async move { c.get_container_events(cri::GetEventsRequest {}).await },
-        )
+        .rpc("GetContainerEvents", Duration::MAX, |mut c| async move {
+            c.get_container_events(cri::GetEventsRequest {}).await
+        })
         .await;
     match answer {
         Ok(stream) => Ok(Box::pin(CriEvents {

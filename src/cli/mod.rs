@@ -229,17 +229,16 @@ impl FilterArgs {
     }
 }
 
-/// Flags of `pleg watch`.
+/// Where `watch` and `pods` read from, and how they print.
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub struct SourceArgs {
     /// The runtime (ignored with --daemon).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// Attach to a running daemon's gRPC socket instead of watching the
-    /// runtime directly.
+    /// Ask a running daemon (its gRPC socket) instead of the runtime.
     #[arg(long, env = "PLEG_DAEMON")]
     pub daemon: Option<String>,
-    /// text for people, json for one object per line.
+    /// text for people, json for scripts.
     #[arg(
         long,
         short = 'o',
@@ -251,41 +250,57 @@ pub struct WatchArgs {
     /// Wait for the runtime (or daemon) to come up instead of failing.
     #[arg(long)]
     pub wait: bool,
-    /// Which events.
-    #[command(flatten)]
-    pub filter: FilterArgs,
     /// Log level on stderr.
     #[arg(long, env = "PLEG_LOG_LEVEL", default_value = "warn", value_parser = parse_log_level)]
     pub log_level: String,
+}
+
+impl SourceArgs {
+    /// The daemon's socket path, if one was given (`unix://` accepted).
+    pub fn daemon_socket(&self) -> Option<&std::path::Path> {
+        self.daemon
+            .as_deref()
+            .map(|s| std::path::Path::new(s.trim_start_matches("unix://")))
+    }
+
+    /// Connects to the daemon; with `--wait`, retries until it answers.
+    pub async fn connect_daemon(
+        &self,
+        socket: &std::path::Path,
+    ) -> Result<pleg::server::grpc::Client, Failure> {
+        loop {
+            match pleg::server::grpc::Client::connect(socket).await {
+                Ok(client) => return Ok(client),
+                Err(e) if self.wait => {
+                    tracing::warn!(error = %e, "daemon not reachable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(Failure::new(exit::DAEMON_UNREACHABLE, e)),
+            }
+        }
+    }
+}
+
+/// Flags of `pleg watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Runtime or daemon, output.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Which events.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// Flags of `pleg pods`.
 #[derive(Debug, Args)]
 pub struct PodsArgs {
-    /// The runtime (ignored with --daemon).
+    /// Runtime or daemon, output.
     #[command(flatten)]
-    pub runtime: RuntimeArgs,
-    /// Ask a running daemon instead of the runtime.
-    #[arg(long, env = "PLEG_DAEMON")]
-    pub daemon: Option<String>,
-    /// text (a table) or json.
-    #[arg(
-        long,
-        short = 'o',
-        env = "PLEG_OUTPUT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub output: output::Format,
+    pub source: SourceArgs,
     /// Only pods in this namespace.
     #[arg(long, short = 'n', env = "PLEG_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Wait for the runtime (or daemon) to come up instead of failing.
-    #[arg(long)]
-    pub wait: bool,
-    /// Log level on stderr.
-    #[arg(long, env = "PLEG_LOG_LEVEL", default_value = "warn", value_parser = parse_log_level)]
-    pub log_level: String,
 }
 
 /// Flags of `pleg demo`.

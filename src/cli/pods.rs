@@ -1,13 +1,11 @@
 //! `pleg pods`: the pods and containers pleg knows, from one relist of the
 //! runtime or from a running daemon's cache.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::anyhow;
 use pleg::runtime::cri::CriRuntime;
-use pleg::server::grpc::{Client, PodListing, pod_listings};
+use pleg::server::grpc::{PodListing, pod_listings};
 use pleg::{GenericConfig, GenericPleg, RelistDuration};
 
 use super::output::{Format, pods_json, pods_table};
@@ -15,32 +13,23 @@ use super::{Failure, Outcome, PodsArgs, RuntimeArgs, exit, init_logging};
 
 /// Prints the table (or JSON) once.
 pub async fn run(args: PodsArgs) -> Outcome {
-    init_logging(&args.log_level, super::LogFormat::Text);
-    let mut pods: Vec<PodListing> = match &args.daemon {
+    let source = &args.source;
+    init_logging(&source.log_level, super::LogFormat::Text);
+    let mut pods: Vec<PodListing> = match source.daemon_socket() {
         Some(socket) => {
-            let socket = Path::new(socket.trim_start_matches("unix://"));
-            let mut client = loop {
-                match Client::connect(socket).await {
-                    Ok(client) => break client,
-                    Err(e) if args.wait => {
-                        tracing::warn!(error = %e, "daemon not reachable; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    Err(e) => return Err(Failure::new(exit::DAEMON_UNREACHABLE, e)),
-                }
-            };
+            let mut client = source.connect_daemon(socket).await?;
             client
                 .list_pods(args.namespace.as_deref())
                 .await
                 .map_err(|e| Failure::new(exit::DAEMON_UNREACHABLE, e))?
         }
         None => {
-            let runtime = connect(&args.runtime, args.wait).await?;
+            let runtime = connect(&source.runtime, source.wait).await?;
             let pleg = GenericPleg::new(
                 runtime,
                 GenericConfig {
                     relist: RelistDuration::GENERIC,
-                    runtime_request_timeout: args.runtime.runtime_request_timeout,
+                    runtime_request_timeout: source.runtime.runtime_request_timeout,
                 },
             )
             .map_err(|e| Failure::new(2, anyhow!(e)))?;
@@ -54,7 +43,7 @@ pub async fn run(args: PodsArgs) -> Outcome {
         (&a.status.meta.namespace, &a.status.meta.name)
             .cmp(&(&b.status.meta.namespace, &b.status.meta.name))
     });
-    match args.output {
+    match source.output {
         Format::Text => print!("{}", pods_table(&pods)),
         Format::Json => println!("{}", pods_json(&pods)),
     }

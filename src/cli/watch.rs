@@ -11,7 +11,6 @@ use std::path::Path;
 
 use anyhow::anyhow;
 use pleg::evented::EventedPleg;
-use pleg::server::grpc::Client;
 use pleg::{SubscribeOptions, Subscription};
 
 use super::output::{Format, Printer};
@@ -20,25 +19,20 @@ use super::{Failure, Outcome, WatchArgs, exit, init_logging};
 
 /// Runs until interrupted, or until the daemon's stream ends.
 pub async fn run(args: WatchArgs) -> Outcome {
-    let config = args.runtime.evented_config()?;
-    init_logging(&args.log_level, super::LogFormat::Text);
-    let colour = args.output == Format::Text
+    let source = &args.source;
+    let config = source.runtime.evented_config()?;
+    init_logging(&source.log_level, super::LogFormat::Text);
+    let colour = source.output == Format::Text
         && std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none();
-    let mut printer = Printer::new(args.output, colour);
+    let mut printer = Printer::new(source.output, colour);
     let filter = args.filter.filter();
 
-    if let Some(socket) = &args.daemon {
-        return follow_daemon(
-            Path::new(socket.trim_start_matches("unix://")),
-            &filter,
-            args.wait,
-            &mut printer,
-        )
-        .await;
+    if let Some(socket) = source.daemon_socket() {
+        return follow_daemon(source, socket, &filter, &mut printer).await;
     }
 
-    let runtime = super::pods::connect(&args.runtime, args.wait).await?;
+    let runtime = super::pods::connect(&source.runtime, source.wait).await?;
     let pleg = EventedPleg::new(runtime, config).map_err(|e| Failure::new(2, anyhow!(e)))?;
     let sub = pleg
         .subscribe_with(SubscribeOptions {
@@ -73,21 +67,12 @@ async fn print_until_signal(mut sub: Subscription, printer: &mut Printer) -> Out
 }
 
 async fn follow_daemon(
+    source: &super::SourceArgs,
     socket: &Path,
     filter: &pleg::Filter,
-    wait: bool,
     printer: &mut Printer,
 ) -> Outcome {
-    let mut client = loop {
-        match Client::connect(socket).await {
-            Ok(client) => break client,
-            Err(e) if wait => {
-                tracing::warn!(error = %e, "daemon not reachable; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(Failure::new(exit::DAEMON_UNREACHABLE, e)),
-        }
-    };
+    let mut client = source.connect_daemon(socket).await?;
     let mut stream = client
         .watch(filter, pleg::hub::DEFAULT_CAPACITY)
         .await

@@ -29,7 +29,10 @@
 //! # Relisting
 //! While streaming, relists run every 300 s (threshold 10 min), as the
 //! kubelet's evented PLEG does; in fallback every 1 s (threshold 3 min). A
-//! relist also runs after every (re)connection.
+//! relist also runs after every (re)connection, and again after the first
+//! event on the new stream: containerd 1.7 leaves the handler of a closed
+//! stream waiting on its shared event channel until it has taken, and lost,
+//! one more event, so that first event may come after some nobody received.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -329,6 +332,7 @@ impl EventedPleg {
                 self.shared.config.backoff_max,
             ),
             cancel: cancel.clone(),
+            awaiting_first_event: false,
         };
         let task = handle.spawn(driver.run());
         *running = Some(Running { cancel, task });
@@ -431,6 +435,12 @@ struct StreamDriver {
     shared: Arc<Shared>,
     backoff: Backoff,
     cancel: CancellationToken,
+    /// No event has come on the current stream yet. containerd 1.7 keeps
+    /// the handler of a closed stream waiting on its one shared channel
+    /// until it has taken (and lost) one more event; so the first event on a
+    /// new stream may come after events nobody received, and a relist right
+    /// after it finds them.
+    awaiting_first_event: bool,
 }
 
 impl StreamDriver {
@@ -493,6 +503,9 @@ impl StreamDriver {
                 match next {
                     Some(Ok(event)) => {
                         self.handle(&event).await;
+                        if std::mem::take(&mut self.awaiting_first_event) {
+                            self.catch_up("first event on a new stream").await;
+                        }
                         State::Streaming {
                             stream: Slot::Open(stream),
                             since,
@@ -556,13 +569,20 @@ impl StreamDriver {
             }
             _ => tracing::info!("container event stream open; evented mode"),
         }
-        if let Err(e) = self.generic.relist().await {
-            tracing::warn!(error = %e, "catch-up relist after connecting the event stream failed; the next relist retries");
-        }
+        self.catch_up("event stream connected").await;
+        self.awaiting_first_event = true;
         self.shared.set_state(StreamState::Streaming);
         State::Streaming {
             stream,
             since: Instant::now(),
+        }
+    }
+
+    /// Relists to find what the stream may have missed.
+    async fn catch_up(&self, why: &str) {
+        tracing::debug!(why, "catch-up relist");
+        if let Err(e) = self.generic.relist().await {
+            tracing::warn!(error = %e, why, "catch-up relist failed; the next relist retries");
         }
     }
 

@@ -63,6 +63,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// with thousands of containers lists more than gRPC's default 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
+/// The HTTP/2 keep-alive interval. containerd (grpc-go's default enforcement
+/// policy) tolerates one ping per 5 minutes on a quiet connection and answers
+/// more with `GOAWAY too_many_pings`, cutting the event stream; so pleg pings
+/// a little less often than that. A runtime that dies closes the unix socket,
+/// which is noticed at once; keep-alive is for a peer that hangs.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(330);
+
 /// The CRI API version pleg speaks.
 pub const CRI_API_VERSION: &str = "v1";
 
@@ -97,8 +104,8 @@ impl Default for CriConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(5),
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -341,7 +348,9 @@ impl CriRuntime {
             .connect_timeout(config.connect_timeout)
             .http2_keep_alive_interval(config.keepalive_interval)
             .keep_alive_timeout(config.keepalive_timeout)
-            .keep_alive_while_idle(true)
+            // Only while a call (the event stream) is open: grpc-go servers
+            // allow pings without an open stream once per two hours.
+            .keep_alive_while_idle(false)
             .connect_lazy();
         let client = RuntimeServiceClient::new(channel)
             .max_decoding_message_size(config.max_message_size)

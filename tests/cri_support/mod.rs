@@ -228,3 +228,63 @@ pub async fn wait_exited(runtime: &CriRuntime, id: &str) -> Container {
         }
     }
 }
+
+/// The containerd 1.6 endpoint (no `GetContainerEvents`), for the fallback
+/// tests.
+pub fn endpoint16() -> String {
+    env("PLEG_CONTAINERD16_ENDPOINT")
+}
+
+/// A runtime connected to containerd 1.6.
+pub async fn runtime16() -> Arc<CriRuntime> {
+    CriRuntime::connect(CriConfig::new(endpoint16()))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to containerd 1.6: {e}"))
+}
+
+/// A pod whose name and UID are chosen before its sandbox runs, so that a
+/// test can subscribe to it first: on the event stream, its events arrive as
+/// soon as the runtime sends them.
+pub struct PlannedPod {
+    /// What the pod will be created from.
+    pub spec: PodSpec,
+    trigger_dir: PathBuf,
+}
+
+impl PlannedPod {
+    /// Names a new pod, like [`TestPod::run`] does.
+    pub fn new(name: &str) -> PlannedPod {
+        let name = unique(name);
+        let spec = PodSpec::new(name.clone(), NAMESPACE, format!("uid-{name}"))
+            .with_label("pleg.test/name", name.clone());
+        let trigger_dir = std::env::temp_dir().join(format!("pleg-trigger-{name}"));
+        PlannedPod { spec, trigger_dir }
+    }
+
+    /// The pod UID.
+    pub fn uid(&self) -> &str {
+        &self.spec.uid
+    }
+
+    /// Runs the pod's sandbox.
+    pub async fn run(self, runtime: &CriRuntime) -> TestPod {
+        std::fs::create_dir_all(&self.trigger_dir).expect("trigger directory");
+        let sandbox_id = runtime
+            .run_pod(&self.spec)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", self.spec.name));
+        TestPod {
+            spec: self.spec,
+            sandbox_id,
+            trigger_dir: self.trigger_dir,
+        }
+    }
+}
+
+impl TestPod {
+    /// Deletes the trigger directory, for a pod the test removed through the
+    /// runtime itself rather than [`TestPod::remove`].
+    pub fn forget_trigger_dir(&self) {
+        let _ = std::fs::remove_dir_all(&self.trigger_dir);
+    }
+}

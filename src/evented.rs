@@ -29,10 +29,11 @@
 //! # Relisting
 //! While streaming, relists run every 300 s (threshold 10 min), as the
 //! kubelet's evented PLEG does; in fallback every 1 s (threshold 3 min). A
-//! relist also runs after every (re)connection, and again after the first
-//! event on the new stream: containerd 1.7 leaves the handler of a closed
-//! stream waiting on its shared event channel until it has taken, and lost,
-//! one more event, so that first event may come after some nobody received.
+//! relist also runs after every (re)connection, and relisting keeps the
+//! generic period until the first event arrives on the new stream, followed
+//! by one more relist: containerd 1.7 leaves the handler of a closed stream
+//! waiting on its shared event channel until it has taken, and lost, one
+//! more event, so the first events after a reconnection may reach nobody.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -437,9 +438,10 @@ struct StreamDriver {
     cancel: CancellationToken,
     /// No event has come on the current stream yet. containerd 1.7 keeps
     /// the handler of a closed stream waiting on its one shared channel
-    /// until it has taken (and lost) one more event; so the first event on a
-    /// new stream may come after events nobody received, and a relist right
-    /// after it finds them.
+    /// until it has taken (and lost) one more event; so the first events
+    /// after a (re)connection may reach nobody. Until the first event arrives
+    /// relisting keeps the generic period, and a relist right after it finds
+    /// what was lost before it; then the evented period applies.
     awaiting_first_event: bool,
 }
 
@@ -505,6 +507,9 @@ impl StreamDriver {
                         self.handle(&event).await;
                         if std::mem::take(&mut self.awaiting_first_event) {
                             self.catch_up("first event on a new stream").await;
+                            if let Err(e) = self.generic.update(config.evented_relist) {
+                                tracing::error!(error = %e, "cannot switch to the evented relist period");
+                            }
                         }
                         State::Streaming {
                             stream: Slot::Open(stream),
@@ -559,8 +564,10 @@ impl StreamDriver {
             was
         };
         self.backoff.reset();
-        if let Err(e) = self.generic.update(self.shared.config.evented_relist) {
-            tracing::error!(error = %e, "cannot switch to the evented relist period");
+        // Until the stream's first event, relisting keeps the generic
+        // period (see `awaiting_first_event`).
+        if let Err(e) = self.generic.update(self.shared.config.generic_relist) {
+            tracing::error!(error = %e, "cannot switch to the generic relist period");
         }
         match was {
             Mode::Generic if counters.fallbacks.load(Ordering::Relaxed) > 0 => {

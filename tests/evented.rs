@@ -119,10 +119,8 @@ async fn stream_events_are_published_once_with_source_stream_and_the_runtime_tim
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
     assert_eq!(pleg.mode(), Mode::Evented);
-    assert_eq!(
-        pleg.relist_duration().relist_period,
-        Duration::from_secs(300)
-    );
+    // Until the stream's first event, relisting keeps the generic period.
+    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
     // The catch-up relist at connection reported the pod.
     let first = drain(&mut sub);
     assert_eq!(
@@ -415,8 +413,18 @@ async fn five_failures_in_a_row_fall_back_and_a_working_stream_re_promotes() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     until_state(&pleg, StreamState::Streaming).await;
     assert_eq!(pleg.mode(), Mode::Evented);
-    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::EVENTED);
     assert_eq!(pleg.stream_stats().promotions, 1);
+    // The first event on the new stream brings the evented relist period.
+    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
+    runtime.push_event(ContainerEvent {
+        id: "nobody".into(),
+        kind: ContainerEventKind::Deleted,
+        created_at: Some(SystemTime::now()),
+        sandbox: None,
+        containers: Vec::new(),
+    });
+    settle().await;
+    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::EVENTED);
     pleg.stop().await;
 }
 
@@ -478,6 +486,15 @@ async fn global_cache_time_ticks_every_second_while_streaming() {
     let pleg = generator(&runtime);
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
+    // A first event: the relist period becomes the evented 300 s.
+    runtime.push_event(ContainerEvent {
+        id: "nobody".into(),
+        kind: ContainerEventKind::Deleted,
+        created_at: Some(SystemTime::now()),
+        sandbox: None,
+        containers: Vec::new(),
+    });
+    settle().await;
     let lists = runtime.list_calls();
     let first = pleg.cache().global_time().expect("set by the first relist");
     tokio::time::sleep(Duration::from_millis(3_500)).await;
@@ -485,7 +502,7 @@ async fn global_cache_time_ticks_every_second_while_streaming() {
     // No relist ran (the period is 300 s), yet the cache moved on.
     assert_eq!(runtime.list_calls(), lists);
     assert!(
-        later - first >= Duration::from_secs(3),
+        later - first >= Duration::from_millis(2_500),
         "{:?}",
         later - first
     );

@@ -611,3 +611,41 @@ async fn pods_shows_the_cache_as_a_table_and_as_json() {
     assert_eq!(pods[0]["containers"][0]["state"], "running");
     assert_eq!(pods[0]["containers"][0]["last_event"], "ContainerStarted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_with_wait_waits_for_the_runtime_to_appear() {
+    let dir = TempDir::new("wait");
+    let path = dir.path("cri.sock");
+    let mut watch = Running(
+        pleg()
+            .args(["watch", "--wait", "--output", "json", "--mode", "generic"])
+            .args(["--relist-period", "100ms", "--runtime-endpoint"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start watch"),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(watch.0.try_wait().expect("wait").is_none(), "still waiting");
+    let server = FakeCriServer::start_at(&path).await.expect("server");
+    server.put_sandbox(sandbox(
+        "sb1",
+        "uid-1",
+        "web",
+        "shop",
+        PodSandboxState::SandboxReady,
+    ));
+    let stdout = watch.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().next().and_then(Result::ok)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line)
+        .await
+        .expect("a line once the runtime is there")
+        .expect("reader")
+        .expect("a line");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(event["type"], "ContainerStarted");
+    assert_eq!(event["container_id"], "sb1");
+}

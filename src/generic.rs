@@ -228,6 +228,10 @@ struct Inner {
     last_events: dashmap::DashMap<PodUid, Vec<LastEvent>>,
 }
 
+/// Containers and sandboxes whose last event a pod keeps, before removed
+/// ones are forgotten.
+const LAST_EVENTS_PER_POD: usize = 64;
+
 /// The last event published about a container or sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastEvent {
@@ -801,7 +805,21 @@ impl Inner {
                 let mut entry = self.last_events.entry(event.pod.uid.clone()).or_default();
                 match entry.iter_mut().find(|e| e.id == c.id) {
                     Some(slot) => *slot = last,
-                    None => entry.push(last),
+                    None => {
+                        // A pod that restarts a container for days must not
+                        // grow without bound: forget the oldest removed ones.
+                        if entry.len() >= LAST_EVENTS_PER_POD
+                            && let Some(oldest) = entry
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, e)| e.kind == EventType::ContainerRemoved)
+                                .min_by_key(|(_, e)| e.at)
+                                .map(|(i, _)| i)
+                        {
+                            entry.remove(oldest);
+                        }
+                        entry.push(last);
+                    }
                 }
             }
         }

@@ -752,3 +752,28 @@ async fn a_panicking_watch_condition_is_removed_and_the_loop_keeps_running() {
     assert!(runtime.list_calls() >= 5);
     pleg.stop().await;
 }
+
+#[tokio::test]
+async fn last_events_of_a_pod_that_restarts_for_ever_stay_bounded() {
+    let (runtime, pleg) = generator();
+    let uid = PodUid::new("p");
+    for i in 0..200 {
+        runtime.set_pods(vec![pod("p", &[(&format!("c{i}"), Running)])]);
+        pleg.relist().await.expect("listing works");
+    }
+    let last = pleg.last_events(&uid);
+    assert!(last.len() <= 64, "{} entries", last.len());
+    let newest = last
+        .iter()
+        .find(|e| e.id.as_str() == "c199")
+        .expect("the running container's last event is kept");
+    assert_eq!(newest.kind, ContainerStarted);
+    assert!(
+        last.iter()
+            .any(|e| e.id.as_str() == "c198" && e.kind == ContainerRemoved)
+    );
+    // Forgotten with the pod.
+    runtime.set_pods(Vec::new());
+    pleg.relist().await.expect("listing works");
+    assert!(pleg.last_events(&uid).is_empty());
+}

@@ -591,6 +591,26 @@ impl RuntimeCounts {
         }
     }
 
+    /// Takes a pod out of the counts (the inverse of [`add`](Self::add)).
+    pub fn remove(&mut self, pod: &Pod) {
+        if pod
+            .sandboxes
+            .iter()
+            .any(|s| s.state == ContainerState::Running)
+        {
+            self.running_pods = self.running_pods.saturating_sub(1);
+        }
+        for c in &pod.containers {
+            let slot = match c.state {
+                ContainerState::Created => &mut self.created,
+                ContainerState::Running => &mut self.running,
+                ContainerState::Exited => &mut self.exited,
+                ContainerState::Unknown => &mut self.unknown,
+            };
+            *slot = slot.saturating_sub(1);
+        }
+    }
+
     /// Containers (not sandboxes) in a state.
     pub fn containers(&self, state: ContainerState) -> usize {
         match state {

@@ -137,6 +137,18 @@ fn by_id(entries: &mut [Container]) {
 }
 
 impl Inner {
+    /// Keeps the running counts current between relists (the next listing
+    /// recounts from scratch).
+    fn recount(&self, old: Option<&Pod>, new: Option<&Pod>) {
+        let mut counts = self.counts.lock();
+        if let Some(old) = old {
+            counts.remove(old);
+        }
+        if let Some(new) = new {
+            counts.add(new);
+        }
+    }
+
     async fn apply_event(&self, event: &ContainerEvent) -> Applied {
         let mut state = self.state.lock().await;
         let RelistState {
@@ -252,6 +264,7 @@ impl Inner {
                 removed.insert(id);
             }
             self.conditions.retain_pods(|u| *u != uid);
+            self.recount(old.as_deref(), None);
             let published = self
                 .forget(records, &uid, old.as_ref(), &events, stream_time)
                 .unwrap_or(0);
@@ -265,6 +278,7 @@ impl Inner {
         let new = Arc::new(pod);
         let events = diff_pod(&uid, old.as_ref(), Some(&new));
         removed.bury(&events);
+        self.recount(old.as_deref(), Some(&new));
 
         // The cache entry: the old status moved forward by the event's.
         let mut status = cached

@@ -10,6 +10,10 @@
 //!   started container (its pod's status is fetched: PodSandboxStatus +
 //!   ContainerStatus) and publishes `ContainerStarted`. The container is
 //!   created and started outside the timed part.
+//! - `containerd/stream_latency`: with the evented generator, the time from
+//!   containerd's `created_at` stamp on a container's STARTED event to the
+//!   moment a subscriber holds the `ContainerStarted` (decoding, applying to
+//!   records and cache, fan-out). The wall clock is shared with containerd.
 //! - `containerd/pod_start`: RunPodSandbox + CreateContainer + StartContainer
 //!   through pleg's driver, for scale.
 
@@ -131,6 +135,58 @@ fn bench_containerd(c: &mut Criterion) {
             total
         })
     });
+
+    // The stream: one evented generator (the only stream consumer; on
+    // containerd 1.7 a second one would take some of the events).
+    let evented =
+        pleg::evented::EventedPleg::new(runtime.clone(), pleg::evented::EventedConfig::default())
+            .expect("config");
+    let mut started = evented
+        .subscribe_with(pleg::SubscribeOptions {
+            filter: pleg::Filter {
+                pod_uids: Some([pleg::PodUid::new(&spec.uid)].into()),
+                kinds: Some([pleg::EventType::ContainerStarted].into()),
+                ..pleg::Filter::default()
+            },
+            ..pleg::SubscribeOptions::default()
+        })
+        .expect("subscribe");
+    tokio.block_on(async {
+        evented.start().expect("start");
+        while evented.stream_status().state != pleg::evented::StreamState::Streaming {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    group.bench_function("stream_latency", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let id = tokio.block_on(fixture.container(&spec, &sandbox, &format!("c{n}")));
+                tokio.block_on(async {
+                    runtime.start_container(&id).await.expect("StartContainer");
+                    loop {
+                        let delivery =
+                            tokio::time::timeout(Duration::from_secs(10), started.recv())
+                                .await
+                                .expect("ContainerStarted from the stream within 10 s");
+                        if let Some(pleg::Delivery::Event(e)) = delivery
+                            && e.container_id().is_some_and(|c| c.as_str() == id)
+                        {
+                            let held = std::time::SystemTime::now();
+                            let stamped = e.runtime_time.expect("a stream event");
+                            total += held.duration_since(stamped).unwrap_or_default();
+                            break;
+                        }
+                    }
+                    let _ = runtime.stop_container(&id, Duration::ZERO).await;
+                    let _ = runtime.remove_container(&id).await;
+                });
+            }
+            total
+        })
+    });
+    tokio.block_on(evented.stop());
 
     group.sample_size(10);
     let mut p = 0;

@@ -11,6 +11,15 @@
 //! The data flows one way: runtime → [`diff`] → [`cache`] → [`condition`] →
 //! [`hub`] → subscribers.
 //!
+//! - [`GenericPleg`] relists the runtime (the kubelet's generic PLEG).
+//! - [`EventedPleg`] follows the runtime's CRI event stream and keeps
+//!   relisting as a safety net, with fallback and re-promotion.
+//! - [`runtime::cri::CriRuntime`] speaks CRI v1 to containerd or CRI-O over a
+//!   unix socket; [`runtime::fake`] and [`runtime::fake_cri`] stand in for
+//!   tests.
+//! - [`server`] is what the `pleg run` daemon serves: health probes and
+//!   Prometheus metrics over HTTP, the subscription API over gRPC.
+//!
 //! ## Embedding
 //! ```
 //! use std::time::Duration;
@@ -79,6 +88,7 @@ pub mod server;
 pub use cache::{CacheEntry, CacheReader, PodCache};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
+pub use evented::{EventedConfig, EventedPleg, Mode, StreamState};
 pub use generic::{GenericConfig, GenericPleg, LastEvent, RelistSummary};
 pub use health::{InvalidRelistDuration, RelistDuration, Unhealthy};
 pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};

@@ -185,6 +185,9 @@ pub struct StreamStats {
     pub stale_dropped: [u64; 5],
     /// Events whose pod could not be resolved.
     pub unresolved: u64,
+    /// Events that showed earlier ones were lost (each asks for a relist,
+    /// at most one per second).
+    pub gaps: u64,
     /// Falls back to generic mode.
     pub fallbacks: u64,
     /// Returns to evented mode after a fallback.
@@ -217,6 +220,7 @@ struct Counters {
     events_applied: AtomicU64,
     stale_dropped: [AtomicU64; 5],
     unresolved: AtomicU64,
+    gaps: AtomicU64,
     fallbacks: AtomicU64,
     promotions: AtomicU64,
 }
@@ -334,6 +338,8 @@ impl EventedPleg {
             ),
             cancel: cancel.clone(),
             awaiting_first_event: false,
+            gap_pending: false,
+            last_gap_relist: None,
         };
         let task = handle.spawn(driver.run());
         *running = Some(Running { cancel, task });
@@ -381,6 +387,7 @@ impl EventedPleg {
             events_applied: load(&c.events_applied),
             stale_dropped: std::array::from_fn(|i| load(&c.stale_dropped[i])),
             unresolved: load(&c.unresolved),
+            gaps: load(&c.gaps),
             fallbacks: load(&c.fallbacks),
             promotions: load(&c.promotions),
             latency: self.shared.latency.snapshot(),
@@ -443,6 +450,10 @@ struct StreamDriver {
     /// relisting keeps the generic period, and a relist right after it finds
     /// what was lost before it; then the evented period applies.
     awaiting_first_event: bool,
+    /// The stream lost events; a relist should look for them.
+    gap_pending: bool,
+    /// When a gap last caused a relist (they are at most one per second).
+    last_gap_relist: Option<Instant>,
 }
 
 impl StreamDriver {
@@ -499,12 +510,14 @@ impl StreamDriver {
                     item = poll_fn(|cx| stream.as_mut().poll_next(cx)) => item,
                     _ = tick.tick() => {
                         self.generic.cache_update_time(Instant::now());
+                        self.relist_after_gap().await;
                         return State::Streaming { stream: Slot::Open(stream), since };
                     }
                 };
                 match next {
                     Some(Ok(event)) => {
                         self.handle(&event).await;
+                        self.relist_after_gap().await;
                         if std::mem::take(&mut self.awaiting_first_event) {
                             self.catch_up("first event on a new stream").await;
                             if let Err(e) = self.generic.update(config.evented_relist) {
@@ -585,6 +598,21 @@ impl StreamDriver {
         }
     }
 
+    /// Relists when the stream lost events, at most once per second (the
+    /// cache tick retries a gap that came sooner).
+    async fn relist_after_gap(&mut self) {
+        if !self.gap_pending
+            || self
+                .last_gap_relist
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.gap_pending = false;
+        self.last_gap_relist = Some(Instant::now());
+        self.catch_up("the event stream lost events").await;
+    }
+
     /// Relists to find what the stream may have missed.
     async fn catch_up(&self, why: &str) {
         tracing::debug!(why, "catch-up relist");
@@ -656,11 +684,19 @@ impl StreamDriver {
         }
     }
 
-    async fn handle(&self, event: &ContainerEvent) {
+    async fn handle(&mut self, event: &ContainerEvent) {
         let counters = &self.shared.counters;
         counters.events_received.fetch_add(1, Ordering::Relaxed);
-        match self.generic.apply_event(event).await {
-            Applied::Published(_) => {
+        let applied = self.generic.apply_event(event).await;
+        if let Applied::PublishedAfterGap(_) = applied {
+            counters.gaps.fetch_add(1, Ordering::Relaxed);
+            if !self.gap_pending {
+                tracing::debug!(id = %event.id, kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
+            }
+            self.gap_pending = true;
+        }
+        match applied {
+            Applied::Published(_) | Applied::PublishedAfterGap(_) => {
                 counters.events_applied.fetch_add(1, Ordering::Relaxed);
                 if let Some(at) = event.created_at {
                     let latency = SystemTime::now().duration_since(at).unwrap_or_default();

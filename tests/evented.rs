@@ -566,3 +566,63 @@ async fn first_event_on_a_new_stream_is_followed_by_a_relist() {
     assert_eq!(runtime.list_calls(), lists + 1);
     pleg.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
+    // On containerd 1.7 another consumer of the stream takes some events: a
+    // STARTED for a container never seen created shows one was lost.
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    runtime.push_event(event(ContainerEventKind::Started, "p1", "sb-p1", vec![]));
+    settle().await; // the first event and its catch-up relist
+    let lists = runtime.list_calls();
+    let mut sub = subscribe(&pleg);
+
+    // c1's CREATED went elsewhere; c2 (in another pod, never seen) died
+    // with all its events lost but the last.
+    runtime.set_pods(vec![
+        pod_with_sandbox("p1", &[("c1", Running)]),
+        pod_with_sandbox("p2", &[("c2", Exited)]),
+    ]);
+    let started = event(
+        ContainerEventKind::Started,
+        "p1",
+        "c1",
+        vec![Container::new("c1", "c1-name", Running)],
+    );
+    assert_eq!(
+        pleg.apply_event(&started).await,
+        Applied::PublishedAfterGap(1)
+    );
+    runtime.push_event(event(
+        ContainerEventKind::Started,
+        "p1",
+        "c3",
+        vec![Container::new("c3", "c3-name", Running)],
+    ));
+    settle().await;
+    assert_eq!(runtime.list_calls(), lists + 1, "one relist for the gap");
+    assert_eq!(pleg.stream_stats().gaps, 1);
+    let got = drain(&mut sub);
+    assert!(
+        kinds(&got).contains(&(EventType::ContainerDied, "c2".to_string())),
+        "the relist found the lost death: {:?}",
+        kinds(&got)
+    );
+
+    // Another gap within the second waits for a tick (every second) that
+    // comes a second or more after the last gap relist.
+    runtime.push_event(event(
+        ContainerEventKind::Started,
+        "p1",
+        "c4",
+        vec![Container::new("c4", "c4-name", Running)],
+    ));
+    settle().await;
+    assert_eq!(runtime.list_calls(), lists + 1);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(runtime.list_calls(), lists + 2, "a tick relisted for it");
+    pleg.stop().await;
+}

@@ -483,6 +483,7 @@ const FAMILIES: [(&str, &str); 26] = [
     ("pleg_stream_events_applied_total", "counter"),
     ("pleg_stale_events_dropped_total", "counter"),
     ("pleg_stream_unresolved_events_total", "counter"),
+    ("pleg_stream_gaps_total", "counter"),
     ("pleg_stream_fallbacks_total", "counter"),
     ("pleg_stream_promotions_total", "counter"),
     ("pleg_mode", "gauge"),

@@ -39,6 +39,12 @@ pub enum Applied {
     /// Applied to records and cache; this many lifecycle events were
     /// published (0 when a relist had already reported the transition).
     Published(usize),
+    /// Applied like [`Published`](Self::Published), but the event shows that
+    /// the stream lost earlier ones: STARTED for a container never seen
+    /// created, STOPPED for one never seen started, DELETED for one never
+    /// seen. (On containerd 1.7 another consumer of the event stream takes
+    /// some of the events.) A relist should look for what was lost.
+    PublishedAfterGap(usize),
     /// Dropped as stale.
     Stale(StaleReason),
     /// Dropped: the event names no pod and its ID is in no record.
@@ -191,6 +197,24 @@ impl Inner {
             }
             _ => {}
         }
+        // Every container's events come in order (created, started,
+        // stopped, deleted); a missing predecessor means lost events.
+        let gap = matches!(
+            (event.kind, subject.map(|(c, _)| c.state)),
+            (ContainerEventKind::Started, None)
+                | (
+                    ContainerEventKind::Stopped,
+                    None | Some(ContainerState::Created)
+                )
+                | (ContainerEventKind::Deleted, None)
+        );
+        let outcome = |published| {
+            if gap {
+                Applied::PublishedAfterGap(published)
+            } else {
+                Applied::Published(published)
+            }
+        };
         let cached = self.cache.get(&uid);
         if let (Some(at), Some(entry)) = (at, &cached)
             && entry.status.timestamp.is_some_and(|t| at < t)
@@ -272,7 +296,7 @@ impl Inner {
                 // Never recorded: still drop whatever the cache held.
                 self.cache.delete(&uid);
             }
-            return Applied::Published(published);
+            return outcome(published);
         }
 
         let new = Arc::new(pod);
@@ -325,6 +349,6 @@ impl Inner {
             Instant::now(),
             stream_time,
         );
-        Applied::Published(published)
+        outcome(published)
     }
 }

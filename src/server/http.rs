@@ -425,6 +425,7 @@ fn sanitize_prefix(prefix: &str) -> String {
 /// | `pleg_stream_events_applied_total` | counter | |
 /// | `pleg_stale_events_dropped_total` | counter | `reason` |
 /// | `pleg_stream_unresolved_events_total` | counter | |
+/// | `pleg_stream_gaps_total` | counter | |
 /// | `pleg_stream_fallbacks_total` | counter | |
 /// | `pleg_stream_promotions_total` | counter | |
 /// | `pleg_mode` | gauge | `mode` |
@@ -606,6 +607,12 @@ pub fn render_metrics(daemon: &Daemon) -> String {
         Kind::Counter,
         "Container events from the stream whose pod could not be resolved.",
         stream.unresolved,
+    );
+    m.single(
+        "pleg_stream_gaps_total",
+        Kind::Counter,
+        "Container events showing that the stream lost earlier ones (each asks for a relist).",
+        stream.gaps,
     );
     m.single(
         "pleg_stream_fallbacks_total",

@@ -461,7 +461,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 26] = [
+const FAMILIES: [(&str, &str); 27] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),

@@ -214,6 +214,14 @@ impl TestPod {
     }
 }
 
+impl Drop for TestPod {
+    /// The trigger directory goes with the pod, also when a test stops
+    /// half-way or removes the pod through the runtime directly.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.trigger_dir);
+    }
+}
+
 /// Waits until the runtime reports the container exited (at most 30 s).
 pub async fn wait_exited(runtime: &CriRuntime, id: &str) -> Container {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

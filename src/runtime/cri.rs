@@ -578,15 +578,7 @@ impl CriRuntime {
             )
             .with_attempt(metadata.attempt);
             entry.created_at = time(sandbox.created_at);
-            let meta = || {
-                let mut meta = PodMeta::new(&metadata.uid, &metadata.name, &metadata.namespace);
-                meta.labels = sandbox
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                meta
-            };
+            let meta = || pod_meta(&metadata, &sandbox.labels);
             match pods.get_mut(&uid) {
                 Some(building) => {
                     if sandbox.created_at > building.newest_sandbox {
@@ -705,10 +697,7 @@ impl CriRuntime {
                 && state == ContainerState::Running
                 && let Some(network) = &s.network
             {
-                status.ips = std::iter::once(network.ip.clone())
-                    .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
-                    .filter(|ip| !ip.is_empty())
-                    .collect();
+                status.ips = sandbox_ips(network);
             }
             let (name, attempt) = s
                 .metadata
@@ -1189,15 +1178,11 @@ fn event_from_cri(
     }
     let sandbox = event.pod_sandbox_status.map(|s| {
         let state = stats.decode_sandbox_state(s.state);
-        let pod = s.metadata.as_ref().filter(|m| !m.uid.is_empty()).map(|m| {
-            let mut meta = PodMeta::new(&m.uid, &m.name, &m.namespace);
-            meta.labels = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            meta
-        });
+        let pod = s
+            .metadata
+            .as_ref()
+            .filter(|m| !m.uid.is_empty())
+            .map(|m| pod_meta(m, &s.labels));
         let (name, attempt) = s
             .metadata
             .as_ref()
@@ -1205,16 +1190,7 @@ fn event_from_cri(
             .unwrap_or_default();
         let mut entry = Container::new(s.id.as_str(), name, state).with_attempt(attempt);
         entry.created_at = time(s.created_at);
-        let ips = s
-            .network
-            .as_ref()
-            .map(|n| {
-                std::iter::once(n.ip.clone())
-                    .chain(n.additional_ips.iter().map(|ip| ip.ip.clone()))
-                    .filter(|ip| !ip.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ips = s.network.as_ref().map(sandbox_ips).unwrap_or_default();
         SandboxSnapshot {
             pod,
             sandbox: entry,
@@ -1235,6 +1211,21 @@ fn event_from_cri(
         sandbox: sandbox.filter(|s| !s.sandbox.id.is_empty()),
         containers,
     })
+}
+
+/// A pod's identity from its sandbox's metadata and labels.
+fn pod_meta(metadata: &cri::PodSandboxMetadata, labels: &HashMap<String, String>) -> PodMeta {
+    let mut meta = PodMeta::new(&metadata.uid, &metadata.name, &metadata.namespace);
+    meta.labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    meta
+}
+
+/// A sandbox's IPs, primary first.
+fn sandbox_ips(network: &cri::PodSandboxNetworkStatus) -> Vec<String> {
+    std::iter::once(network.ip.clone())
+        .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
+        .filter(|ip| !ip.is_empty())
+        .collect()
 }
 
 /// A CRI timestamp (nanoseconds since the epoch; 0 means unset).

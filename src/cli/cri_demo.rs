@@ -22,13 +22,38 @@ struct DemoPod {
     sandbox_id: String,
 }
 
-pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
+/// Connects to the runtime and says which it is.
+async fn connect(endpoint: String) -> Result<Arc<CriRuntime>> {
     let runtime = CriRuntime::connect(CriConfig::new(endpoint))
         .await
         .context("connecting to the container runtime")?;
     if let Some(version) = runtime.version() {
         println!("pleg demo: runtime {version} at {}", runtime.endpoint());
     }
+    Ok(runtime)
+}
+
+/// A label value that tells this run's pods from any other's.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos:x}", std::process::id())
+}
+
+/// Stops and removes the demo's pods, whatever happened before.
+async fn remove_all(runtime: &CriRuntime, pods: &[DemoPod]) {
+    for pod in pods {
+        let _ = runtime.stop_pod(&pod.sandbox_id).await;
+        if let Err(e) = runtime.remove_pod(&pod.sandbox_id).await {
+            eprintln!("pleg demo: removing pod {}: {e}", pod.spec.name);
+        }
+    }
+}
+
+pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
+    let runtime = connect(endpoint).await?;
     let relist = RelistDuration {
         relist_period: options.relist_period,
         relist_threshold: (options.relist_period * 30).max(Duration::from_secs(10)),
@@ -39,14 +64,7 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
     };
     let pleg = EventedPleg::new(runtime.clone(), config).context("configuring the generator")?;
     // Only the demo's own pods: the node may run others.
-    let run_id = format!(
-        "{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
+    let run_id = run_id();
     let mut pods = Vec::new();
     let outcome = async {
         let sub = pleg
@@ -106,12 +124,7 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
     }
     .await;
     // Leave nothing behind, whatever happened.
-    for pod in &pods {
-        let _ = runtime.stop_pod(&pod.sandbox_id).await;
-        if let Err(e) = runtime.remove_pod(&pod.sandbox_id).await {
-            eprintln!("pleg demo: removing pod {}: {e}", pod.spec.name);
-        }
-    }
+    remove_all(&runtime, &pods).await;
     outcome
 }
 
@@ -201,15 +214,10 @@ async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 /// its metrics instead of running a generator of its own, since containerd
 /// 1.7 gives each event to only one stream.
 pub async fn drive(options: DemoOptions, endpoint: String, health_addr: String) -> Result<()> {
-    let runtime = CriRuntime::connect(CriConfig::new(endpoint))
-        .await
-        .context("connecting to the container runtime")?;
-    if let Some(version) = runtime.version() {
-        println!("pleg demo: runtime {version} at {}", runtime.endpoint());
-    }
+    let runtime = connect(endpoint).await?;
     let health = Health::Daemon(&health_addr);
     health.report().await;
-    let run_id = format!("{}", std::process::id());
+    let run_id = run_id();
     let mut pods = Vec::new();
     let result = workload(&runtime, &health, &options, &run_id, &mut pods).await;
     settle(&options).await;
@@ -232,12 +240,7 @@ pub async fn drive(options: DemoOptions, endpoint: String, health_addr: String) 
         }
         Err(e) => println!("GET http://{health_addr}/metrics: {e:#}"),
     }
-    for pod in &pods {
-        let _ = runtime.stop_pod(&pod.sandbox_id).await;
-        if let Err(e) = runtime.remove_pod(&pod.sandbox_id).await {
-            eprintln!("pleg demo: removing pod {}: {e}", pod.spec.name);
-        }
-    }
+    remove_all(&runtime, &pods).await;
     result
 }
 

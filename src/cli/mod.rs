@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pleg::evented::EventedConfig;
-use pleg::runtime::cri::{CriConfig, DEFAULT_ENDPOINT, RuntimeEndpoint};
+use pleg::runtime::cri::{CriConfig, CriRuntime, DEFAULT_ENDPOINT, RuntimeEndpoint};
 use pleg::{EventType, Filter, PodUid, RelistDuration};
 
 pub mod cri_demo;
@@ -121,7 +121,37 @@ pub struct RuntimeArgs {
     pub runtime_request_timeout: Duration,
 }
 
+impl ModeArg {
+    /// Lower-case name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeArg::Evented => "evented",
+            ModeArg::Generic => "generic",
+        }
+    }
+}
+
 impl RuntimeArgs {
+    /// Connects to the runtime; with `wait`, retries until it answers.
+    pub async fn connect(&self, wait: bool) -> Result<std::sync::Arc<CriRuntime>, Failure> {
+        let config = self.cri_config();
+        let connected = if wait {
+            CriRuntime::connect_retrying(config).await
+        } else {
+            CriRuntime::connect(config).await
+        };
+        connected.map_err(|e| {
+            if e.is_retryable() {
+                Failure::new(
+                    exit::RUNTIME_UNAVAILABLE,
+                    anyhow::anyhow!("{e} (use --wait to wait for it)"),
+                )
+            } else {
+                Failure::new(2, e)
+            }
+        })
+    }
+
     /// The CRI client configuration.
     pub fn cri_config(&self) -> CriConfig {
         CriConfig {

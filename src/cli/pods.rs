@@ -1,15 +1,12 @@
 //! `pleg pods`: the pods and containers pleg knows, from one relist of the
 //! runtime or from a running daemon's cache.
 
-use std::sync::Arc;
-
 use anyhow::anyhow;
-use pleg::runtime::cri::CriRuntime;
 use pleg::server::grpc::{PodListing, pod_listings};
 use pleg::{GenericConfig, GenericPleg, RelistDuration};
 
 use super::output::{Format, pods_json, pods_table};
-use super::{Failure, Outcome, PodsArgs, RuntimeArgs, exit, init_logging};
+use super::{Failure, Outcome, PodsArgs, exit, init_logging};
 
 /// Prints the table (or JSON) once.
 pub async fn run(args: PodsArgs) -> Outcome {
@@ -24,7 +21,7 @@ pub async fn run(args: PodsArgs) -> Outcome {
                 .map_err(|e| Failure::new(exit::DAEMON_UNREACHABLE, e))?
         }
         None => {
-            let runtime = connect(&source.runtime, source.wait).await?;
+            let runtime = source.runtime.connect(source.wait).await?;
             let pleg = GenericPleg::new(
                 runtime,
                 GenericConfig {
@@ -48,32 +45,4 @@ pub async fn run(args: PodsArgs) -> Outcome {
         Format::Json => println!("{}", pods_json(&pods)),
     }
     Ok(())
-}
-
-/// Connects to the runtime; with `wait`, retries until it answers.
-pub async fn connect(runtime: &RuntimeArgs, wait: bool) -> Result<Arc<CriRuntime>, Failure> {
-    let config = runtime.cri_config();
-    let connected = if wait {
-        CriRuntime::connect_retrying(config).await
-    } else {
-        CriRuntime::connect(config).await
-    };
-    connected.map_err(|e| {
-        let code = if e.is_retryable() {
-            exit::RUNTIME_UNAVAILABLE
-        } else {
-            2
-        };
-        Failure::new(
-            code,
-            anyhow!(
-                "{e}{}",
-                if e.is_retryable() {
-                    " (use --wait to wait for it)"
-                } else {
-                    ""
-                }
-            ),
-        )
-    })
 }

@@ -135,15 +135,6 @@ pub async fn run(args: RunArgs) -> Outcome {
     Ok(())
 }
 
-impl super::ModeArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            super::ModeArg::Evented => "evented",
-            super::ModeArg::Generic => "generic",
-        }
-    }
-}
-
 /// Waits for SIGTERM or SIGINT; returns its name.
 pub async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};

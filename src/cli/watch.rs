@@ -32,7 +32,7 @@ pub async fn run(args: WatchArgs) -> Outcome {
         return follow_daemon(source, socket, &filter, &mut printer).await;
     }
 
-    let runtime = super::pods::connect(&source.runtime, source.wait).await?;
+    let runtime = source.runtime.connect(source.wait).await?;
     let pleg = EventedPleg::new(runtime, config).map_err(|e| Failure::new(2, anyhow!(e)))?;
     let sub = pleg
         .subscribe_with(SubscribeOptions {

@@ -130,6 +130,14 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
     until(&pleg, StreamState::Streaming).await;
     assert_eq!(next_event(&mut sub).await.kind, EventType::ContainerStarted); // sandbox
     assert_eq!(next_event(&mut sub).await.kind, EventType::ContainerStarted); // c1
+    // The backlog event is the stream's first: wait for the catch-up relist
+    // that follows it, so that no relist races the events below (the fake's
+    // listing does not change with the events pushed here).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pleg.relist_duration() != pleg::RelistDuration::EVENTED {
+        assert!(tokio::time::Instant::now() < deadline, "no catch-up relist");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let t = now_ns();
     server.push_event(wire_event(

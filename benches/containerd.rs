@@ -15,7 +15,7 @@
 //!   moment a subscriber holds the `ContainerStarted` (decoding, applying to
 //!   records and cache, fan-out). The wall clock is shared with containerd.
 //! - `containerd/pod_start`: RunPodSandbox + CreateContainer + StartContainer
-//!   through pleg's driver, for scale.
+//!   through the test kit's driver, for scale.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +23,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
+use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{GenericConfig, GenericPleg, Runtime};
+use pleg_testkit::driver::{ContainerSpec, Driver, PodSpec};
 
 const PODS: usize = 100;
 
@@ -35,7 +36,7 @@ fn env(name: &str) -> String {
 }
 
 struct Fixture {
-    runtime: Arc<CriRuntime>,
+    driver: Arc<Driver>,
     image: String,
     sandboxes: Vec<String>,
     run: String,
@@ -49,14 +50,14 @@ impl Fixture {
             format!("bench-{}-{name}", self.run),
         )
         .with_label("pleg.bench/run", self.run.clone());
-        let sandbox = self.runtime.run_pod(&spec).await.expect("RunPodSandbox");
+        let sandbox = self.driver.run_pod(&spec).await.expect("RunPodSandbox");
         self.sandboxes.push(sandbox.clone());
         (spec, sandbox)
     }
 
     async fn container(&self, spec: &PodSpec, sandbox: &str, name: &str) -> String {
         let c = ContainerSpec::new(name, self.image.clone(), ["/bin/sleep", "3600"]);
-        self.runtime
+        self.driver
             .create_container(sandbox, spec, &c)
             .await
             .expect("CreateContainer")
@@ -64,8 +65,8 @@ impl Fixture {
 
     async fn cleanup(&self) {
         for sandbox in &self.sandboxes {
-            let _ = self.runtime.stop_pod(sandbox).await;
-            let _ = self.runtime.remove_pod(sandbox).await;
+            let _ = self.driver.stop_pod(sandbox).await;
+            let _ = self.driver.remove_pod(sandbox).await;
         }
     }
 }
@@ -81,8 +82,13 @@ fn bench_containerd(c: &mut Criterion) {
             "PLEG_CONTAINERD_ENDPOINT",
         ))))
         .expect("connect to containerd");
+    let driver = Arc::new(
+        tokio
+            .block_on(async { Driver::new(&env("PLEG_CONTAINERD_ENDPOINT")) })
+            .expect("the containerd endpoint"),
+    );
     let mut fixture = Fixture {
-        runtime: runtime.clone(),
+        driver: driver.clone(),
         image: env("PLEG_TEST_IMAGE"),
         sandboxes: Vec::new(),
         run: std::process::id().to_string(),
@@ -91,7 +97,7 @@ fn bench_containerd(c: &mut Criterion) {
         for i in 0..PODS {
             let (spec, sandbox) = fixture.pod(format!("p{i}")).await;
             let id = fixture.container(&spec, &sandbox, "app").await;
-            runtime.start_container(&id).await.expect("StartContainer");
+            driver.start_container(&id).await.expect("StartContainer");
         }
     });
     let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("config");
@@ -119,7 +125,7 @@ fn bench_containerd(c: &mut Criterion) {
                 n += 1;
                 let id = tokio.block_on(fixture.container(&spec, &sandbox, &format!("c{n}")));
                 tokio
-                    .block_on(runtime.start_container(&id))
+                    .block_on(driver.start_container(&id))
                     .expect("StartContainer");
                 let start = Instant::now();
                 let summary = tokio.block_on(pleg.relist()).expect("relist");
@@ -127,8 +133,8 @@ fn bench_containerd(c: &mut Criterion) {
                 assert!(summary.events >= 1, "the start was seen");
                 // Keep the pod small: the container goes again (untimed).
                 tokio.block_on(async {
-                    let _ = runtime.stop_container(&id, Duration::ZERO).await;
-                    let _ = runtime.remove_container(&id).await;
+                    let _ = driver.stop_container(&id, Duration::ZERO).await;
+                    let _ = driver.remove_container(&id).await;
                     pleg.relist().await.expect("relist");
                 });
             }
@@ -164,7 +170,7 @@ fn bench_containerd(c: &mut Criterion) {
                 n += 1;
                 let id = tokio.block_on(fixture.container(&spec, &sandbox, &format!("c{n}")));
                 tokio.block_on(async {
-                    runtime.start_container(&id).await.expect("StartContainer");
+                    driver.start_container(&id).await.expect("StartContainer");
                     loop {
                         let delivery =
                             tokio::time::timeout(Duration::from_secs(10), started.recv())
@@ -179,8 +185,8 @@ fn bench_containerd(c: &mut Criterion) {
                             break;
                         }
                     }
-                    let _ = runtime.stop_container(&id, Duration::ZERO).await;
-                    let _ = runtime.remove_container(&id).await;
+                    let _ = driver.stop_container(&id, Duration::ZERO).await;
+                    let _ = driver.remove_container(&id).await;
                 });
             }
             total
@@ -199,7 +205,7 @@ fn bench_containerd(c: &mut Criterion) {
                 tokio.block_on(async {
                     let (spec, sandbox) = fixture.pod(format!("s{p}")).await;
                     let id = fixture.container(&spec, &sandbox, "app").await;
-                    runtime.start_container(&id).await.expect("StartContainer");
+                    driver.start_container(&id).await.expect("StartContainer");
                 });
                 total += start.elapsed();
             }

@@ -5,9 +5,10 @@
 #   - `pleg run`, the daemon, against the runtime (health and metrics on
 #     PLEG_HEALTH_ADDR, default 127.0.0.1:10258; gRPC on .local/demo/pleg.sock);
 #   - `pleg watch --daemon`, which prints the daemon's events live;
-#   - `pleg demo --daemon-health`, which drives a small workload of pods
-#     through the runtime and prints the daemon's health and metrics.
-# Extra arguments go to `pleg demo` (for example --pods 10).
+#   - `pleg-demo --daemon-health` (a pleg-testkit binary), which drives a
+#     small workload of pods through the runtime and prints the daemon's
+#     health and metrics.
+# Extra arguments go to `pleg-demo` (for example --pods 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
@@ -22,8 +23,9 @@ else
   # The build still needs protoc (installed with the rest; fast when done).
   scripts/containerd.sh install
 fi
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p pleg -p pleg-testkit --bins
 pleg=target/release/pleg
+demo=target/release/pleg-demo
 health=${PLEG_HEALTH_ADDR:-127.0.0.1:10258}
 dir=.local/demo
 mkdir -p "$dir"
@@ -51,5 +53,5 @@ done
 echo "demo.sh: pleg run is up (pid $daemon; health http://$health/healthz; log $dir/daemon.log)"
 "$pleg" watch --daemon "$socket" --namespace pleg-demo &
 watch=$!
-"$pleg" demo --runtime-endpoint "$PLEG_RUNTIME_ENDPOINT" --daemon-health "$health" "$@"
+"$demo" --runtime-endpoint "$PLEG_RUNTIME_ENDPOINT" --daemon-health "$health" "$@"
 echo "demo.sh: done; stopping pleg watch and pleg run (SIGTERM)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, integration and doc tests, plus the tests against
-# a real containerd. It brings up the project-local containerd 1.7 and 1.6
-# (scripts/containerd.sh; installing them on first use) and takes down again
-# whatever it started. Extra arguments go to the first `cargo test`.
+# The whole test suite of the workspace (pleg and pleg-testkit): unit,
+# integration and doc tests, plus the tests against a real containerd. It
+# brings up the project-local containerd 1.7 and 1.6 (scripts/containerd.sh;
+# installing them on first use) and takes down again whatever it started.
+# Extra arguments go to the first `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
@@ -27,7 +28,7 @@ eval "$(scripts/containerd.sh env --version 1.7)"
 eval "$(scripts/containerd.sh env --version 1.6)"
 
 echo "== cargo test (containerd ${PLEG_CONTAINERD_ENDPOINT#unix://})"
-cargo test --locked --features containerd-tests "$@"
+cargo test --locked --workspace --features containerd-tests "$@"
 if [ "$#" -eq 0 ]; then
   echo "== relisting tests again, against containerd 1.6 (${PLEG_CONTAINERD16_ENDPOINT#unix://})"
   PLEG_CONTAINERD_ENDPOINT="$PLEG_CONTAINERD16_ENDPOINT" \

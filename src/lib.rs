@@ -15,8 +15,8 @@
 //! - [`EventedPleg`] follows the runtime's CRI event stream and keeps
 //!   relisting as a safety net, with fallback and re-promotion.
 //! - [`runtime::cri::CriRuntime`] speaks CRI v1 to containerd or CRI-O over a
-//!   unix socket; [`runtime::fake`] and [`runtime::fake_cri`] stand in for
-//!   tests.
+//!   unix socket; for tests, `runtime::fake` (behind the `test-util`
+//!   feature) and the fake CRI server of the `pleg-testkit` crate stand in.
 //! - [`server`] is what the `pleg run` daemon serves: health probes and
 //!   Prometheus metrics over HTTP, the subscription API over gRPC.
 //!

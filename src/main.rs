@@ -1,5 +1,6 @@
 //! The `pleg` command line: the node daemon (`run`), the live event view
-//! (`watch`), the pod table (`pods`) and the demo (`demo`).
+//! (`watch`) and the pod table (`pods`). The demo is `pleg-demo`, in
+//! pleg-testkit.
 //!
 //! Every flag has an environment variable (`PLEG_…`). Exit codes:
 //! 0 success, 1 failure while running, 2 bad command line, 3 the health
@@ -41,7 +42,6 @@ fn main() -> ExitCode {
         Command::Run(args) => tokio.block_on(cli::run::run(args)),
         Command::Watch(args) => tokio.block_on(cli::watch::run(args)),
         Command::Pods(args) => tokio.block_on(cli::pods::run(args)),
-        Command::Demo(args) => tokio.block_on(cli::demo(args)),
     };
     // Nothing may keep the process alive after the command is done.
     tokio.shutdown_timeout(std::time::Duration::from_millis(200));

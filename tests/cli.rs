@@ -2,16 +2,16 @@
 //! daemon's health probe, metrics, gRPC API and shutdown; `pleg watch` and
 //! `pleg pods`; and the errors people will hit, with their exit codes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_cri::v1::{ContainerState as CriState, PodSandboxState};
-use pleg::runtime::fake_cri::{FakeCriServer, container, sandbox};
 use pleg::server::grpc::Client;
 use pleg::{Delivery, EventType, Filter};
+use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
+use pleg_testkit::temp::{self, TempDir};
+use pleg_testkit::wait::eventually_async;
 
 fn pleg() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pleg"));
@@ -19,28 +19,6 @@ fn pleg() -> Command {
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default());
     c
-}
-
-/// A directory for sockets, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("pleg-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A child process killed when the test ends.
@@ -60,62 +38,16 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// `GET path` over HTTP/1.1; (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())?;
-    // Bodies may be chunked; the probes' are short, so strip chunk framing.
-    let body = if response
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(&body)
-    } else {
-        body
-    };
-    Some((status, body))
-}
+/// How long a test waits for the daemon to get somewhere.
+const WAIT: Duration = Duration::from_secs(20);
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Polls until `check` holds (at most 20 s).
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+/// `GET path` from the daemon's health port: (status, body), or `None`
+/// while nothing answers there.
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let reply = pleg_testkit::http::get(format!("127.0.0.1:{port}"), path)
+        .await
+        .ok()?;
+    Some((reply.status, reply.body))
 }
 
 async fn fake_runtime() -> FakeCriServer {
@@ -143,7 +75,7 @@ fn daemon(server: &FakeCriServer, dir: &TempDir, port: u16, extra: &[&str]) -> R
         .args(["--relist-period", "100ms", "--relist-threshold", "1s"])
         .args(["--health-addr", &format!("127.0.0.1:{port}")])
         .arg("--grpc-socket")
-        .arg(dir.path("pleg.sock"))
+        .arg(dir.path().join("pleg.sock"))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -188,12 +120,12 @@ async fn health_port_in_use_exits_3_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let server = fake_runtime().await;
-    let dir = TempDir::new("inuse");
+    let dir = temp::dir("cli-inuse");
     let out = pleg()
         .args(["run", "--runtime-endpoint", &server.endpoint()])
         .args(["--health-addr", &format!("127.0.0.1:{port}")])
         .arg("--grpc-socket")
-        .arg(dir.path("pleg.sock"))
+        .arg(dir.path().join("pleg.sock"))
         .output()
         .expect("run pleg");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -202,17 +134,22 @@ async fn health_port_in_use_exits_3_naming_the_address() {
         stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
         "{stderr}"
     );
-    assert!(!dir.path("pleg.sock").exists(), "no socket left behind");
+    assert!(
+        !dir.path().join("pleg.sock").exists(),
+        "no socket left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_health_turns_503_with_the_reason_when_the_runtime_stalls_then_200_again() {
     let server = fake_runtime().await;
-    let dir = TempDir::new("health");
+    let dir = temp::dir("cli-health");
     let port = free_port();
     let _daemon = daemon(&server, &dir, port, &["--mode", "generic"]);
-    eventually("healthz 200", || {
-        get(port, "/healthz").filter(|(s, b)| *s == 200 && b == "ok")
+    eventually_async("healthz 200", WAIT, || async move {
+        get(port, "/healthz")
+            .await
+            .filter(|(s, b)| *s == 200 && b == "ok")
     })
     .await;
 
@@ -221,8 +158,10 @@ async fn daemon_health_turns_503_with_the_reason_when_the_runtime_stalls_then_20
         tonic::Status::unavailable("runtime is wedged"),
         None,
     );
-    let (_, body) = eventually("healthz 503", || {
-        get(port, "/healthz").filter(|(s, b)| *s == 503 && b.contains("[-]pleg failed"))
+    let (_, body) = eventually_async("healthz 503", WAIT, || async move {
+        get(port, "/healthz")
+            .await
+            .filter(|(s, b)| *s == 503 && b.contains("[-]pleg failed"))
     })
     .await;
     assert!(
@@ -234,19 +173,19 @@ async fn daemon_health_turns_503_with_the_reason_when_the_runtime_stalls_then_20
         body.contains("[-]runtime failed:") && body.contains("runtime is wedged"),
         "{body}"
     );
-    let (status, verbose) = get(port, "/healthz?verbose").expect("verbose");
+    let (status, verbose) = get(port, "/healthz?verbose").await.expect("verbose");
     assert_eq!(status, 503);
     assert!(
         verbose.contains("[+]stream ok") || verbose.contains("[+]stream"),
         "{verbose}"
     );
     // Liveness does not depend on the runtime.
-    assert_eq!(get(port, "/livez").map(|(s, _)| s), Some(200));
-    assert_eq!(get(port, "/readyz").map(|(s, _)| s), Some(503));
+    assert_eq!(get(port, "/livez").await.map(|(s, _)| s), Some(200));
+    assert_eq!(get(port, "/readyz").await.map(|(s, _)| s), Some(503));
 
     server.clear_faults();
-    eventually("healthz 200 again", || {
-        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    eventually_async("healthz 200 again", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
     })
     .await;
 }
@@ -282,12 +221,17 @@ async fn next_item<S: futures_core::Stream + Unpin>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_carry_the_kubelet_names_and_their_values_move() {
     let server = fake_runtime().await;
-    let dir = TempDir::new("metrics");
+    let dir = temp::dir("cli-metrics");
     let port = free_port();
     let _daemon = daemon(&server, &dir, port, &[]);
-    let first = eventually("metrics", || {
-        get(port, "/metrics")
-            .filter(|(s, b)| *s == 200 && b.contains("pleg_relist_duration_seconds"))
+    // Scraped once the stream is open and caught up, so that the exit below
+    // comes over the stream rather than by the first relist.
+    let first = eventually_async("metrics, with the stream open", WAIT, || async move {
+        get(port, "/metrics").await.filter(|(s, b)| {
+            *s == 200
+                && b.contains("pleg_relist_duration_seconds")
+                && b.contains("pleg_stream_state{state=\"streaming\"} 1")
+        })
     })
     .await
     .1;
@@ -334,10 +278,11 @@ async fn metrics_carry_the_kubelet_names_and_their_values_move() {
     };
     assert!(started(&first) <= 4.0);
     server.exit_container("sb1-app", 1);
-    let later = eventually("metrics that moved", || {
-        get(port, "/metrics").map(|(_, b)| b).filter(|b| {
-            value(b, "pleg_stream_events_received_total")
-                > value(&first, "pleg_stream_events_received_total")
+    let (first, value_of) = (&first, &value);
+    let later = eventually_async("metrics that moved", WAIT, || async move {
+        get(port, "/metrics").await.map(|(_, b)| b).filter(|b| {
+            value_of(b, "pleg_stream_events_received_total")
+                > value_of(first, "pleg_stream_events_received_total")
                 && samples(b, "pleg_events_total")
                     .iter()
                     .any(|(s, v)| s.contains("type=\"ContainerDied\"") && *v >= 1.0)
@@ -367,13 +312,20 @@ async fn metrics_carry_the_kubelet_names_and_their_values_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_client_with_a_filter_sees_exactly_the_matching_events_and_sigterm_exits_0() {
     let server = fake_runtime().await;
-    let dir = TempDir::new("grpc");
+    let dir = temp::dir("cli-grpc");
     let port = free_port();
     let mut daemon = daemon(&server, &dir, port, &[]);
-    let socket = dir.path("pleg.sock");
-    // Subscribe once the daemon has relisted, so that only changes come.
-    eventually("healthz 200", || {
-        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    let socket = dir.path().join("pleg.sock");
+    // Subscribe once the daemon has relisted, so that only changes come:
+    // healthy, and its stream open and caught up.
+    eventually_async("healthz 200", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    eventually_async("the stream open and caught up", WAIT, || async move {
+        get(port, "/metrics")
+            .await
+            .filter(|(_, b)| b.contains("pleg_stream_state{state=\"streaming\"} 1"))
     })
     .await;
     assert!(socket.exists());
@@ -429,23 +381,25 @@ async fn grpc_client_with_a_filter_sees_exactly_the_matching_events_and_sigterm_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_runtime_socket_keeps_the_daemon_running_with_503_and_the_reason() {
-    let dir = TempDir::new("missing");
+    let dir = temp::dir("cli-missing");
     let port = free_port();
-    let endpoint = format!("unix://{}", dir.path("cri.sock").display());
+    let endpoint = format!("unix://{}", dir.path().join("cri.sock").display());
     let _daemon = Running(
         pleg()
             .args(["run", "--runtime-endpoint", &endpoint])
             .args(["--relist-period", "100ms"])
             .args(["--health-addr", &format!("127.0.0.1:{port}")])
             .arg("--grpc-socket")
-            .arg(dir.path("pleg.sock"))
+            .arg(dir.path().join("pleg.sock"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start"),
     );
-    let (_, body) = eventually("503 with the reason", || {
-        get(port, "/healthz").filter(|(s, b)| *s == 503 && b.contains("no such socket"))
+    let (_, body) = eventually_async("503 with the reason", WAIT, || async move {
+        get(port, "/healthz")
+            .await
+            .filter(|(s, b)| *s == 503 && b.contains("no such socket"))
     })
     .await;
     assert!(
@@ -458,7 +412,7 @@ async fn missing_runtime_socket_keeps_the_daemon_running_with_503_and_the_reason
     );
 
     // The runtime appears: the daemon picks it up by itself.
-    let server = FakeCriServer::start_at(dir.path("cri.sock"))
+    let server = FakeCriServer::start_at(dir.path().join("cri.sock"))
         .await
         .expect("server");
     server.put_sandbox(sandbox(
@@ -468,16 +422,16 @@ async fn missing_runtime_socket_keeps_the_daemon_running_with_503_and_the_reason
         "shop",
         PodSandboxState::SandboxReady,
     ));
-    eventually("200 once the runtime is there", || {
-        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    eventually_async("200 once the runtime is there", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_without_a_runtime_exits_5_unless_told_to_wait() {
-    let dir = TempDir::new("nowait");
-    let endpoint = format!("unix://{}", dir.path("cri.sock").display());
+    let dir = temp::dir("cli-nowait");
+    let endpoint = format!("unix://{}", dir.path().join("cri.sock").display());
     let out = pleg()
         .args(["watch", "--runtime-endpoint", &endpoint])
         .output()
@@ -491,7 +445,7 @@ async fn watch_without_a_runtime_exits_5_unless_told_to_wait() {
 
     let out = pleg()
         .args(["watch", "--daemon"])
-        .arg(dir.path("nothing.sock"))
+        .arg(dir.path().join("nothing.sock"))
         .output()
         .expect("run");
     assert_eq!(
@@ -614,8 +568,8 @@ async fn pods_shows_the_cache_as_a_table_and_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_with_wait_waits_for_the_runtime_to_appear() {
-    let dir = TempDir::new("wait");
-    let path = dir.path("cri.sock");
+    let dir = temp::dir("cli-wait");
+    let path = dir.path().join("cri.sock");
     let mut watch = Running(
         pleg()
             .args(["watch", "--wait", "--output", "json", "--mode", "generic"])

@@ -1,13 +1,13 @@
 //! The real binaries against the project-local containerd 1.7: `pleg run`
 //! as the node daemon, `pleg watch --daemon -o json` and `pleg pods --daemon`
-//! attached to it, while the test drives a pod through pleg's CRI driver.
+//! attached to it, while the test drives a pod through the test kit's CRI
+//! driver.
 //! One test only: on containerd 1.7 each event reaches one stream, so a
 //! second daemon in the same binary would take some of the events.
 
 mod cri_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -23,17 +23,12 @@ impl Drop for Running {
     }
 }
 
-fn healthz(port: u16) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    r.split_whitespace().nth(1)?.parse().ok()
+/// `GET path` from the daemon's health port, or `None` while nothing answers
+/// there.
+async fn get(port: u16, path: &str) -> Option<pleg_testkit::http::Reply> {
+    pleg_testkit::http::get(format!("127.0.0.1:{port}"), path)
+        .await
+        .ok()
 }
 
 async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Value {
@@ -46,9 +41,8 @@ async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_watch_and_pods_follow_a_pod_through_its_life_on_containerd() {
-    let dir = std::env::temp_dir().join(format!("pleg-cd-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let socket = dir.join("pleg.sock");
+    let dir = pleg_testkit::temp::dir("cd-cli");
+    let socket = dir.path().join("pleg.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -64,11 +58,22 @@ async fn daemon_watch_and_pods_follow_a_pod_through_its_life_on_containerd() {
             .spawn()
             .expect("pleg run"),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while healthz(port) != Some(200) || !socket.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "daemon not healthy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Healthy, with its socket, and its event stream open and caught up (on a
+    // quiet containerd 1.7 that takes 500 ms: see DEVELOPERS.md), so that
+    // what the test does below comes over the stream.
+    let socket_there = socket.as_path();
+    pleg_testkit::wait::eventually_async(
+        "the daemon healthy, with its socket and its stream open",
+        Duration::from_secs(30),
+        || async move {
+            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
+            let streaming = get(port, "/metrics")
+                .await
+                .is_some_and(|r| r.body.contains("pleg_stream_state{state=\"streaming\"} 1"));
+            (healthy && streaming && socket_there.exists()).then_some(())
+        },
+    )
+    .await;
 
     let mut watch = Running(
         Command::new(env!("CARGO_BIN_EXE_pleg"))
@@ -99,10 +104,10 @@ async fn daemon_watch_and_pods_follow_a_pod_through_its_life_on_containerd() {
     // Let the watcher subscribe before anything happens.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let runtime = runtime().await;
-    let pod = TestPod::run(&runtime, "cli").await;
+    let driver = driver();
+    let pod = TestPod::run(&driver, "cli").await;
     let app = pod
-        .start(&runtime, "app", 0, until_triggered("exit", 3))
+        .start(&driver, "app", 0, until_triggered("exit", 3))
         .await;
     let mut seen: Vec<Value> = Vec::new();
     while seen.len() < 2 {
@@ -161,7 +166,7 @@ async fn daemon_watch_and_pods_follow_a_pod_through_its_life_on_containerd() {
     assert_eq!(container["exit_code"], 3);
     assert_eq!(container["last_event"], "ContainerDied");
 
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
     let mut gone = Vec::new();
     while gone.len() < 3 {
         let e = next_line(&mut lines).await;
@@ -201,5 +206,4 @@ async fn daemon_watch_and_pods_follow_a_pod_through_its_life_on_containerd() {
     };
     assert_eq!(status.code(), Some(0));
     assert!(!socket.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,11 +40,13 @@ use std::time::{Duration, SystemTime};
 use cri_support::*;
 use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
 use pleg::model::{ContainerState, EntryKind, PodUid};
-use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime};
+use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{
     Delivery, EventSource, EventType, GenericPleg, PodLifecycleEvent, RelistDuration, Runtime,
     Subscription,
 };
+use pleg_testkit::driver::{ContainerSpec, Driver};
+use pleg_testkit::wait::{eventually, poll};
 
 /// Held by every test that opens an event stream on containerd 1.7.
 static STREAM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -72,21 +74,24 @@ async fn evented_with(runtime: &Arc<CriRuntime>, config: EventedConfig) -> Event
 /// it: runs a throwaway pod until the stream has received some (see the
 /// module docs).
 async fn start_streaming(pleg: &EventedPleg, runtime: &CriRuntime) {
+    let driver = Driver::new(&runtime.endpoint().to_string()).expect("a valid endpoint");
     pleg.start().expect("start");
     let successes = pleg.stream_stats().connection_successes;
-    wait_until("the event stream open", || {
-        pleg.stream_status().state == StreamState::Streaming
-            && pleg.stream_stats().connection_successes > successes
+    eventually("the event stream open", WAIT, || {
+        (pleg.stream_status().state == StreamState::Streaming
+            && pleg.stream_stats().connection_successes > successes)
+            .then_some(())
     })
     .await;
     let received = pleg.stream_stats().events_received;
     for _ in 0..5 {
-        let primer = TestPod::run(runtime, "primer").await;
-        primer.remove(runtime).await;
-        if reached(Duration::from_secs(2), || {
-            pleg.stream_stats().events_received > received
+        let primer = TestPod::run(&driver, "primer").await;
+        primer.remove(&driver).await;
+        if poll(Duration::from_secs(2), || {
+            (pleg.stream_stats().events_received > received).then_some(())
         })
         .await
+        .is_some()
         {
             return;
         }
@@ -96,25 +101,6 @@ async fn start_streaming(pleg: &EventedPleg, runtime: &CriRuntime) {
         pleg.stream_status(),
         pleg.stream_stats()
     );
-}
-
-/// Polls `condition` until it holds (true) or `within` passes (false).
-async fn reached(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if condition() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until `condition` holds, or fails naming `what`.
-async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
-    assert!(reached(WAIT, condition).await, "timed out waiting: {what}");
 }
 
 /// The next `n` events of the subscription, waiting at most [`WAIT`] in all.
@@ -197,9 +183,9 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    fn new(runtime: &CriRuntime) -> Self {
+    fn new(driver: &Driver) -> Self {
         Cleanup {
-            endpoint: runtime.endpoint().to_string(),
+            endpoint: driver.endpoint().to_string(),
             sandboxes: Vec::new(),
         }
     }
@@ -239,15 +225,15 @@ impl Drop for Cleanup {
 // ------------------------------------------------ scenarios (1.7 and 1.6)
 
 /// A pod whose container runs: sandbox then container started, nothing more.
-async fn pod_whose_container_runs(pleg: &GenericPleg, runtime: &CriRuntime, source: EventSource) {
-    let mut cleanup = Cleanup::new(runtime);
+async fn pod_whose_container_runs(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+    let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("runs");
     let mut sub = subscribe(pleg, &planned);
     let before = SystemTime::now();
-    let pod = planned.run(runtime).await;
+    let pod = planned.run(driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
 
     let got = next_events(&mut sub, 2).await;
@@ -277,7 +263,7 @@ async fn pod_whose_container_runs(pleg: &GenericPleg, runtime: &CriRuntime, sour
     assert_eq!((app_ref.name.as_str(), app_ref.attempt), ("app", 0));
     assert_eq!(container.exit_code, None);
     assert_eq!(container.reason, None);
-    // A stream event carries the runtime's time of the event; a relisted
+    // A stream event carries the driver's time of the event; a relisted
     // one the start time from the status, which sandboxes lack.
     for e in &got {
         let needed = source == EventSource::Stream
@@ -287,9 +273,9 @@ async fn pod_whose_container_runs(pleg: &GenericPleg, runtime: &CriRuntime, sour
         match e.runtime_time {
             Some(at) => assert!(
                 before <= at && at <= e.observed_at,
-                "{e}: runtime time {at:?}"
+                "{e}: driver time {at:?}"
             ),
-            None => assert!(!needed, "no runtime time: {e}"),
+            None => assert!(!needed, "no driver time: {e}"),
         }
     }
 
@@ -304,22 +290,18 @@ async fn pod_whose_container_runs(pleg: &GenericPleg, runtime: &CriRuntime, sour
     assert!(status.has_ready_sandbox());
 
     assert_nothing_more(pleg, &mut sub).await;
-    pod.remove(runtime).await;
+    pod.remove(driver).await;
 }
 
 /// A container that exits with code 3 is reported died, code 3, "Error".
-async fn container_exiting_with_code_3(
-    pleg: &GenericPleg,
-    runtime: &CriRuntime,
-    source: EventSource,
-) {
-    let mut cleanup = Cleanup::new(runtime);
+async fn container_exiting_with_code_3(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+    let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("exit3");
     let mut sub = subscribe(pleg, &planned);
-    let pod = planned.run(runtime).await;
+    let pod = planned.run(driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(runtime, "app", 0, until_triggered("exit", 3))
+        .start(driver, "app", 0, until_triggered("exit", 3))
         .await;
     let started = next_events(&mut sub, 2).await;
     assert_eq!(
@@ -351,26 +333,22 @@ async fn container_exiting_with_code_3(
     );
 
     assert_nothing_more(pleg, &mut sub).await;
-    pod.remove(runtime).await;
+    pod.remove(driver).await;
 }
 
 /// StopContainer: died 137 "Error"; RemoveContainer: removed.
-async fn stopped_then_removed_container(
-    pleg: &GenericPleg,
-    runtime: &CriRuntime,
-    source: EventSource,
-) {
-    let mut cleanup = Cleanup::new(runtime);
+async fn stopped_then_removed_container(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+    let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("stop");
     let mut sub = subscribe(pleg, &planned);
-    let pod = planned.run(runtime).await;
+    let pod = planned.run(driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
     assert_eq!(next_events(&mut sub, 2).await.len(), 2);
 
-    runtime
+    driver
         .stop_container(&app, Duration::ZERO)
         .await
         .expect("StopContainer");
@@ -381,7 +359,7 @@ async fn stopped_then_removed_container(
     assert_eq!(died[0].exit_code, Some(137), "{}", died[0]);
     assert_eq!(died[0].reason.as_deref(), Some("Error"), "{}", died[0]);
 
-    runtime
+    driver
         .remove_container(&app)
         .await
         .expect("RemoveContainer");
@@ -400,22 +378,22 @@ async fn stopped_then_removed_container(
     assert!(status.has_ready_sandbox());
 
     assert_nothing_more(pleg, &mut sub).await;
-    pod.remove(runtime).await;
+    pod.remove(driver).await;
 }
 
 /// A container re-created as attempt 1 after a death is reported started.
 async fn container_recreated_with_attempt_1(
     pleg: &GenericPleg,
-    runtime: &CriRuntime,
+    driver: &Driver,
     source: EventSource,
 ) {
-    let mut cleanup = Cleanup::new(runtime);
+    let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("restart");
     let mut sub = subscribe(pleg, &planned);
-    let pod = planned.run(runtime).await;
+    let pod = planned.run(driver).await;
     cleanup.add(&pod);
     let first = pod
-        .start(runtime, "app", 0, until_triggered("exit", 1))
+        .start(driver, "app", 0, until_triggered("exit", 1))
         .await;
     assert_eq!(next_events(&mut sub, 2).await.len(), 2);
     pod.trigger("exit");
@@ -424,7 +402,7 @@ async fn container_recreated_with_attempt_1(
     assert_eq!(died[0].exit_code, Some(1), "{}", died[0]);
 
     let second = pod
-        .start(runtime, "app", 1, until_triggered(RUNNING_FOREVER, 0))
+        .start(driver, "app", 1, until_triggered(RUNNING_FOREVER, 0))
         .await;
     assert_ne!(first, second);
     let got = next_events(&mut sub, 1).await;
@@ -441,23 +419,23 @@ async fn container_recreated_with_attempt_1(
     assert_eq!((newest.attempt, newest.state), (1, ContainerState::Running));
 
     assert_nothing_more(pleg, &mut sub).await;
-    pod.remove(runtime).await;
+    pod.remove(driver).await;
 }
 
 /// A pod stopped, then removed: its container and sandbox die, then go.
-async fn stopped_and_removed_pod(pleg: &GenericPleg, runtime: &CriRuntime, source: EventSource) {
-    let mut cleanup = Cleanup::new(runtime);
+async fn stopped_and_removed_pod(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+    let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("podgone");
     let uid = PodUid::new(planned.uid());
     let mut sub = subscribe(pleg, &planned);
-    let pod = planned.run(runtime).await;
+    let pod = planned.run(driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
     assert_eq!(next_events(&mut sub, 2).await.len(), 2);
 
-    runtime
+    driver
         .stop_pod(&pod.sandbox_id)
         .await
         .expect("StopPodSandbox");
@@ -476,7 +454,7 @@ async fn stopped_and_removed_pod(pleg: &GenericPleg, runtime: &CriRuntime, sourc
     assert_eq!(died[0].exit_code, Some(137), "{}", died[0]);
     assert!(pleg.cache().get(&uid).is_some());
 
-    runtime
+    driver
         .remove_pod(&pod.sandbox_id)
         .await
         .expect("RemovePodSandbox");
@@ -503,8 +481,9 @@ async fn stopped_and_removed_pod(pleg: &GenericPleg, runtime: &CriRuntime, sourc
 async fn pod_whose_container_runs_reports_sandbox_then_container_started_from_the_stream() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    pod_whose_container_runs(&pleg, &runtime, EventSource::Stream).await;
+    pod_whose_container_runs(&pleg, &driver, EventSource::Stream).await;
     assert_eq!(pleg.mode(), Mode::Evented);
     pleg.stop().await;
 }
@@ -513,8 +492,9 @@ async fn pod_whose_container_runs_reports_sandbox_then_container_started_from_th
 async fn container_that_exits_with_code_3_is_reported_died_from_the_stream() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    container_exiting_with_code_3(&pleg, &runtime, EventSource::Stream).await;
+    container_exiting_with_code_3(&pleg, &driver, EventSource::Stream).await;
     pleg.stop().await;
 }
 
@@ -522,8 +502,9 @@ async fn container_that_exits_with_code_3_is_reported_died_from_the_stream() {
 async fn stopped_container_is_reported_died_and_removed_container_removed_from_the_stream() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    stopped_then_removed_container(&pleg, &runtime, EventSource::Stream).await;
+    stopped_then_removed_container(&pleg, &driver, EventSource::Stream).await;
     pleg.stop().await;
 }
 
@@ -531,8 +512,9 @@ async fn stopped_container_is_reported_died_and_removed_container_removed_from_t
 async fn container_recreated_with_attempt_1_is_reported_started_from_the_stream() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    container_recreated_with_attempt_1(&pleg, &runtime, EventSource::Stream).await;
+    container_recreated_with_attempt_1(&pleg, &driver, EventSource::Stream).await;
     pleg.stop().await;
 }
 
@@ -540,8 +522,9 @@ async fn container_recreated_with_attempt_1_is_reported_started_from_the_stream(
 async fn stopped_and_removed_pod_is_reported_died_then_removed_from_the_stream_and_forgotten() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    stopped_and_removed_pod(&pleg, &runtime, EventSource::Stream).await;
+    stopped_and_removed_pod(&pleg, &driver, EventSource::Stream).await;
     pleg.stop().await;
 }
 
@@ -549,8 +532,9 @@ async fn stopped_and_removed_pod_is_reported_died_then_removed_from_the_stream_a
 async fn ten_pods_at_once_report_every_event_exactly_once_from_the_stream() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    let mut cleanup = Cleanup::new(&runtime);
+    let mut cleanup = Cleanup::new(&driver);
     let planned: Vec<PlannedPod> = (0..10)
         .map(|i| PlannedPod::new(&format!("ten{i}")))
         .collect();
@@ -560,15 +544,15 @@ async fn ten_pods_at_once_report_every_event_exactly_once_from_the_stream() {
 
     let mut runs = tokio::task::JoinSet::new();
     for pod in planned {
-        let runtime = runtime.clone();
+        let driver = driver.clone();
         runs.spawn(async move {
-            let pod = pod.run(&runtime).await;
+            let pod = pod.run(&driver).await;
             let app = ContainerSpec::new("app", image(), ["/bin/sleep", "3600"]);
-            let id = runtime
+            let id = driver
                 .create_container(&pod.sandbox_id, &pod.spec, &app)
                 .await
                 .expect("CreateContainer");
-            runtime.start_container(&id).await.expect("StartContainer");
+            driver.start_container(&id).await.expect("StartContainer");
             (pod, id)
         });
     }
@@ -611,7 +595,7 @@ async fn ten_pods_at_once_report_every_event_exactly_once_from_the_stream() {
 
     // Kill every container at once (SIGKILL), then remove the pods.
     for pod in &pods {
-        runtime
+        driver
             .stop_pod(&pod.sandbox_id)
             .await
             .expect("StopPodSandbox");
@@ -621,7 +605,7 @@ async fn ten_pods_at_once_report_every_event_exactly_once_from_the_stream() {
     assert_source(&died, EventSource::Stream);
     assert_nothing_more(&pleg, &mut sub).await;
     for pod in &pods {
-        runtime
+        driver
             .remove_pod(&pod.sandbox_id)
             .await
             .expect("RemovePodSandbox");
@@ -644,13 +628,14 @@ async fn ten_pods_at_once_report_every_event_exactly_once_from_the_stream() {
 async fn container_that_starts_and_exits_within_50ms_is_reported_died_though_relisting_misses_it() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
     let relisting = generator(runtime.clone());
-    let mut cleanup = Cleanup::new(&runtime);
+    let mut cleanup = Cleanup::new(&driver);
     let planned = PlannedPod::new("quick");
     let mut sub = subscribe(&pleg, &planned);
     let mut relisted = subscribe(&relisting, &planned);
-    let pod = planned.run(&runtime).await;
+    let pod = planned.run(&driver).await;
     cleanup.add(&pod);
     let sandbox_started = next_events(&mut sub, 1).await;
     assert_eq!(
@@ -664,15 +649,15 @@ async fn container_that_starts_and_exits_within_50ms_is_reported_died_though_rel
     );
 
     let quick = pod
-        .start(&runtime, "quick", 0, vec!["/bin/true".to_string()])
+        .start(&driver, "quick", 0, vec!["/bin/true".to_string()])
         .await;
-    let exited = wait_exited(&runtime, &quick).await;
+    let exited = wait_exited(&driver, &quick).await;
     assert_eq!(exited.exit_code, Some(0));
     if let (Some(started), Some(finished)) = (exited.started_at, exited.finished_at) {
         let lived = finished.duration_since(started).unwrap_or_default();
         assert!(lived < Duration::from_millis(50), "lived {lived:?}");
     }
-    runtime
+    driver
         .remove_container(&quick)
         .await
         .expect("RemoveContainer");
@@ -713,7 +698,7 @@ async fn container_that_starts_and_exits_within_50ms_is_reported_died_though_rel
     let missed = events(&mut relisted);
     assert!(missed.is_empty(), "{:?}", described(&missed));
 
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
     pleg.stop().await;
 }
 
@@ -722,21 +707,22 @@ async fn pod_created_and_removed_between_two_relists_is_reported_from_the_stream
  {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
     let relisting = generator(runtime.clone());
     relisting.relist().await.expect("baseline relist");
-    let mut cleanup = Cleanup::new(&runtime);
+    let mut cleanup = Cleanup::new(&driver);
     let planned = PlannedPod::new("between");
     let uid = PodUid::new(planned.uid());
     let mut sub = subscribe(&pleg, &planned);
     let mut relisted = subscribe(&relisting, &planned);
 
-    let pod = planned.run(&runtime).await;
+    let pod = planned.run(&driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(&driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
 
     let got = next_events(&mut sub, 6).await;
     assert_source(&got, EventSource::Stream);
@@ -792,6 +778,7 @@ async fn pod_created_and_removed_between_two_relists_is_reported_from_the_stream
 async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_reports_every_scenario()
 {
     let runtime = runtime16().await;
+    let driver = driver16();
     let pleg = EventedPleg::new(
         runtime.clone(),
         EventedConfig {
@@ -804,8 +791,8 @@ async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_repo
     )
     .expect("valid config");
     pleg.start().expect("start");
-    wait_until("fallback on containerd 1.6", || {
-        pleg.stream_status().state == StreamState::Fallback
+    eventually("fallback on containerd 1.6", WAIT, || {
+        (pleg.stream_status().state == StreamState::Fallback).then_some(())
     })
     .await;
     let status = pleg.stream_status();
@@ -833,7 +820,10 @@ async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_repo
 
     // No retry storm: ten relists later (about a second), still one attempt.
     let relists = pleg.stats().relists;
-    wait_until("ten relists", || pleg.stats().relists >= relists + 10).await;
+    eventually("ten relists", WAIT, || {
+        (pleg.stats().relists >= relists + 10).then_some(())
+    })
+    .await;
     let stats = pleg.stream_stats();
     assert_eq!(
         (
@@ -847,11 +837,11 @@ async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_repo
     assert_eq!(pleg.stream_status().state, StreamState::Fallback);
     assert!(pleg.healthy().is_ok());
 
-    pod_whose_container_runs(&pleg, &runtime, EventSource::Relist).await;
-    container_exiting_with_code_3(&pleg, &runtime, EventSource::Relist).await;
-    stopped_then_removed_container(&pleg, &runtime, EventSource::Relist).await;
-    container_recreated_with_attempt_1(&pleg, &runtime, EventSource::Relist).await;
-    stopped_and_removed_pod(&pleg, &runtime, EventSource::Relist).await;
+    pod_whose_container_runs(&pleg, &driver, EventSource::Relist).await;
+    container_exiting_with_code_3(&pleg, &driver, EventSource::Relist).await;
+    stopped_then_removed_container(&pleg, &driver, EventSource::Relist).await;
+    container_recreated_with_attempt_1(&pleg, &driver, EventSource::Relist).await;
+    stopped_and_removed_pod(&pleg, &driver, EventSource::Relist).await;
     assert_eq!(pleg.stream_stats().events_received, 0);
     pleg.stop().await;
 }
@@ -927,6 +917,7 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
  {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let generic_relist = RelistDuration {
         relist_period: Duration::from_millis(200),
         relist_threshold: Duration::from_secs(1),
@@ -944,17 +935,17 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
         },
     )
     .await;
-    let mut cleanup = Cleanup::new(&runtime);
+    let mut cleanup = Cleanup::new(&driver);
     let planned = PlannedPod::new("outage");
     let mut sub = subscribe(&pleg, &planned);
-    let pod = planned.run(&runtime).await;
+    let pod = planned.run(&driver).await;
     cleanup.add(&pod);
     let (token_a, token_b) = (unique("exit-a"), unique("exit-b"));
     let a = pod
-        .start(&runtime, "a", 0, until_triggered(&token_a, 3))
+        .start(&driver, "a", 0, until_triggered(&token_a, 3))
         .await;
     let b = pod
-        .start(&runtime, "b", 0, until_triggered(&token_b, 0))
+        .start(&driver, "b", 0, until_triggered(&token_b, 0))
         .await;
     let started = next_events(&mut sub, 3).await;
     assert_eq!(
@@ -970,8 +961,8 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
     assert!(pleg.healthy().is_ok());
 
     let mut outage = Outage::begin();
-    wait_until("fallback to relisting after the stream broke", || {
-        pleg.mode() == Mode::Generic
+    eventually("fallback to relisting after the stream broke", WAIT, || {
+        (pleg.mode() == Mode::Generic).then_some(())
     })
     .await;
     assert_eq!(pleg.relist_duration(), generic_relist);
@@ -982,8 +973,8 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
         "{stats:?}"
     );
     assert!(pleg.stream_status().last_error.is_some());
-    wait_until("unhealthy while containerd is down", || {
-        pleg.healthy().is_err()
+    eventually("unhealthy while containerd is down", WAIT, || {
+        pleg.healthy().is_err().then_some(())
     })
     .await;
     let reason = pleg
@@ -999,8 +990,8 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
     // Both containers exit while containerd is down.
     pod.trigger(&token_a);
     pod.trigger(&token_b);
-    wait_until("both containers' processes gone", || {
-        !process_running(&token_a) && !process_running(&token_b)
+    eventually("both containers' processes gone", WAIT, || {
+        (!process_running(&token_a) && !process_running(&token_b)).then_some(())
     })
     .await;
     assert!(pleg.healthy().is_err());
@@ -1025,7 +1016,7 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
     // for a container that exited while it was down.
     let mut want = Vec::new();
     for id in [&a, &b] {
-        let c = runtime.container_status(id).await.expect("ContainerStatus");
+        let c = driver.container_status(id).await.expect("ContainerStatus");
         assert_eq!(c.state, ContainerState::Exited);
         want.push((id.clone(), c.exit_code, c.reason));
     }
@@ -1034,9 +1025,10 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
 
     // Back to the stream: a probe finds containerd up again.
     let successes = before.connection_successes;
-    wait_until("the stream open again", || {
-        pleg.stream_stats().connection_successes > successes
-            && pleg.stream_status().state == StreamState::Streaming
+    eventually("the stream open again", WAIT, || {
+        (pleg.stream_stats().connection_successes > successes
+            && pleg.stream_status().state == StreamState::Streaming)
+            .then_some(())
     })
     .await;
     let stats = pleg.stream_stats();
@@ -1071,7 +1063,7 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
         described(&died),
         pleg.stream_stats()
     );
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
     pleg.stop().await;
 }
 
@@ -1102,10 +1094,11 @@ async fn evented_generator_on_a_quiet_containerd_is_streaming_within_3s_of_start
     drain_backlog(&runtime).await;
     let pleg = EventedPleg::new(runtime.clone(), EventedConfig::default()).expect("valid config");
     pleg.start().expect("start");
-    let streaming = reached(Duration::from_secs(3), || {
-        pleg.stream_status().state == StreamState::Streaming
+    let streaming = poll(Duration::from_secs(3), || {
+        (pleg.stream_status().state == StreamState::Streaming).then_some(())
     })
-    .await;
+    .await
+    .is_some();
     let (status, stats) = (pleg.stream_status(), pleg.stream_stats());
     pleg.stop().await;
     assert!(
@@ -1131,29 +1124,32 @@ async fn evented_generator_on_a_quiet_containerd_is_streaming_within_3s_of_start
 async fn container_that_dies_after_a_quiet_minute_is_reported_died_from_the_stream() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = evented(&runtime).await;
-    let mut cleanup = Cleanup::new(&runtime);
+    let mut cleanup = Cleanup::new(&driver);
     let planned = PlannedPod::new("quiet");
     let mut sub = subscribe(&pleg, &planned);
-    let pod = planned.run(&runtime).await;
+    let pod = planned.run(&driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered("exit", 3))
+        .start(&driver, "app", 0, until_triggered("exit", 3))
         .await;
     assert_eq!(next_events(&mut sub, 2).await.len(), 2);
 
     let before = pleg.stream_stats();
     let quiet_since = tokio::time::Instant::now();
-    let broke = reached(Duration::from_secs(60), || {
-        pleg.stream_status().state != StreamState::Streaming
-            || pleg.stream_stats().connection_errors > before.connection_errors
+    let broke = poll(Duration::from_secs(60), || {
+        (pleg.stream_status().state != StreamState::Streaming
+            || pleg.stream_stats().connection_errors > before.connection_errors)
+            .then_some(())
     })
-    .await;
+    .await
+    .is_some();
     let broke_after = quiet_since.elapsed();
     let last_error = pleg.stream_status().last_error;
     if broke {
-        wait_until("streaming again", || {
-            pleg.stream_status().state == StreamState::Streaming
+        eventually("streaming again", WAIT, || {
+            (pleg.stream_status().state == StreamState::Streaming).then_some(())
         })
         .await;
     }
@@ -1163,7 +1159,7 @@ async fn container_that_dies_after_a_quiet_minute_is_reported_died_from_the_stre
         _ => None,
     };
     let stats = pleg.stream_stats();
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
     pleg.stop().await;
 
     assert!(
@@ -1198,14 +1194,15 @@ async fn container_that_dies_after_a_quiet_minute_is_reported_died_from_the_stre
 async fn container_that_dies_right_after_the_generator_restarts_is_reported_died() {
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
+    let driver = driver();
     let first = evented(&runtime).await;
-    let mut cleanup = Cleanup::new(&runtime);
+    let mut cleanup = Cleanup::new(&driver);
     let planned = PlannedPod::new("restart");
     let mut sub = subscribe(&first, &planned);
-    let pod = planned.run(&runtime).await;
+    let pod = planned.run(&driver).await;
     cleanup.add(&pod);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered("exit", 3))
+        .start(&driver, "app", 0, until_triggered("exit", 3))
         .await;
     assert_eq!(next_events(&mut sub, 2).await.len(), 2);
     first.stop().await;
@@ -1214,8 +1211,8 @@ async fn container_that_dies_right_after_the_generator_restarts_is_reported_died
     let second = EventedPleg::new(runtime.clone(), EventedConfig::default()).expect("valid config");
     let mut sub = subscribe_pods_with(&second, &[pod.uid()], false);
     second.start().expect("start");
-    wait_until("the second generator streaming", || {
-        second.stream_status().state == StreamState::Streaming
+    eventually("the second generator streaming", WAIT, || {
+        (second.stream_status().state == StreamState::Streaming).then_some(())
     })
     .await;
     // Its catch-up relist found the pod as it is.
@@ -1235,8 +1232,8 @@ async fn container_that_dies_right_after_the_generator_restarts_is_reported_died
         _ => None,
     };
     let (status, stats) = (second.stream_status(), second.stream_stats());
-    let exited = runtime.container_status(&app).await.ok();
-    pod.remove(&runtime).await;
+    let exited = driver.container_status(&app).await.ok();
+    pod.remove(&driver).await;
     second.stop().await;
 
     let died = died.unwrap_or_else(|| {

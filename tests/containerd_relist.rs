@@ -1,6 +1,6 @@
 //! The relisting generator against a real containerd 1.7 (the project-local
 //! one from `scripts/containerd.sh`). Every test drives its own pods through
-//! pleg's CRI driver, relists by hand, and asserts the exact events of its
+//! the test kit's CRI driver, relists by hand, and asserts the exact events of its
 //! own pods (other tests run beside it on the same containerd).
 
 mod cri_support;
@@ -11,17 +11,19 @@ use std::time::Duration;
 use cri_support::*;
 use pleg::model::{ContainerState, EntryKind, PodUid};
 use pleg::{EventSource, EventType};
+use pleg_testkit::wait::eventually;
 
 const RUNNING_FOREVER: &str = "forever";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_whose_container_runs_reports_sandbox_then_container_started() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = generator(runtime.clone());
-    let pod = TestPod::run(&runtime, "runs").await;
+    let pod = TestPod::run(&driver, "runs").await;
     let mut sub = subscribe_pods(&pleg, &[pod.uid()]);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(&driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
 
     pleg.relist().await.expect("relist");
@@ -67,23 +69,24 @@ async fn pod_whose_container_runs_reports_sandbox_then_container_started() {
     // Nothing changed: nothing more.
     pleg.relist().await.expect("relist");
     assert!(events(&mut sub).is_empty());
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_that_exits_with_code_3_is_reported_died_with_code_and_reason() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = generator(runtime.clone());
-    let pod = TestPod::run(&runtime, "exit3").await;
+    let pod = TestPod::run(&driver, "exit3").await;
     let mut sub = subscribe_pods(&pleg, &[pod.uid()]);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered("exit", 3))
+        .start(&driver, "app", 0, until_triggered("exit", 3))
         .await;
     pleg.relist().await.expect("relist");
     assert_eq!(events(&mut sub).len(), 2, "sandbox and container started");
 
     pod.trigger("exit");
-    wait_exited(&runtime, &app).await;
+    wait_exited(&driver, &app).await;
     pleg.relist().await.expect("relist");
     let got = events(&mut sub);
     assert_eq!(kinds(&got), [(EventType::ContainerDied, app.clone())]);
@@ -93,22 +96,23 @@ async fn container_that_exits_with_code_3_is_reported_died_with_code_and_reason(
         got[0].runtime_time.is_some(),
         "finish time from ContainerStatus"
     );
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_container_is_reported_died_and_removed_container_removed() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = generator(runtime.clone());
-    let pod = TestPod::run(&runtime, "stop").await;
+    let pod = TestPod::run(&driver, "stop").await;
     let mut sub = subscribe_pods(&pleg, &[pod.uid()]);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(&driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
     pleg.relist().await.expect("relist");
     assert_eq!(events(&mut sub).len(), 2);
 
-    runtime
+    driver
         .stop_container(&app, Duration::ZERO)
         .await
         .expect("StopContainer");
@@ -119,7 +123,7 @@ async fn stopped_container_is_reported_died_and_removed_container_removed() {
     assert_eq!(got[0].exit_code, Some(137));
     assert_eq!(got[0].reason.as_deref(), Some("Error"));
 
-    runtime
+    driver
         .remove_container(&app)
         .await
         .expect("RemoveContainer");
@@ -134,23 +138,24 @@ async fn stopped_container_is_reported_died_and_removed_container_removed() {
         .expect("pod still cached")
         .status;
     assert!(status.containers.is_empty(), "{:?}", status.containers);
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_recreated_with_attempt_1_after_a_death_is_reported_started() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = generator(runtime.clone());
-    let pod = TestPod::run(&runtime, "restart").await;
+    let pod = TestPod::run(&driver, "restart").await;
     let mut sub = subscribe_pods(&pleg, &[pod.uid()]);
     let first = pod
-        .start(&runtime, "app", 0, until_triggered("exit", 1))
+        .start(&driver, "app", 0, until_triggered("exit", 1))
         .await;
     pleg.relist().await.expect("relist");
     assert_eq!(events(&mut sub).len(), 2);
 
     pod.trigger("exit");
-    wait_exited(&runtime, &first).await;
+    wait_exited(&driver, &first).await;
     pleg.relist().await.expect("relist");
     assert_eq!(
         kinds(&events(&mut sub)),
@@ -158,7 +163,7 @@ async fn container_recreated_with_attempt_1_after_a_death_is_reported_started() 
     );
 
     let second = pod
-        .start(&runtime, "app", 1, until_triggered(RUNNING_FOREVER, 0))
+        .start(&driver, "app", 1, until_triggered(RUNNING_FOREVER, 0))
         .await;
     assert_ne!(first, second);
     pleg.relist().await.expect("relist");
@@ -173,18 +178,19 @@ async fn container_recreated_with_attempt_1_after_a_death_is_reported_started() 
         .status;
     let newest = status.container_by_name("app").expect("app");
     assert_eq!((newest.attempt, newest.state), (1, ContainerState::Running));
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_and_removed_pod_reports_sandbox_died_and_removed_and_leaves_the_cache() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = generator(runtime.clone());
-    let pod = TestPod::run(&runtime, "podgone").await;
+    let pod = TestPod::run(&driver, "podgone").await;
     let uid = PodUid::new(pod.uid());
     let mut sub = subscribe_pods(&pleg, &[pod.uid()]);
     let app = pod
-        .start(&runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+        .start(&driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
     pleg.relist().await.expect("relist");
     assert_eq!(events(&mut sub).len(), 2);
@@ -224,6 +230,7 @@ async fn stopped_and_removed_pod_reports_sandbox_died_and_removed_and_leaves_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_pods_at_once_report_every_event_exactly_once() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = std::sync::Arc::new(generator(runtime.clone()));
     pleg.update(pleg::RelistDuration {
         relist_period: Duration::from_millis(100),
@@ -232,7 +239,7 @@ async fn ten_pods_at_once_report_every_event_exactly_once() {
     .expect("valid period");
     let mut pods = Vec::new();
     for i in 0..10 {
-        pods.push(TestPod::run(&runtime, &format!("ten{i}")).await);
+        pods.push(TestPod::run(&driver, &format!("ten{i}")).await);
     }
     let uids: Vec<&str> = pods.iter().map(|p| p.uid()).collect();
     // Containers are seen CREATED (ContainerChanged) or not depending on
@@ -243,15 +250,16 @@ async fn ten_pods_at_once_report_every_event_exactly_once() {
     // Start the ten containers concurrently while the generator relists.
     let mut starts = tokio::task::JoinSet::new();
     for pod in &pods {
-        let runtime = runtime.clone();
+        let driver = driver.clone();
         let (sandbox_id, spec) = (pod.sandbox_id.clone(), pod.spec.clone());
         starts.spawn(async move {
-            let c = pleg::runtime::cri::ContainerSpec::new("app", image(), ["/bin/sleep", "3600"]);
-            let id = runtime
+            let c =
+                pleg_testkit::driver::ContainerSpec::new("app", image(), ["/bin/sleep", "3600"]);
+            let id = driver
                 .create_container(&sandbox_id, &spec, &c)
                 .await
                 .expect("CreateContainer");
-            runtime.start_container(&id).await.expect("StartContainer");
+            driver.start_container(&id).await.expect("StartContainer");
             (spec.uid, id)
         });
     }
@@ -323,10 +331,12 @@ async fn collect_until(
         }
     }
     let relists = pleg.stats().relists;
-    while pleg.stats().relists < relists + 2 {
-        assert!(tokio::time::Instant::now() < deadline, "relists stalled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "two more relists (relists stalled)",
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+        || (pleg.stats().relists >= relists + 2).then_some(()),
+    )
+    .await;
     let extra = events(sub);
     assert!(
         extra.is_empty(),
@@ -338,15 +348,16 @@ async fn collect_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_created_and_removed_between_two_relists_leaves_no_event_and_no_trace() {
     let runtime = runtime().await;
+    let driver = driver();
     let pleg = generator(runtime.clone());
     pleg.relist().await.expect("baseline relist");
 
-    let pod = TestPod::run(&runtime, "between").await;
+    let pod = TestPod::run(&driver, "between").await;
     let uid = PodUid::new(pod.uid());
     let mut sub = subscribe_pods(&pleg, &[pod.uid()]);
-    pod.start(&runtime, "app", 0, until_triggered(RUNNING_FOREVER, 0))
+    pod.start(&driver, "app", 0, until_triggered(RUNNING_FOREVER, 0))
         .await;
-    pod.remove(&runtime).await;
+    pod.remove(&driver).await;
 
     pleg.relist().await.expect("relist");
     // The documented limit of relisting: a pod that lives between two relists

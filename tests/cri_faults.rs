@@ -7,11 +7,16 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerState as CriState, ContainerStatus, PodSandboxState, VersionResponse};
 use pleg::model::{ContainerState, PodUid};
 use pleg::runtime::cri::{ConnectError, CriConfig, CriRuntime};
-use pleg::runtime::fake_cri::{FakeCriServer, container, sandbox};
 use pleg::{
     Delivery, EventType, Filter, GenericConfig, GenericPleg, RelistDuration, Runtime,
     SubscribeOptions, Subscription, Unhealthy,
 };
+use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
+use pleg_testkit::temp;
+use pleg_testkit::wait::eventually;
+
+/// How long a test waits for the generator to get somewhere.
+const WAIT: Duration = Duration::from_secs(20);
 
 async fn server() -> FakeCriServer {
     FakeCriServer::start().await.expect("fake CRI server")
@@ -381,7 +386,10 @@ async fn answer_slower_than_the_timeout_times_out_and_the_next_relist_runs() {
     // The loop keeps relisting after timeouts; once the runtime answers in
     // time, the next relist catches up.
     pleg.start().expect("start");
-    wait_for(|| pleg.stats().relist_failures >= 3).await;
+    eventually("three failed relists", WAIT, || {
+        (pleg.stats().relist_failures >= 3).then_some(())
+    })
+    .await;
     server.clear_faults();
     let first = tokio::time::timeout(Duration::from_secs(10), sub.recv())
         .await
@@ -390,22 +398,10 @@ async fn answer_slower_than_the_timeout_times_out_and_the_next_relist_runs() {
     pleg.stop().await;
 }
 
-async fn wait_for(mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met in 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_endpoint_is_a_clear_error_and_connect_retrying_waits_for_the_runtime() {
-    let dir = std::env::temp_dir().join(format!("pleg-missing-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("cri.sock");
+    let dir = temp::dir("missing");
+    let path = dir.path().join("cri.sock");
     let endpoint = format!("unix://{}", path.display());
 
     let err = CriRuntime::connect(CriConfig::new(&endpoint))
@@ -438,7 +434,6 @@ async fn missing_endpoint_is_a_clear_error_and_connect_retrying_waits_for_the_ru
         Some("fake-cri")
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +491,10 @@ async fn dropped_connection_reconnects_and_the_next_relist_catches_up() {
     assert!(server.connections_accepted() > accepted, "reconnected");
     // Exactly once: nothing more after a few more relists.
     let relists = pleg.stats().relists;
-    wait_for(|| pleg.stats().relists >= relists + 3).await;
+    eventually("three more relists", WAIT, || {
+        (pleg.stats().relists >= relists + 3).then_some(())
+    })
+    .await;
     assert!(sub.try_recv().is_none());
     pleg.stop().await;
 }
@@ -541,18 +539,17 @@ async fn endpoints_that_are_not_cri_v1_are_refused_with_what_came_back() {
         )
     );
 
+    let dir = temp::dir("not-cri");
     // A plain file where the socket should be.
-    let file = std::env::temp_dir().join(format!("pleg-not-a-socket-{}", std::process::id()));
+    let file = dir.path().join("not-a-socket");
     std::fs::write(&file, b"").expect("file");
     let err = CriRuntime::connect(CriConfig::new(file.display().to_string()))
         .await
         .expect_err("not a socket");
     assert!(err.to_string().contains("is not a unix socket"), "{err}");
-    let _ = std::fs::remove_file(&file);
 
     // A socket that speaks something else entirely.
-    let path = std::env::temp_dir().join(format!("pleg-garbage-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let path = dir.path().join("garbage.sock");
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");
     let garbage = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
@@ -577,18 +574,15 @@ async fn endpoints_that_are_not_cri_v1_are_refused_with_what_came_back() {
         "{err}"
     );
     garbage.abort();
-    let _ = std::fs::remove_file(&path);
 
     // A stale socket file that nobody listens on any more.
-    let stale = std::env::temp_dir().join(format!("pleg-stale-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&stale);
+    let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
     let err = CriRuntime::connect(CriConfig::new(stale.display().to_string()))
         .await
         .expect_err("refused");
     assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains("cannot connect"), "{err}");
-    let _ = std::fs::remove_file(&stale);
 
     // And a malformed endpoint is refused before anything is tried.
     let err = CriRuntime::connect(CriConfig::new("tcp://127.0.0.1:1234"))

@@ -11,8 +11,8 @@ use k8s_cri::v1::{
 use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
 use pleg::generic::StaleReason;
 use pleg::runtime::cri::{CriConfig, CriRuntime};
-use pleg::runtime::fake_cri::{FakeCriServer, container, sandbox};
 use pleg::{Delivery, EventSource, EventType, Filter, SubscribeOptions, Subscription};
+use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
 
 fn now_ns() -> i64 {
     SystemTime::now()

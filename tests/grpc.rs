@@ -7,7 +7,6 @@ use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
@@ -20,6 +19,7 @@ use pleg::server::grpc::{
 use pleg::{
     Delivery, EventSource, EventType, Filter, PodLifecycleEvent, SubscribeOptions, Subscription,
 };
+use pleg_testkit::temp::TempDir;
 use tokio::task::JoinHandle;
 
 use ContainerState::*;
@@ -32,30 +32,13 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 /// A fresh directory for sockets, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static MADE: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pleg-grpc-test-{}-{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.join("pleg.sock")
-    }
+fn temp_dir() -> TempDir {
+    pleg_testkit::temp::dir("grpc-test")
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The daemon's socket in `dir`.
+fn socket_in(dir: &TempDir) -> PathBuf {
+    dir.path().join("pleg.sock")
 }
 
 /// A daemon over the scripted runtime, without the event stream, never
@@ -195,9 +178,9 @@ fn triples(deliveries: &[Delivery]) -> Vec<(String, EventType, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (runtime, daemon) = daemon();
-    let server = Server::start(&daemon, &dir.socket()).await;
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
 
     let filters = [
         Filter::default(),
@@ -331,9 +314,9 @@ async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (_runtime, daemon) = daemon();
-    let server = Server::start(&daemon, &dir.socket()).await;
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
     let mut client = server.client().await;
     let mut watch = within("watch", client.watch(&Filter::default(), 4))
         .await
@@ -405,7 +388,7 @@ async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pods_and_get_pod_status_answer_from_the_cache() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (runtime, daemon) = daemon();
     runtime.set_pods(vec![
         pod("a", "shop", "web", &[("a1", Running), ("a0", Exited)]),
@@ -423,7 +406,7 @@ async fn list_pods_and_get_pod_status_answer_from_the_cache() {
     ]);
     daemon.pleg.relist().await.expect("relist");
 
-    let server = Server::start(&daemon, &dir.socket()).await;
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
     let mut client = server.client().await;
 
     let all = within("ListPods", client.list_pods(None))
@@ -491,9 +474,9 @@ async fn list_pods_and_get_pod_status_answer_from_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_the_checks_the_mode_and_the_stream() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (_runtime, daemon) = daemon();
-    let server = Server::start(&daemon, &dir.socket()).await;
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
     let mut client = server.client().await;
 
     let before = within("Health", client.health()).await.expect("Health");
@@ -525,9 +508,9 @@ async fn health_reports_the_checks_the_mode_and_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_requests_with_unknown_kinds_or_huge_capacity_are_refused() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (_runtime, daemon) = daemon();
-    let server = Server::start(&daemon, &dir.socket()).await;
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
     let mut raw = server.raw().await;
     let refused = |request: pb::WatchRequest| {
         let mut raw = raw.clone();
@@ -566,7 +549,7 @@ async fn watch_requests_with_unknown_kinds_or_huge_capacity_are_refused() {
     assert!(matches!(err, ClientError::InvalidRequest { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains(&dir.socket().display().to_string()),
+            .contains(&socket_in(&dir).display().to_string()),
         "{err}"
     );
     let accepted = within("Watch", raw.watch(pb::WatchRequest::default())).await;
@@ -576,9 +559,9 @@ async fn watch_requests_with_unknown_kinds_or_huge_capacity_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_watch_client_unsubscribes() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (_runtime, daemon) = daemon();
-    let server = Server::start(&daemon, &dir.socket()).await;
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
     let mut client = server.client().await;
     let watch = within("watch", client.watch(&Filter::default(), 0))
         .await
@@ -609,8 +592,8 @@ async fn dropping_a_watch_client_unsubscribes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_is_private_and_removed_after_shutdown() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = temp_dir();
+    let socket = socket_in(&dir);
     let (_runtime, daemon) = daemon();
     let server = Server::start(&daemon, &socket).await;
     let meta = std::fs::symlink_metadata(&socket).expect("socket exists");
@@ -629,8 +612,8 @@ async fn the_socket_is_private_and_removed_after_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_a_live_socket_is_refused() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = temp_dir();
+    let socket = socket_in(&dir);
     let (_runtime, daemon) = daemon();
     let server = Server::start(&daemon, &socket).await;
     let second = within(
@@ -653,8 +636,8 @@ async fn a_second_server_on_a_live_socket_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
-    let dir = TempDir::new();
-    let socket = dir.socket();
+    let dir = temp_dir();
+    let socket = socket_in(&dir);
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
     assert!(socket.exists());
     let (_runtime, daemon) = daemon();
@@ -664,7 +647,7 @@ async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
     server.stop().await;
     assert!(!socket.exists());
 
-    let file = dir.0.join("not-a-socket");
+    let file = dir.path().join("not-a-socket");
     std::fs::write(&file, "keep me").expect("file");
     let err = within(
         "serve to refuse",
@@ -675,7 +658,7 @@ async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
     assert!(matches!(err, ServeError::NotASocket { .. }), "{err}");
     assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
 
-    let missing_dir = dir.0.join("no/such/dir/pleg.sock");
+    let missing_dir = dir.path().join("no/such/dir/pleg.sock");
     let err = within(
         "serve to refuse",
         grpc::serve(daemon, &missing_dir, std::future::pending()),
@@ -688,8 +671,8 @@ async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_names_the_socket_when_it_cannot_reach_a_pleg_daemon() {
-    let dir = TempDir::new();
-    let missing = dir.socket();
+    let dir = temp_dir();
+    let missing = socket_in(&dir);
     let err = Client::connect(&missing).await.expect_err("missing");
     assert!(matches!(err, ClientError::NoSocket { .. }), "{err}");
     assert!(
@@ -697,12 +680,12 @@ async fn the_client_names_the_socket_when_it_cannot_reach_a_pleg_daemon() {
         "{err}"
     );
 
-    let file = dir.0.join("file");
+    let file = dir.path().join("file");
     std::fs::write(&file, "").expect("file");
     let err = Client::connect(&file).await.expect_err("a file");
     assert!(matches!(err, ClientError::NotASocket { .. }), "{err}");
 
-    let stale = dir.0.join("stale.sock");
+    let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
     let err = within("connect", Client::connect(&stale))
         .await
@@ -711,7 +694,7 @@ async fn the_client_names_the_socket_when_it_cannot_reach_a_pleg_daemon() {
     assert!(err.to_string().contains("stale.sock"), "{err}");
 
     // A gRPC server that is not pleg: the fake CRI runtime.
-    let cri = pleg::runtime::fake_cri::FakeCriServer::start()
+    let cri = pleg_testkit::fake_cri::FakeCriServer::start()
         .await
         .expect("fake CRI");
     let err = within("connect", Client::connect(cri.socket_path()))

@@ -1,13 +1,12 @@
 //! The daemon's HTTP side over real sockets: kubelet-style probes as a
 //! runtime stalls and recovers, `/metrics` parsed as Prometheus text and
 //! moving with activity, the metrics prefix, unknown paths and methods, and
-//! binding errors. A small HTTP/1.1 client and exposition parser live here;
-//! every wait is bounded.
+//! binding errors. The HTTP/1.1 client is the test kit's; the exposition
+//! parser lives here. Every wait is bounded.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,7 +19,8 @@ use pleg::runtime::fake::FakeRuntime;
 use pleg::runtime::{ContainerEvent, ContainerEventKind, SandboxSnapshot};
 use pleg::server::http::{self, BindError, ProbeOptions};
 use pleg::server::{Daemon, Probe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pleg_testkit::http::{self as http_client, Reply};
+use pleg_testkit::wait::eventually_async;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -127,102 +127,24 @@ impl Server {
     }
 }
 
-/// Polls `probe` every 10 ms until it gives a value, for at most 5 s.
-async fn until<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after 5 s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
-// A tiny HTTP/1.1 client.
+// HTTP, through the test kit's client.
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn assert_text(&self) {
-        assert_eq!(
-            self.header("content-type"),
-            Some("text/plain; charset=utf-8"),
-            "{self:?}"
-        );
-        assert_eq!(self.header("x-content-type-options"), Some("nosniff"));
-    }
-}
-
+/// `method path`; any failure to get a whole answer fails the test.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("send request");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read response");
-        raw
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
+    http_client::request(addr, method, path)
         .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no complete answer within 5 s"));
-    let text = String::from_utf8(raw).expect("a UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut reply = Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    };
-    if reply
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        reply.body = dechunk(body);
-    }
-    reply
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
+/// The headers every text answer carries.
+fn assert_text(reply: &Reply) {
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8"),
+        "{reply:?}"
+    );
+    assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
 }
 
 // ---------------------------------------------------------------------------
@@ -503,23 +425,23 @@ async fn healthz_fails_kubelet_style_when_the_runtime_stalls_past_the_threshold_
         true,
     )
     .await;
-    let ok = until("a healthy /healthz", || async {
+    let ok = eventually_async("a healthy /healthz", WAIT, || async {
         let reply = s.get("/healthz").await;
         (reply.status == 200).then_some(reply)
     })
     .await;
     assert_eq!(ok.body, "ok");
-    ok.assert_text();
+    assert_text(&ok);
 
     s.runtime
         .set_list_failure(Some("connection refused".into()));
-    let failed = until("a stale pleg check", || async {
+    let failed = eventually_async("a stale pleg check", WAIT, || async {
         let reply = s.get("/healthz").await;
         reply.body.contains("[-]pleg failed").then_some(reply)
     })
     .await;
     assert_eq!(failed.status, 503);
-    failed.assert_text();
+    assert_text(&failed);
     let lines: Vec<&str> = failed.body.lines().collect();
     assert_eq!(
         lines.last(),
@@ -564,7 +486,7 @@ async fn healthz_fails_kubelet_style_when_the_runtime_stalls_past_the_threshold_
     assert_eq!((live.status, live.body.as_str()), (200, "ok"));
 
     s.runtime.set_list_failure(None);
-    let recovered = until("a healthy /healthz again", || async {
+    let recovered = eventually_async("a healthy /healthz again", WAIT, || async {
         let reply = s.get("/healthz").await;
         (reply.status == 200).then_some(reply)
     })
@@ -577,7 +499,7 @@ async fn healthz_fails_kubelet_style_when_the_runtime_stalls_past_the_threshold_
 #[tokio::test]
 async fn verbose_lists_every_check_then_the_verdict() {
     let s = server(relisting(), "", vec![], true).await;
-    until("a healthy /healthz", || async {
+    eventually_async("a healthy /healthz", WAIT, || async {
         (s.get("/healthz").await.status == 200).then_some(())
     })
     .await;
@@ -589,7 +511,7 @@ async fn verbose_lists_every_check_then_the_verdict() {
     ] {
         let reply = s.get(path).await;
         assert_eq!(reply.status, 200, "{path}");
-        reply.assert_text();
+        assert_text(&reply);
         assert_eq!(
             reply.body, "[+]pleg ok\n[+]runtime ok\n[+]stream ok\nhealthz check passed\n",
             "{path}"
@@ -610,7 +532,7 @@ async fn verbose_lists_every_check_then_the_verdict() {
 
     // A failing check in verbose form: every check, then the verdict.
     s.runtime.set_list_failure(Some("runtime gone".into()));
-    let reply = until("a failing runtime check", || async {
+    let reply = eventually_async("a failing runtime check", WAIT, || async {
         let reply = s.get("/healthz?verbose").await;
         (reply.status == 503).then_some(reply)
     })
@@ -636,13 +558,13 @@ async fn verbose_lists_every_check_then_the_verdict() {
 #[tokio::test]
 async fn single_checks_answer_alone_and_unknown_names_are_not_found() {
     let s = server(relisting(), "", vec![], true).await;
-    until("a healthy /healthz/pleg", || async {
+    eventually_async("a healthy /healthz/pleg", WAIT, || async {
         (s.get("/healthz/pleg").await.status == 200).then_some(())
     })
     .await;
     let reply = s.get("/healthz/pleg").await;
     assert_eq!(reply.body, "ok");
-    reply.assert_text();
+    assert_text(&reply);
     assert_eq!(
         s.get("/healthz/pleg?verbose").await.body,
         "[+]pleg ok\npleg check passed\n"
@@ -653,7 +575,7 @@ async fn single_checks_answer_alone_and_unknown_names_are_not_found() {
     for path in ["/healthz/nope", "/readyz/stream", "/livez/pleg"] {
         let reply = s.get(path).await;
         assert_eq!(reply.status, 404, "{path}");
-        reply.assert_text();
+        assert_text(&reply);
         assert!(
             reply.body.contains("no check named"),
             "{path}: {}",
@@ -662,7 +584,7 @@ async fn single_checks_answer_alone_and_unknown_names_are_not_found() {
     }
 
     s.runtime.set_list_failure(Some("runtime gone".into()));
-    let failed = until("a failing runtime check", || async {
+    let failed = eventually_async("a failing runtime check", WAIT, || async {
         let reply = s.get("/healthz/runtime").await;
         (reply.status == 503).then_some(reply)
     })
@@ -681,7 +603,7 @@ async fn unknown_paths_are_not_found_and_other_methods_not_allowed() {
     for path in ["/", "/nope", "/healthz/", "/metrics/x", "/healthz/pleg/x"] {
         let reply = s.get(path).await;
         assert_eq!(reply.status, 404, "{path}");
-        reply.assert_text();
+        assert_text(&reply);
         assert!(
             reply.body.starts_with("404 page not found"),
             "{path}: {}",
@@ -696,7 +618,7 @@ async fn unknown_paths_are_not_found_and_other_methods_not_allowed() {
     ] {
         let reply = request(s.addr, method, path).await;
         assert_eq!(reply.status, 405, "{method} {path}");
-        reply.assert_text();
+        assert_text(&reply);
         assert!(
             reply.body.starts_with("405 method not allowed"),
             "{}",
@@ -819,7 +741,7 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_family() {
 #[tokio::test]
 async fn metrics_move_with_relists_events_and_subscribers() {
     let s = server(relisting(), "", vec![], true).await;
-    let before = until("a first relist", || async {
+    let before = eventually_async("a first relist", WAIT, || async {
         let m = s.metrics().await;
         (m.get("pleg_relists_total", &[]) >= 1.0).then_some(m)
     })
@@ -832,7 +754,7 @@ async fn metrics_move_with_relists_events_and_subscribers() {
         &[("c1", Running), ("c2", Exited)],
     )]);
     let started = [("type", "ContainerStarted"), ("source", "relist")];
-    let after = until("the pod's events in /metrics", || async {
+    let after = eventually_async("the pod's events in /metrics", WAIT, || async {
         let m = s.metrics().await;
         (m.get("pleg_events_total", &started) >= 2.0).then_some(m)
     })
@@ -878,7 +800,7 @@ async fn metrics_move_with_relists_events_and_subscribers() {
     );
 
     s.runtime.set_list_failure(Some("runtime gone".into()));
-    until("a counted relist failure", || async {
+    eventually_async("a counted relist failure", WAIT, || async {
         (s.metrics().await.get("pleg_relist_failures_total", &[]) >= 1.0).then_some(())
     })
     .await;
@@ -896,7 +818,7 @@ async fn stream_metrics_follow_the_event_stream() {
     };
     let pods = vec![pod_with_sandbox("p1", &[("c1", Running)])];
     let s = server(config, "", pods, true).await;
-    until("evented mode, streaming", || async {
+    eventually_async("evented mode, streaming", WAIT, || async {
         let m = s.metrics().await;
         (m.get("pleg_mode", &[("mode", "evented")]) == 1.0
             && m.get("pleg_stream_state", &[("state", "streaming")]) == 1.0)
@@ -923,7 +845,7 @@ async fn stream_metrics_follow_the_event_stream() {
     });
     assert_eq!(taken, 1, "one open stream took the event");
     let stream_started = [("type", "ContainerStarted"), ("source", "stream")];
-    let m = until("the stream's event in /metrics", || async {
+    let m = eventually_async("the stream's event in /metrics", WAIT, || async {
         let m = s.metrics().await;
         (m.get("pleg_events_total", &stream_started) >= 1.0).then_some(m)
     })

@@ -8,8 +8,6 @@ use pleg::evented::EventedConfig;
 use pleg::runtime::cri::{CriConfig, CriRuntime, DEFAULT_ENDPOINT, RuntimeEndpoint};
 use pleg::{EventType, Filter, PodUid, RelistDuration};
 
-pub mod cri_demo;
-pub mod fake_demo;
 pub mod output;
 pub mod pods;
 pub mod run;
@@ -84,8 +82,6 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show the pods and containers pleg knows, like `crictl ps -a`.
     Pods(PodsArgs),
-    /// Drive a small workload through the runtime and show its events.
-    Demo(DemoArgs),
 }
 
 /// Generator mode.
@@ -333,64 +329,6 @@ pub struct PodsArgs {
     pub namespace: Option<String>,
 }
 
-/// Flags of `pleg demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// CRI runtime endpoint: unix:///path or a bare socket path.
-    #[arg(long, env = "PLEG_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
-    pub runtime_endpoint: String,
-    /// Image on the node with /bin/sh and sleep, for the workload.
-    #[arg(long, env = "PLEG_TEST_IMAGE", default_value = "docker.io/library/busybox:pleg", value_parser = parse_non_empty)]
-    pub image: String,
-    /// evented or generic.
-    #[arg(long, env = "PLEG_MODE", value_enum, default_value = "evented")]
-    pub mode: ModeArg,
-    /// Use the scripted in-memory runtime instead of a real one.
-    #[arg(long)]
-    pub fake: bool,
-    /// Pods in the workload, 1 to 50.
-    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u16).range(1..=50))]
-    pub pods: u16,
-    /// Relist period, such as 100ms or 1s.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub relist_period: Duration,
-    /// Drive the workload only, while a `pleg run` daemon with this health
-    /// address watches (follow its events with `pleg watch --daemon`).
-    #[arg(long)]
-    pub daemon_health: Option<String>,
-}
-
-/// What the demos need.
-pub struct DemoOptions {
-    /// Pods in the workload.
-    pub pods: usize,
-    /// Relist period.
-    pub relist_period: Duration,
-    /// The image for the workload.
-    pub image: String,
-    /// Use the event stream.
-    pub evented: bool,
-}
-
-/// `pleg demo`.
-pub async fn demo(args: DemoArgs) -> Outcome {
-    init_logging("warn", LogFormat::Text);
-    let options = DemoOptions {
-        pods: usize::from(args.pods),
-        relist_period: args.relist_period,
-        image: args.image,
-        evented: args.mode == ModeArg::Evented,
-    };
-    if args.fake {
-        fake_demo::run(options).await?;
-    } else if let Some(addr) = args.daemon_health {
-        cri_demo::drive(options, args.runtime_endpoint, addr).await?;
-    } else {
-        cri_demo::run(options, args.runtime_endpoint).await?;
-    }
-    Ok(())
-}
-
 /// Sets up logging on stderr; `RUST_LOG` overrides the level.
 pub fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -453,14 +391,6 @@ fn parse_endpoint(raw: &str) -> Result<String, String> {
     RuntimeEndpoint::parse(raw)
         .map(|_| raw.to_string())
         .map_err(|e| e.to_string())
-}
-
-fn parse_non_empty(raw: &str) -> Result<String, String> {
-    if raw.trim().is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(raw.to_string())
-    }
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -534,8 +464,5 @@ mod tests {
         assert!(text.contains("unknown event type"), "{text}");
         let (_, text) = err(&["watch", "--label", "novalue"]);
         assert!(text.contains("expected key=value"), "{text}");
-        let (_, text) = err(&["demo", "--pods", "0"]);
-        assert!(text.contains("--pods"), "{text}");
-        assert!(Cli::try_parse_from(["pleg", "demo", "--pods=4"]).is_ok());
     }
 }

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pleg::model::ContainerState;
 use pleg::server::grpc::PodListing;
-use pleg::{Delivery, EventType, GenericPleg, PodLifecycleEvent};
+use pleg::{Delivery, EventType, PodLifecycleEvent};
 use serde_json::{Map, Value, json};
 
 /// The output format of `pleg watch` and `pleg pods`.
@@ -18,27 +18,6 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Prints every delivery on stdout, one text line each, flushed at once.
-pub fn print_events(mut events: pleg::Subscription) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut printer = Printer::new(Format::Text, false);
-        while let Some(delivery) = events.recv().await {
-            // A closed stdout (for example `| head`) ends the printer quietly.
-            if printer.print(&delivery).is_err() {
-                break;
-            }
-        }
-    })
-}
-
-/// Prints the generator's health.
-pub fn report_health(pleg: &GenericPleg) {
-    match pleg.healthy() {
-        Ok(()) => println!("health: ok"),
-        Err(reason) => println!("health: {reason}"),
-    }
 }
 
 /// Writes deliveries to stdout in one format.

@@ -1,5 +1,5 @@
 //! [`Runtime`] over CRI v1, the gRPC API containerd and CRI-O serve on a unix
-//! socket, plus a small driver with the calls crictl makes.
+//! socket. The crictl-style workload driver lives in `pleg-testkit`.
 //!
 //! This module is the only place that sees CRI protobuf types: listings and
 //! statuses are converted into our [`model`](crate::model) here.
@@ -32,7 +32,7 @@
 //! itself after the connection drops; the call that noticed the drop fails and
 //! the next one connects again. HTTP/2 keep-alive pings notice a dead peer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -417,7 +417,7 @@ impl CriRuntime {
             }
             Err(RpcFailure::Status(status)) => {
                 use std::io::ErrorKind;
-                let message = describe(&status);
+                let message = describe_status(&status);
                 return Err(match io_error_kind(&status) {
                     Some(ErrorKind::NotFound) => ConnectError::NoSocket { endpoint },
                     // Could not connect at all.
@@ -484,20 +484,7 @@ impl CriRuntime {
         F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_within(method, self.request_timeout, call).await
-    }
-
-    async fn call_within<T, F, Fut>(
-        &self,
-        method: &'static str,
-        timeout: Duration,
-        call: F,
-    ) -> Result<T>
-    where
-        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.rpc(method, timeout, call)
+        self.rpc(method, self.request_timeout, call)
             .await
             .map_err(|failure| self.error(method, failure))
     }
@@ -510,7 +497,11 @@ impl CriRuntime {
                     if status.code() == tonic::Code::Unavailable && !self.endpoint.exists() {
                         format!("runtime endpoint {}: no such socket", self.endpoint)
                     } else {
-                        format!("runtime endpoint {}: {}", self.endpoint, describe(&status))
+                        format!(
+                            "runtime endpoint {}: {}",
+                            self.endpoint,
+                            describe_status(&status)
+                        )
                     };
                 Error::Failed { call, message }
             }
@@ -741,105 +732,10 @@ impl CriRuntime {
     }
 
     fn container_status_entry(&self, s: &cri::ContainerStatus, listed: &Container) -> Container {
-        status_entry(&self.stats, s, listed)
+        container_from_status(&self.stats, s, listed)
     }
 
-    /// The status of one container, as the cache would hold it.
-    pub async fn container_status(&self, container_id: &str) -> Result<Container> {
-        let request = cri::ContainerStatusRequest {
-            container_id: container_id.to_string(),
-            verbose: false,
-        };
-        let answer = self
-            .call("ContainerStatus", |mut c| async move {
-                c.container_status(request).await
-            })
-            .await?;
-        let listed = Container::new(container_id, "", ContainerState::Unknown);
-        match answer.status {
-            Some(s) => Ok(self.container_status_entry(&s, &listed)),
-            None => Err(Error::Failed {
-                call: "ContainerStatus",
-                message: format!("runtime answered no status for container {container_id}"),
-            }),
-        }
-    }
-
-    // ---- The driver: the calls crictl makes (runp, create, start, stop, rm, stopp, rmp). ----
-
-    /// Runs a pod sandbox (crictl `runp`); returns its ID.
-    pub async fn run_pod(&self, pod: &PodSpec) -> Result<String> {
-        let request = cri::RunPodSandboxRequest {
-            config: Some(pod.sandbox_config()),
-            runtime_handler: String::new(),
-        };
-        Ok(self
-            .call("RunPodSandbox", |mut c| async move {
-                c.run_pod_sandbox(request).await
-            })
-            .await?
-            .pod_sandbox_id)
-    }
-
-    /// Creates a container in a sandbox (crictl `create`); returns its ID.
-    pub async fn create_container(
-        &self,
-        sandbox_id: &str,
-        pod: &PodSpec,
-        container: &ContainerSpec,
-    ) -> Result<String> {
-        let request = cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.to_string(),
-            config: Some(container.container_config()),
-            sandbox_config: Some(pod.sandbox_config()),
-        };
-        Ok(self
-            .call("CreateContainer", |mut c| async move {
-                c.create_container(request).await
-            })
-            .await?
-            .container_id)
-    }
-
-    /// Starts a created container (crictl `start`).
-    pub async fn start_container(&self, container_id: &str) -> Result<()> {
-        let request = cri::StartContainerRequest {
-            container_id: container_id.to_string(),
-        };
-        self.call("StartContainer", |mut c| async move {
-            c.start_container(request).await
-        })
-        .await
-        .map(drop)
-    }
-
-    /// Stops a container (crictl `stop`): SIGTERM, then SIGKILL after `grace`.
-    /// The request timeout is extended by `grace`, as the kubelet does.
-    pub async fn stop_container(&self, container_id: &str, grace: Duration) -> Result<()> {
-        let request = cri::StopContainerRequest {
-            container_id: container_id.to_string(),
-            timeout: i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
-        };
-        self.call_within(
-            "StopContainer",
-            self.request_timeout.saturating_add(grace),
-            |mut c| async move { c.stop_container(request).await },
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Removes a container (crictl `rm`).
-    pub async fn remove_container(&self, container_id: &str) -> Result<()> {
-        let request = cri::RemoveContainerRequest {
-            container_id: container_id.to_string(),
-        };
-        self.call("RemoveContainer", |mut c| async move {
-            c.remove_container(request).await
-        })
-        .await
-        .map(drop)
-    }
+    // ---- Pod teardown: the calls crictl makes for `stopp` and `rmp`. ----
 
     /// Stops a pod sandbox and its containers (crictl `stopp`).
     pub async fn stop_pod(&self, sandbox_id: &str) -> Result<()> {
@@ -884,168 +780,14 @@ impl Runtime for CriRuntime {
     }
 }
 
-/// A pod for [`CriRuntime::run_pod`]. It always uses the node's network
-/// namespace (pleg's driver is for tests, demos and benchmarks on nodes
-/// without CNI) and a PID namespace per container, as the kubelet does.
-#[derive(Clone, Debug, Default)]
-pub struct PodSpec {
-    /// Pod name.
-    pub name: String,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod UID.
-    pub uid: String,
-    /// Sandbox attempt.
-    pub attempt: u32,
-    /// Sandbox labels (they become the pod's labels in pleg).
-    pub labels: BTreeMap<String, String>,
-}
-
-impl PodSpec {
-    /// A pod with this identity.
-    pub fn new(
-        name: impl Into<String>,
-        namespace: impl Into<String>,
-        uid: impl Into<String>,
-    ) -> Self {
-        PodSpec {
-            name: name.into(),
-            namespace: namespace.into(),
-            uid: uid.into(),
-            ..PodSpec::default()
-        }
-    }
-
-    /// Adds a label.
-    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.labels.insert(key.into(), value.into());
-        self
-    }
-
-    fn sandbox_config(&self) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: self.name.clone(),
-                uid: self.uid.clone(),
-                namespace: self.namespace.clone(),
-                attempt: self.attempt,
-            }),
-            // No hostname: a pod on the node's network shares its UTS
-            // namespace, and runc refuses to set one there.
-            labels: self.labels.clone().into_iter().collect(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-/// A container for [`CriRuntime::create_container`].
-#[derive(Clone, Debug, Default)]
-pub struct ContainerSpec {
-    /// Container name.
-    pub name: String,
-    /// Image reference; the image must already be on the node.
-    pub image: String,
-    /// Entrypoint override.
-    pub command: Vec<String>,
-    /// Arguments.
-    pub args: Vec<String>,
-    /// Attempt (restart count).
-    pub attempt: u32,
-    /// Environment variables.
-    pub env: Vec<(String, String)>,
-    /// Container labels.
-    pub labels: BTreeMap<String, String>,
-    /// Host paths bind-mounted into the container, as (host, container).
-    pub mounts: Vec<(PathBuf, PathBuf)>,
-}
-
-impl ContainerSpec {
-    /// A container running `command` in `image`.
-    pub fn new(
-        name: impl Into<String>,
-        image: impl Into<String>,
-        command: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        ContainerSpec {
-            name: name.into(),
-            image: image.into(),
-            command: command.into_iter().map(Into::into).collect(),
-            ..ContainerSpec::default()
-        }
-    }
-
-    /// Sets the attempt.
-    pub fn with_attempt(mut self, attempt: u32) -> Self {
-        self.attempt = attempt;
-        self
-    }
-
-    /// Bind-mounts a host path into the container.
-    pub fn with_mount(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
-        self.mounts.push((host.into(), container.into()));
-        self
-    }
-
-    fn container_config(&self) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: self.name.clone(),
-                attempt: self.attempt,
-            }),
-            image: Some(cri::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: self.command.clone(),
-            args: self.args.clone(),
-            envs: self
-                .env
-                .iter()
-                .map(|(key, value)| cri::KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            labels: self.labels.clone().into_iter().collect(),
-            mounts: self
-                .mounts
-                .iter()
-                .map(|(host, container)| cri::Mount {
-                    host_path: host.display().to_string(),
-                    container_path: container.display().to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-fn host_network() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-/// A container status in our model; `listed` fills what the status lacks.
-fn status_entry(stats: &RuntimeStats, s: &cri::ContainerStatus, listed: &Container) -> Container {
+/// A CRI container status in our model, as the cache would hold it;
+/// `listed` (the container as listed) fills what the status lacks. Unknown
+/// state values become `Unknown` and are counted in `stats`.
+pub fn container_from_status(
+    stats: &RuntimeStats,
+    s: &cri::ContainerStatus,
+    listed: &Container,
+) -> Container {
     let (name, attempt) = s
         .metadata
         .as_ref()
@@ -1095,7 +837,7 @@ async fn open_events(runtime: &CriRuntime) -> Result<EventStream> {
             message: format!(
                 "runtime endpoint {}: {}",
                 runtime.endpoint,
-                describe(&status)
+                describe_status(&status)
             ),
         }),
         Err(failure) => Err(runtime.error("GetContainerEvents", failure)),
@@ -1136,8 +878,11 @@ impl futures_core::Stream for CriEvents {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Ready(Some(Err(status))) => {
-                    let message =
-                        format!("runtime endpoint {}: {}", self.endpoint, describe(&status));
+                    let message = format!(
+                        "runtime endpoint {}: {}",
+                        self.endpoint,
+                        describe_status(&status)
+                    );
                     Poll::Ready(Some(Err(if is_unimplemented(&status) {
                         Error::Unimplemented {
                             call: "GetContainerEvents",
@@ -1202,7 +947,7 @@ fn event_from_cri(
         .containers_statuses
         .iter()
         .filter(|s| !s.id.is_empty())
-        .map(|s| status_entry(stats, s, &unnamed))
+        .map(|s| container_from_status(stats, s, &unnamed))
         .collect();
     Some(ContainerEvent {
         id: ContainerId::new(&event.container_id),
@@ -1256,8 +1001,9 @@ fn io_error_kind(status: &tonic::Status) -> Option<std::io::ErrorKind> {
     None
 }
 
-/// A status with its code and the chain of causes behind it.
-fn describe(status: &tonic::Status) -> String {
+/// A status with its code and the chain of causes behind it, on one line:
+/// `Unavailable: message: cause: …`, the way pleg's runtime errors quote it.
+pub fn describe_status(status: &tonic::Status) -> String {
     let mut text = format!("{}: {}", code_name(status.code()), status.message());
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {

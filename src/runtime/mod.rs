@@ -10,8 +10,8 @@
 //! The generator bounds every call with its runtime request timeout through
 //! [`bounded`].
 //!
-//! [`fake::FakeRuntime`] is a scripted, deterministic runtime for tests and
-//! benchmarks.
+//! `fake::FakeRuntime` is a scripted, deterministic runtime for tests and
+//! benchmarks, behind the `test-util` feature (pleg-testkit turns it on).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,8 +25,8 @@ use crate::health::go_duration;
 use crate::model::{Container, ContainerId, ContainerState, Listing, Pod, PodMeta, PodStatus};
 
 pub mod cri;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
-pub mod fake_cri;
 
 /// A boxed, sendable future, so that [`Runtime`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

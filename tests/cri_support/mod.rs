@@ -1,6 +1,6 @@
 //! Fixtures for the tests against a real containerd: the endpoint and image
 //! from the environment `scripts/containerd.sh env` prints, pods driven
-//! through pleg's own CRI driver, and per-pod event subscriptions.
+//! through the test kit's CRI driver, and per-pod event subscriptions.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use pleg::model::{Container, ContainerState, PodUid};
-use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
+use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{
     Delivery, EventType, Filter, GenericConfig, GenericPleg, PodLifecycleEvent, RelistDuration,
     SubscribeOptions, Subscription,
 };
+use pleg_testkit::driver::{ContainerSpec, Driver, PodSpec};
 
 /// The namespace every test pod lives in.
 pub const NAMESPACE: &str = "pleg-test";
@@ -45,6 +46,11 @@ pub async fn runtime() -> Arc<CriRuntime> {
     CriRuntime::connect(CriConfig::new(endpoint()))
         .await
         .unwrap_or_else(|e| panic!("connecting to containerd: {e}"))
+}
+
+/// A workload driver for containerd 1.7.
+pub fn driver() -> Arc<Driver> {
+    Arc::new(Driver::new(&endpoint()).unwrap_or_else(|e| panic!("containerd endpoint: {e}")))
 }
 
 /// A generator over the runtime that relists only when told to (period 1 h),
@@ -140,13 +146,13 @@ pub struct TestPod {
 
 impl TestPod {
     /// Runs a sandbox for a new pod.
-    pub async fn run(runtime: &CriRuntime, name: &str) -> TestPod {
+    pub async fn run(driver: &Driver, name: &str) -> TestPod {
         let name = unique(name);
         let spec = PodSpec::new(name.clone(), NAMESPACE, format!("uid-{name}"))
             .with_label("pleg.test/name", name.clone());
         let trigger_dir = std::env::temp_dir().join(format!("pleg-trigger-{name}"));
         std::fs::create_dir_all(&trigger_dir).expect("trigger directory");
-        let sandbox_id = runtime
+        let sandbox_id = driver
             .run_pod(&spec)
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
@@ -165,13 +171,13 @@ impl TestPod {
     /// Creates and starts a container running `command`; returns its ID.
     pub async fn start(
         &self,
-        runtime: &CriRuntime,
+        driver: &Driver,
         name: &str,
         attempt: u32,
         command: Vec<String>,
     ) -> String {
-        let id = self.create(runtime, name, attempt, command).await;
-        runtime
+        let id = self.create(driver, name, attempt, command).await;
+        driver
             .start_container(&id)
             .await
             .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
@@ -181,7 +187,7 @@ impl TestPod {
     /// Creates (without starting) a container running `command`.
     pub async fn create(
         &self,
-        runtime: &CriRuntime,
+        driver: &Driver,
         name: &str,
         attempt: u32,
         command: Vec<String>,
@@ -189,7 +195,7 @@ impl TestPod {
         let spec = ContainerSpec::new(name, image(), command)
             .with_attempt(attempt)
             .with_mount(&self.trigger_dir, "/trigger");
-        runtime
+        driver
             .create_container(&self.sandbox_id, &self.spec, &spec)
             .await
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
@@ -201,12 +207,12 @@ impl TestPod {
     }
 
     /// Stops and removes the sandbox (and with it its containers).
-    pub async fn remove(&self, runtime: &CriRuntime) {
-        runtime
+    pub async fn remove(&self, driver: &Driver) {
+        driver
             .stop_pod(&self.sandbox_id)
             .await
             .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
-        runtime
+        driver
             .remove_pod(&self.sandbox_id)
             .await
             .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
@@ -223,10 +229,10 @@ impl Drop for TestPod {
 }
 
 /// Waits until the runtime reports the container exited (at most 30 s).
-pub async fn wait_exited(runtime: &CriRuntime, id: &str) -> Container {
+pub async fn wait_exited(driver: &Driver, id: &str) -> Container {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match runtime.container_status(id).await {
+        match driver.container_status(id).await {
             Ok(c) if c.state == ContainerState::Exited => return c,
             Ok(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await
@@ -241,6 +247,11 @@ pub async fn wait_exited(runtime: &CriRuntime, id: &str) -> Container {
 /// tests.
 pub fn endpoint16() -> String {
     env("PLEG_CONTAINERD16_ENDPOINT")
+}
+
+/// A workload driver for containerd 1.6.
+pub fn driver16() -> Arc<Driver> {
+    Arc::new(Driver::new(&endpoint16()).unwrap_or_else(|e| panic!("containerd 1.6 endpoint: {e}")))
 }
 
 /// A runtime connected to containerd 1.6.
@@ -275,9 +286,9 @@ impl PlannedPod {
     }
 
     /// Runs the pod's sandbox.
-    pub async fn run(self, runtime: &CriRuntime) -> TestPod {
+    pub async fn run(self, driver: &Driver) -> TestPod {
         std::fs::create_dir_all(&self.trigger_dir).expect("trigger directory");
-        let sandbox_id = runtime
+        let sandbox_id = driver
             .run_pod(&self.spec)
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", self.spec.name));

@@ -1,4 +1,4 @@
-//! `pleg demo --fake`: the relisting generator against the scripted
+//! `pleg-demo --fake`: the relisting generator against the scripted
 //! in-memory runtime, with a small workload and every event printed live.
 
 use anyhow::{Context, Result};
@@ -6,8 +6,7 @@ use pleg::model::{Container, ContainerState, Pod, PodMeta};
 use pleg::runtime::fake::FakeRuntime;
 use pleg::{GenericConfig, GenericPleg, PodUid, RelistDuration};
 
-use super::DemoOptions;
-use super::output::{print_events, report_health};
+use super::{DemoOptions, print_events, report_health};
 
 fn sandbox(pod: usize, state: ContainerState) -> Container {
     Container::new(format!("sandbox-{pod:02}"), format!("web-{pod}"), state)

@@ -1,7 +1,7 @@
-//! `pleg demo` against a real CRI runtime: it connects, starts the relisting
+//! `pleg-demo` against a real CRI runtime: it connects, starts the evented
 //! generator, prints every event live, and drives a small workload of pods
-//! through pleg's own CRI driver: containers that run, one that exits with
-//! code 3 and is re-created as attempt 1, a pod stopped and removed. It
+//! through the test kit's CRI driver: containers that run, one that exits
+//! with code 3 and is re-created as attempt 1, a pod stopped and removed. It
 //! removes every pod it made before it returns, also after a failure.
 
 use std::sync::Arc;
@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pleg::evented::{EventedConfig, EventedPleg};
 use pleg::model::ContainerState;
-use pleg::runtime::cri::{ContainerSpec, CriConfig, CriRuntime, PodSpec};
+use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{GenericPleg, PodUid, RelistDuration};
+use pleg_testkit::driver::{ContainerSpec, Driver, PodSpec};
 
-use super::DemoOptions;
-use super::output::{print_events, report_health};
+use super::{DemoOptions, print_events, report_health};
 
 /// A demo pod: its spec and sandbox.
 struct DemoPod {
@@ -22,15 +22,17 @@ struct DemoPod {
     sandbox_id: String,
 }
 
-/// Connects to the runtime and says which it is.
-async fn connect(endpoint: String) -> Result<Arc<CriRuntime>> {
-    let runtime = CriRuntime::connect(CriConfig::new(endpoint))
+/// Connects to the runtime and says which it is; the driver for the
+/// workload talks to the same endpoint.
+async fn connect(endpoint: String) -> Result<(Arc<CriRuntime>, Driver)> {
+    let runtime = CriRuntime::connect(CriConfig::new(&endpoint))
         .await
         .context("connecting to the container runtime")?;
     if let Some(version) = runtime.version() {
         println!("pleg demo: runtime {version} at {}", runtime.endpoint());
     }
-    Ok(runtime)
+    let driver = Driver::new(&endpoint).context("connecting the workload driver")?;
+    Ok((runtime, driver))
 }
 
 /// A label value that tells this run's pods from any other's.
@@ -43,17 +45,17 @@ fn run_id() -> String {
 }
 
 /// Stops and removes the demo's pods, whatever happened before.
-async fn remove_all(runtime: &CriRuntime, pods: &[DemoPod]) {
+async fn remove_all(driver: &Driver, pods: &[DemoPod]) {
     for pod in pods {
-        let _ = runtime.stop_pod(&pod.sandbox_id).await;
-        if let Err(e) = runtime.remove_pod(&pod.sandbox_id).await {
+        let _ = driver.stop_pod(&pod.sandbox_id).await;
+        if let Err(e) = driver.remove_pod(&pod.sandbox_id).await {
             eprintln!("pleg demo: removing pod {}: {e}", pod.spec.name);
         }
     }
 }
 
 pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
-    let runtime = connect(endpoint).await?;
+    let (runtime, driver) = connect(endpoint).await?;
     let relist = RelistDuration {
         relist_period: options.relist_period,
         relist_threshold: (options.relist_period * 30).max(Duration::from_secs(10)),
@@ -93,7 +95,7 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
             );
         }
         let health = Health::Embedded(&pleg);
-        let result = workload(&runtime, &health, &options, &run_id, &mut pods).await;
+        let result = workload(&driver, &health, &options, &run_id, &mut pods).await;
         settle(&options).await;
         health.report().await;
         let stats = pleg.stats();
@@ -112,11 +114,11 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
             "pleg demo: {} relists, {} events, {} RPCs ({} ListPodSandbox, {} ListContainers, {} PodSandboxStatus, {} ContainerStatus)",
             stats.relists,
             stats.events.iter().sum::<u64>(),
-            runtime_calls(&runtime, None),
-            runtime_calls(&runtime, Some("ListPodSandbox")),
-            runtime_calls(&runtime, Some("ListContainers")),
-            runtime_calls(&runtime, Some("PodSandboxStatus")),
-            runtime_calls(&runtime, Some("ContainerStatus")),
+            runtime_calls(&runtime, &driver, None),
+            runtime_calls(&runtime, &driver, Some("ListPodSandbox")),
+            runtime_calls(&runtime, &driver, Some("ListContainers")),
+            runtime_calls(&runtime, &driver, Some("PodSandboxStatus")),
+            runtime_calls(&runtime, &driver, Some("ContainerStatus")),
         );
         pleg.stop().await;
         drop(printer);
@@ -124,7 +126,7 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
     }
     .await;
     // Leave nothing behind, whatever happened.
-    remove_all(&runtime, &pods).await;
+    remove_all(&driver, &pods).await;
     outcome
 }
 
@@ -142,12 +144,16 @@ async fn wait_for_stream(pleg: &EventedPleg) {
     }
 }
 
-fn runtime_calls(runtime: &CriRuntime, method: Option<&str>) -> u64 {
+/// The RPCs made to the runtime, by pleg and by the workload's driver.
+fn runtime_calls(runtime: &CriRuntime, driver: &Driver, method: Option<&str>) -> u64 {
     use pleg::Runtime;
-    match method {
-        Some(m) => runtime.stats().calls_of(m),
-        None => runtime.stats().calls().values().sum(),
-    }
+    [runtime.stats(), driver.stats()]
+        .into_iter()
+        .map(|stats| match method {
+            Some(m) => stats.calls_of(m),
+            None => stats.calls().values().sum(),
+        })
+        .sum()
 }
 
 /// A few relist periods, for the generator to see the last change.
@@ -182,31 +188,8 @@ impl Health<'_> {
 
 /// A plain HTTP/1.1 GET; (status, body).
 async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .context("connect timed out")?
-            .with_context(|| format!("connecting to {addr}"))?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .context("read timed out")??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("not an HTTP response")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let reply = pleg_testkit::http::get(addr, path).await?;
+    Ok((reply.status, reply.body))
 }
 
 /// Drives the workload while a `pleg run` daemon watches (its events show in
@@ -214,12 +197,12 @@ async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 /// its metrics instead of running a generator of its own, since containerd
 /// 1.7 gives each event to only one stream.
 pub async fn drive(options: DemoOptions, endpoint: String, health_addr: String) -> Result<()> {
-    let runtime = connect(endpoint).await?;
+    let (_runtime, driver) = connect(endpoint).await?;
     let health = Health::Daemon(&health_addr);
     health.report().await;
     let run_id = run_id();
     let mut pods = Vec::new();
-    let result = workload(&runtime, &health, &options, &run_id, &mut pods).await;
+    let result = workload(&driver, &health, &options, &run_id, &mut pods).await;
     settle(&options).await;
     health.report().await;
     match http_get(&health_addr, "/metrics").await {
@@ -240,12 +223,12 @@ pub async fn drive(options: DemoOptions, endpoint: String, health_addr: String) 
         }
         Err(e) => println!("GET http://{health_addr}/metrics: {e:#}"),
     }
-    remove_all(&runtime, &pods).await;
+    remove_all(&driver, &pods).await;
     result
 }
 
 async fn workload(
-    runtime: &Arc<CriRuntime>,
+    driver: &Driver,
     health: &Health<'_>,
     options: &DemoOptions,
     run_id: &str,
@@ -262,17 +245,17 @@ async fn workload(
         let spec = PodSpec::new(name.clone(), "pleg-demo", format!("demo-{run_id}-{i}"))
             .with_label("app", "web")
             .with_label("pleg.demo/run", run_id);
-        let sandbox_id = runtime
+        let sandbox_id = driver
             .run_pod(&spec)
             .await
             .with_context(|| format!("running pod {name}"))?;
         pods.push(DemoPod { spec, sandbox_id });
         let pod = &pods[i];
-        let app = runtime
+        let app = driver
             .create_container(&pod.sandbox_id, &pod.spec, &sleeper("app", 0))
             .await
             .with_context(|| format!("creating the app container of {name}"))?;
-        runtime
+        driver
             .start_container(&app)
             .await
             .with_context(|| format!("starting the app container of {name}"))?;
@@ -284,11 +267,11 @@ async fn workload(
     //    a watch condition is met once it is no longer running.
     let first = &pods[0];
     let job = ContainerSpec::new("job", image, ["/bin/sh", "-c", "sleep 0.5; exit 3"]);
-    let job_id = runtime
+    let job_id = driver
         .create_container(&first.sandbox_id, &first.spec, &job)
         .await
         .context("creating the job container")?;
-    runtime
+    driver
         .start_container(&job_id)
         .await
         .context("starting the job container")?;
@@ -299,23 +282,23 @@ async fn workload(
             pleg::running_container_condition("job", |_| false),
         );
     }
-    wait_exited(runtime, &job_id).await?;
+    wait_exited(driver, &job_id).await?;
     settle(options).await;
 
     // 3. The job is re-created as attempt 1, as a kubelet would restart it.
     let retry = ContainerSpec::new("job", image, ["/bin/sleep", "3600"]).with_attempt(1);
-    let retry_id = runtime
+    let retry_id = driver
         .create_container(&first.sandbox_id, &first.spec, &retry)
         .await
         .context("re-creating the job container")?;
-    runtime
+    driver
         .start_container(&retry_id)
         .await
         .context("starting the job again")?;
     settle(options).await;
 
     // 4. The dead attempt is removed.
-    runtime
+    driver
         .remove_container(&job_id)
         .await
         .context("removing the dead job")?;
@@ -323,12 +306,12 @@ async fn workload(
 
     // 5. The last pod is stopped, then removed.
     if let Some(last) = pods.pop() {
-        runtime
+        driver
             .stop_pod(&last.sandbox_id)
             .await
             .context("stopping the last pod")?;
         settle(options).await;
-        runtime
+        driver
             .remove_pod(&last.sandbox_id)
             .await
             .context("removing the last pod")?;
@@ -337,9 +320,9 @@ async fn workload(
     Ok(())
 }
 
-async fn wait_exited(runtime: &CriRuntime, id: &str) -> Result<()> {
+async fn wait_exited(driver: &Driver, id: &str) -> Result<()> {
     for _ in 0..300 {
-        let status = runtime.container_status(id).await?;
+        let status = driver.container_status(id).await?;
         if status.state == ContainerState::Exited {
             return Ok(());
         }

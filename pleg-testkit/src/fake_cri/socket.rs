@@ -1,0 +1,223 @@
+//! Serving on the unix socket: binding it, the accept loop, and the registry
+//! of open connections that lets the handle cut them all at once (see
+//! [Connections](super#connections)).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::Shutdown;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use super::service::Shared;
+
+/// The accept loop and the socket file it serves on.
+#[derive(Debug)]
+pub(super) struct Serving {
+    pub(super) task: JoinHandle<()>,
+    pub(super) socket: SocketFile,
+}
+
+/// Identity of the socket file we bound, so we never remove a file another
+/// server has since bound at the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SocketFile {
+    pub(super) dev: u64,
+    pub(super) ino: u64,
+}
+
+// --- serving and connections ---
+
+/// Binds the socket and spawns the accept loop.
+pub(super) fn serve_on(shared: &Arc<Shared>, path: &Path) -> io::Result<Serving> {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    let socket = SocketFile {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    shared.connections.accept_new();
+    let incoming = Incoming {
+        listener,
+        connections: Arc::clone(&shared.connections),
+    };
+    let service = RuntimeServiceServer::from_arc(Arc::clone(shared));
+    let task = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "fake CRI server stopped");
+        }
+    });
+    Ok(Serving { task, socket })
+}
+
+pub(super) fn remove_socket_file(path: &Path, socket: SocketFile) {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.dev() == socket.dev
+        && meta.ino() == socket.ino
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The open connections, each as a duplicate of its socket's descriptor so
+/// that it can be shut down from outside the task serving it.
+#[derive(Debug, Default)]
+pub(super) struct Connections {
+    pub(super) inner: Mutex<ConnectionsInner>,
+    pub(super) accepted: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ConnectionsInner {
+    pub(super) open: HashMap<u64, std::os::unix::net::UnixStream>,
+    pub(super) next_id: u64,
+    pub(super) refusing: bool,
+}
+
+impl Connections {
+    pub(super) fn register(self: &Arc<Self>, stream: UnixStream) -> io::Result<Connection> {
+        let stream = stream.into_std()?;
+        let handle = stream.try_clone()?;
+        let stream = UnixStream::from_std(stream)?;
+        let mut inner = self.inner.lock();
+        if inner.refusing {
+            let _ = handle.shutdown(Shutdown::Both);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "fake CRI server is shutting down",
+            ));
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.open.insert(id, handle);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(Connection {
+            stream,
+            id,
+            connections: Arc::clone(self),
+        })
+    }
+
+    pub(super) fn open(&self) -> usize {
+        self.inner.lock().open.len()
+    }
+
+    /// Shuts every open connection down; returns how many.
+    pub(super) fn cut_all(&self) -> usize {
+        let cut: Vec<_> = self.inner.lock().open.drain().map(|(_, s)| s).collect();
+        for socket in &cut {
+            // Fails only if the peer is already gone, which is the goal.
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        cut.len()
+    }
+
+    pub(super) fn refuse_new(&self) {
+        self.inner.lock().refusing = true;
+    }
+
+    pub(super) fn accept_new(&self) {
+        self.inner.lock().refusing = false;
+    }
+}
+
+/// Accepted connections, registered as they come.
+pub(super) struct Incoming {
+    pub(super) listener: UnixListener,
+    pub(super) connections: Arc<Connections>,
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Connection>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.listener.poll_accept(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(this.connections.register(stream))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+        }
+    }
+}
+
+/// One accepted connection; leaves the registry when hyper drops it.
+#[derive(Debug)]
+pub(super) struct Connection {
+    pub(super) stream: UnixStream,
+    pub(super) id: u64,
+    pub(super) connections: Arc<Connections>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.connections.inner.lock().open.remove(&self.id);
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

@@ -1,6 +1,6 @@
 //! Compiles pleg's own gRPC API (`proto/pleg/v1/pleg.proto`) into Rust: the
 //! messages, the `Pleg` server trait and its client. The code is included by
-//! `src/server/grpc.rs`; protobuf types never leave that module.
+//! `src/server/grpc/mod.rs`; protobuf types never leave that module.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     const PROTO: &str = "proto/pleg/v1/pleg.proto";

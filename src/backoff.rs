@@ -18,7 +18,7 @@ pub struct Backoff {
     current: Duration,
     /// Failures since the last reset.
     failures: u32,
-    rng: u64,
+    rng: fastrand::Rng,
 }
 
 impl Backoff {
@@ -32,7 +32,7 @@ impl Backoff {
             jitter: 0.2,
             current: min,
             failures: 0,
-            rng: seed(),
+            rng: fastrand::Rng::new(),
         }
     }
 
@@ -65,7 +65,7 @@ impl Backoff {
             return base;
         }
         // A uniform number in [-1, 1).
-        let unit = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let unit = self.rng.f64() * 2.0 - 1.0;
         base.mul_f64(1.0 + unit * self.jitter).min(self.max)
     }
 
@@ -79,22 +79,6 @@ impl Backoff {
         self.current = self.min;
         self.failures = 0;
     }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64*: plenty for spreading delays.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-fn seed() -> u64 {
-    use std::hash::BuildHasher;
-    // RandomState is seeded from the OS once per process, then per instance.
-    std::collections::hash_map::RandomState::new().hash_one(0u8) | 1
 }
 
 #[cfg(test)]

@@ -75,6 +75,7 @@ pub mod backoff;
 pub mod cache;
 pub mod condition;
 pub mod diff;
+pub mod error;
 pub mod event;
 pub mod evented;
 pub mod generic;
@@ -84,6 +85,7 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod server;
+pub mod unix;
 
 pub use cache::{CacheEntry, CacheReader, PodCache};
 pub use condition::{WatchCondition, running_container_condition};

@@ -380,16 +380,12 @@ pub fn synthetic_pods(count: usize) -> Vec<Pod> {
 
 /// A deterministic 64-hex-digit runtime ID for entry `entry` of pod `pod`.
 pub fn runtime_id(pod: usize, entry: usize) -> String {
-    let mut x = (pod as u64) << 8 | entry as u64;
+    // Seeded by the entry, so the same entry always gets the same ID; the
+    // generator spreads the bits so that IDs look like a runtime's.
+    let mut rng = fastrand::Rng::with_seed((pod as u64) << 8 | entry as u64);
     let mut id = String::with_capacity(64);
     for _ in 0..4 {
-        // splitmix64: spreads the bits so IDs look like a runtime's.
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        id.push_str(&format!("{z:016x}"));
+        id.push_str(&format!("{:016x}", rng.u64(..)));
     }
     id
 }

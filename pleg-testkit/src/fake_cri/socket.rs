@@ -1,11 +1,13 @@
 //! Serving on the unix socket: binding it, the accept loop, and the registry
 //! of open connections that lets the handle cut them all at once (see
-//! [Connections](super#connections)).
+//! [Connections](super#connections)). The socket's identity and the stream
+//! of accepted connections are pleg's own ([`pleg::unix`]); wrapping each
+//! connection so that it can be cut is the fake's.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use parking_lot::Mutex;
+use pleg::unix::SocketIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
@@ -26,15 +29,9 @@ use super::service::Shared;
 #[derive(Debug)]
 pub(super) struct Serving {
     pub(super) task: JoinHandle<()>,
-    pub(super) socket: SocketFile,
-}
-
-/// Identity of the socket file we bound, so we never remove a file another
-/// server has since bound at the same path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct SocketFile {
-    pub(super) dev: u64,
-    pub(super) ino: u64,
+    /// The file bound, so that we never remove a socket another server has
+    /// bound at the same path since.
+    pub(super) socket: SocketIdentity,
 }
 
 // --- serving and connections ---
@@ -47,14 +44,10 @@ pub(super) fn serve_on(shared: &Arc<Shared>, path: &Path) -> io::Result<Serving>
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
-    let meta = std::fs::symlink_metadata(path)?;
-    let socket = SocketFile {
-        dev: meta.dev(),
-        ino: meta.ino(),
-    };
+    let socket = SocketIdentity::of(path)?;
     shared.connections.accept_new();
     let incoming = Incoming {
-        listener,
+        accepted: pleg::unix::Incoming::new(listener),
         connections: Arc::clone(&shared.connections),
     };
     let service = RuntimeServiceServer::from_arc(Arc::clone(shared));
@@ -70,13 +63,9 @@ pub(super) fn serve_on(shared: &Arc<Shared>, path: &Path) -> io::Result<Serving>
     Ok(Serving { task, socket })
 }
 
-pub(super) fn remove_socket_file(path: &Path, socket: SocketFile) {
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.dev() == socket.dev
-        && meta.ino() == socket.ino
-    {
-        let _ = std::fs::remove_file(path);
-    }
+pub(super) fn remove_socket_file(path: &Path, socket: SocketIdentity) {
+    // A socket that cannot be removed is left behind; the test goes on.
+    let _ = socket.remove_if_unchanged(path);
 }
 
 /// The open connections, each as a duplicate of its socket's descriptor so
@@ -143,7 +132,7 @@ impl Connections {
 
 /// Accepted connections, registered as they come.
 pub(super) struct Incoming {
-    pub(super) listener: UnixListener,
+    pub(super) accepted: pleg::unix::Incoming,
     pub(super) connections: Arc<Connections>,
 }
 
@@ -152,11 +141,9 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.listener.poll_accept(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(this.connections.register(stream))),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-        }
+        Pin::new(&mut this.accepted)
+            .poll_next(cx)
+            .map(|accepted| accepted.map(|stream| this.connections.register(stream?)))
     }
 }
 

@@ -3,8 +3,6 @@
 //! make to them, with the events containerd would send.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
@@ -29,8 +27,8 @@ pub(super) struct RuntimeState {
     pub(super) statuses: HashMap<String, ContainerStatus>,
     pub(super) sandbox_ips: HashMap<String, Vec<String>>,
     pub(super) last_timestamp: i64,
-    pub(super) id_seed: u64,
-    pub(super) ids_made: u64,
+    /// Makes the ids; seeded at random, so that two servers' ids differ.
+    pub(super) ids: fastrand::Rng,
     pub(super) ips_made: u32,
 }
 
@@ -48,8 +46,7 @@ impl Default for RuntimeState {
             statuses: HashMap::new(),
             sandbox_ips: HashMap::new(),
             last_timestamp: 0,
-            id_seed: random_u64(),
-            ids_made: 0,
+            ids: fastrand::Rng::new(),
             ips_made: 0,
         }
     }
@@ -66,12 +63,9 @@ impl RuntimeState {
 
     /// A fresh 64-hex-digit id, like containerd's.
     pub(super) fn new_id(&mut self) -> String {
-        self.ids_made += 1;
-        let mut x = self.id_seed ^ self.ids_made.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut id = String::with_capacity(64);
         for _ in 0..4 {
-            x = splitmix64(x);
-            id.push_str(&format!("{x:016x}"));
+            id.push_str(&format!("{:016x}", self.ids.u64(..)));
         }
         id
     }
@@ -491,20 +485,4 @@ pub(super) fn now_ns_of(time: SystemTime) -> i64 {
 
 pub(super) fn wall_clock_ns() -> i64 {
     now_ns_of(SystemTime::now())
-}
-
-pub(super) fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A random number from the standard library's per-process hash keys.
-pub(super) fn random_u64() -> u64 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    hasher.write_i64(wall_clock_ns());
-    hasher.finish()
 }

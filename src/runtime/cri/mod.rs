@@ -1,0 +1,345 @@
+//! [`Runtime`] over CRI v1, the gRPC API containerd and CRI-O serve on a unix
+//! socket. The crictl-style workload driver lives in `pleg-testkit`.
+//!
+//! This module is the only place that sees CRI protobuf types: listings and
+//! statuses are converted into our [`model`](crate::model) here.
+//!
+//! ## Cost
+//! A relist is exactly two RPCs, `ListPodSandbox` and `ListContainers`, both
+//! unfiltered (all states). The status of a changed pod is one
+//! `PodSandboxStatus` per sandbox of the pod plus one `ContainerStatus` per
+//! container of the pod: that is where exit codes, reasons and start and
+//! finish times come from. The first call on a lazily connected runtime also
+//! asks `Version`, once.
+//!
+//! ## Identity
+//! A pod's UID, name and namespace come from its sandbox's metadata, its
+//! labels from the sandbox's labels (of the newest sandbox, when a pod has
+//! several). A container belongs to the pod of its `pod_sandbox_id`; a
+//! container whose sandbox is not in the sandbox listing (it was created
+//! between the two list calls) falls back to the kubelet's
+//! `io.kubernetes.pod.uid` label, and without one waits for the next relist.
+//!
+//! ## Bad data
+//! Nothing the runtime sends can panic this module. An enum value we do not
+//! know becomes `Unknown` and is counted ([`RuntimeStats::unknown_values`]);
+//! a record we cannot use (an empty ID, a sandbox without metadata or UID) is
+//! left out and counted ([`RuntimeStats::skipped_records`]).
+//!
+//! ## Connection
+//! Every RPC is bounded by the runtime request timeout (default 2 minutes,
+//! the kubelet's `--runtime-request-timeout`). The channel reconnects by
+//! itself after the connection drops; the call that noticed the drop fails and
+//! the next one connects again. HTTP/2 keep-alive pings notice a dead peer.
+//!
+//! ## Layout
+//! This file holds the runtime and its calls; `endpoint.rs` parses the
+//! endpoint and connects (the `Version` handshake, [`ConnectError`]),
+//! `convert.rs` holds the pure conversions from CRI messages into our model,
+//! `events.rs` the event stream.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::sync::OnceCell;
+use tonic::transport::Channel;
+
+use super::{BoxFuture, Error, EventStream, Result, Runtime, RuntimeStats};
+use crate::model::{Container, ContainerState, Listing, Pod, PodStatus};
+
+mod convert;
+mod endpoint;
+mod events;
+
+pub use convert::container_from_status;
+pub use endpoint::{ConnectError, CriConfig, RuntimeEndpoint, RuntimeVersion};
+
+/// The socket containerd serves CRI on by default.
+pub const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// The kubelet's default runtime request timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The largest message accepted from the runtime, as in the kubelet: a node
+/// with thousands of containers lists more than gRPC's default 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// The HTTP/2 keep-alive interval. containerd (grpc-go's default enforcement
+/// policy) tolerates one ping per 5 minutes on a quiet connection and answers
+/// more with `GOAWAY too_many_pings`, cutting the event stream; so pleg pings
+/// a little less often than that. A runtime that dies closes the unix socket,
+/// which is noticed at once; keep-alive is for a peer that hangs.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(330);
+
+/// The CRI API version pleg speaks.
+pub const CRI_API_VERSION: &str = "v1";
+
+/// A failed RPC, before it becomes a [`runtime::Error`](Error).
+enum RpcFailure {
+    Status(tonic::Status),
+    Timeout(Duration),
+}
+
+/// A CRI v1 runtime on a unix socket.
+pub struct CriRuntime {
+    endpoint: RuntimeEndpoint,
+    client: RuntimeServiceClient<Channel>,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    version: OnceCell<RuntimeVersion>,
+    stats: Arc<RuntimeStats>,
+}
+
+impl std::fmt::Debug for CriRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriRuntime")
+            .field("endpoint", &self.endpoint.to_string())
+            .field("version", &self.version.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CriRuntime {
+    /// The endpoint, as `unix:///path`.
+    pub fn endpoint(&self) -> &RuntimeEndpoint {
+        &self.endpoint
+    }
+
+    /// What the runtime said about itself, once a call succeeded.
+    pub fn version(&self) -> Option<&RuntimeVersion> {
+        self.version.get()
+    }
+
+    /// Runs one RPC with a deadline, counting it by method and outcome.
+    async fn rpc<T, F, Fut>(
+        &self,
+        method: &'static str,
+        timeout: Duration,
+        call: F,
+    ) -> std::result::Result<T, RpcFailure>
+    where
+        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.stats.count_call(method);
+        match tokio::time::timeout(timeout, call(self.client.clone())).await {
+            Ok(Ok(response)) => {
+                self.stats.count_outcome(method, "OK");
+                Ok(response.into_inner())
+            }
+            Ok(Err(status)) => {
+                self.stats.count_outcome(method, code_name(status.code()));
+                Err(RpcFailure::Status(status))
+            }
+            Err(_) => {
+                self.stats.count_outcome(method, "Timeout");
+                Err(RpcFailure::Timeout(timeout))
+            }
+        }
+    }
+
+    /// An RPC bounded by the request timeout, its failure as a runtime error.
+    async fn call<T, F, Fut>(&self, method: &'static str, call: F) -> Result<T>
+    where
+        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.rpc(method, self.request_timeout, call)
+            .await
+            .map_err(|failure| self.error(method, failure))
+    }
+
+    fn error(&self, call: &'static str, failure: RpcFailure) -> Error {
+        match failure {
+            RpcFailure::Timeout(after) => Error::Timeout { call, after },
+            RpcFailure::Status(status) => {
+                let message =
+                    if status.code() == tonic::Code::Unavailable && !self.endpoint.exists() {
+                        format!("runtime endpoint {}: no such socket", self.endpoint)
+                    } else {
+                        format!(
+                            "runtime endpoint {}: {}",
+                            self.endpoint,
+                            describe_status(&status)
+                        )
+                    };
+                Error::Failed { call, message }
+            }
+        }
+    }
+
+    /// Makes sure the version was checked before the first real call.
+    async fn ready(&self) -> Result<()> {
+        match self.verify().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Failed {
+                call: "Version",
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        self.ready().await?;
+        let sandboxes = self
+            .call("ListPodSandbox", |mut c| async move {
+                c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                    .await
+            })
+            .await?
+            .items;
+        let containers = self
+            .call("ListContainers", |mut c| async move {
+                c.list_containers(cri::ListContainersRequest { filter: None })
+                    .await
+            })
+            .await?
+            .containers;
+        Ok(convert::listing(&self.stats, sandboxes, containers))
+    }
+
+    async fn status(&self, pod: &Pod) -> Result<PodStatus> {
+        self.ready().await?;
+        let mut status = PodStatus::new(pod.meta.clone());
+        let mut sandbox_ids: Vec<&Container> = pod.sandboxes.iter().collect();
+        sandbox_ids.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        for (newest, sandbox) in sandbox_ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (i == 0, s))
+        {
+            let request = cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.id.as_str().to_string(),
+                verbose: false,
+            };
+            let answer = self
+                .rpc(
+                    "PodSandboxStatus",
+                    self.request_timeout,
+                    |mut c| async move { c.pod_sandbox_status(request).await },
+                )
+                .await;
+            let Some(s) = (match answer {
+                Ok(answer) => answer.status,
+                // Removed since the listing: the next relist reports it gone.
+                Err(RpcFailure::Status(e)) if e.code() == tonic::Code::NotFound => continue,
+                Err(failure) => return Err(self.error("PodSandboxStatus", failure)),
+            }) else {
+                continue;
+            };
+            let entry = convert::sandbox_from_status(&self.stats, &s, sandbox);
+            if newest
+                && entry.state == ContainerState::Running
+                && let Some(network) = &s.network
+            {
+                status.ips = convert::sandbox_ips(network);
+            }
+            status.sandboxes.push(entry);
+        }
+        for container in &pod.containers {
+            let request = cri::ContainerStatusRequest {
+                container_id: container.id.as_str().to_string(),
+                verbose: false,
+            };
+            let answer = self
+                .rpc(
+                    "ContainerStatus",
+                    self.request_timeout,
+                    |mut c| async move { c.container_status(request).await },
+                )
+                .await;
+            match answer {
+                Ok(answer) => {
+                    if let Some(s) = answer.status {
+                        status
+                            .containers
+                            .push(container_from_status(&self.stats, &s, container));
+                    }
+                }
+                Err(RpcFailure::Status(e)) if e.code() == tonic::Code::NotFound => continue,
+                Err(failure) => return Err(self.error("ContainerStatus", failure)),
+            }
+        }
+        Ok(status)
+    }
+
+    // ---- Pod teardown: the calls crictl makes for `stopp` and `rmp`. ----
+
+    /// Stops a pod sandbox and its containers (crictl `stopp`).
+    pub async fn stop_pod(&self, sandbox_id: &str) -> Result<()> {
+        let request = cri::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox_id.to_string(),
+        };
+        self.call("StopPodSandbox", |mut c| async move {
+            c.stop_pod_sandbox(request).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes a pod sandbox and its containers (crictl `rmp`).
+    pub async fn remove_pod(&self, sandbox_id: &str) -> Result<()> {
+        let request = cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox_id.to_string(),
+        };
+        self.call("RemovePodSandbox", |mut c| async move {
+            c.remove_pod_sandbox(request).await
+        })
+        .await
+        .map(drop)
+    }
+}
+
+impl Runtime for CriRuntime {
+    fn list_pods(&self) -> BoxFuture<'_, Result<Listing>> {
+        Box::pin(self.list())
+    }
+
+    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<PodStatus>> {
+        Box::pin(self.status(pod))
+    }
+
+    fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+
+    fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(events::open(self))
+    }
+}
+
+/// A status with its code and the chain of causes behind it, on one line:
+/// `Unavailable: message: cause: …`, the way pleg's runtime errors quote it.
+pub fn describe_status(status: &tonic::Status) -> String {
+    crate::error::chain_after(
+        format!("{}: {}", code_name(status.code()), status.message()),
+        std::error::Error::source(status),
+    )
+}
+
+/// gRPC code names as they appear in metrics and logs.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}

@@ -1,0 +1,636 @@
+//! Conversions between our model and protobuf ([`pb`]), both ways: the
+//! server's answers and the `Watch` request it reads, the client's reading
+//! of them. Pure functions; protobuf types go no further than this module's
+//! parent.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::Status;
+
+use super::{Health, HealthCheck, MAX_CAPACITY, PodListing, pb, sorted_last_events};
+use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
+use crate::evented::{Mode, StreamState};
+use crate::generic::LastEvent;
+use crate::hub::{DEFAULT_CAPACITY, Delivery, Filter, SubscribeOptions};
+use crate::model::{Container, ContainerState, EntryKind, PodMeta, PodStatus, PodUid};
+
+// --- conversions: our model to protobuf ---
+
+/// Nanoseconds since the Unix epoch, saturating outside what an `i64` holds
+/// (before 1677 or after 2262).
+fn unix_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn event_type_to_pb(kind: EventType) -> pb::EventType {
+    match kind {
+        EventType::ContainerStarted => pb::EventType::ContainerStarted,
+        EventType::ContainerDied => pb::EventType::ContainerDied,
+        EventType::ContainerRemoved => pb::EventType::ContainerRemoved,
+        EventType::PodSync => pb::EventType::PodSync,
+        EventType::ContainerChanged => pb::EventType::ContainerChanged,
+        EventType::ConditionMet => pb::EventType::ConditionMet,
+    }
+}
+
+fn source_to_pb(source: EventSource) -> pb::Source {
+    match source {
+        EventSource::Relist => pb::Source::Relist,
+        EventSource::Stream => pb::Source::Stream,
+    }
+}
+
+fn entry_kind_to_pb(kind: EntryKind) -> pb::EntryKind {
+    match kind {
+        EntryKind::Sandbox => pb::EntryKind::Sandbox,
+        EntryKind::Container => pb::EntryKind::Container,
+    }
+}
+
+fn state_to_pb(state: ContainerState) -> pb::ContainerState {
+    match state {
+        ContainerState::Created => pb::ContainerState::Created,
+        ContainerState::Running => pb::ContainerState::Running,
+        ContainerState::Exited => pb::ContainerState::Exited,
+        ContainerState::Unknown => pb::ContainerState::Unknown,
+    }
+}
+
+fn mode_to_pb(mode: Mode) -> pb::Mode {
+    match mode {
+        Mode::Evented => pb::Mode::Evented,
+        Mode::Generic => pb::Mode::Generic,
+    }
+}
+
+fn stream_state_to_pb(state: StreamState) -> pb::StreamState {
+    match state {
+        StreamState::Stopped => pb::StreamState::Stopped,
+        StreamState::Connecting => pb::StreamState::Connecting,
+        StreamState::Streaming => pb::StreamState::Streaming,
+        StreamState::Backoff => pb::StreamState::Backoff,
+        StreamState::Fallback => pb::StreamState::Fallback,
+    }
+}
+
+fn pod_to_pb(meta: &PodMeta) -> pb::Pod {
+    pb::Pod {
+        uid: meta.uid.to_string(),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        labels: meta.labels.clone(),
+    }
+}
+
+fn event_to_pb(event: &PodLifecycleEvent) -> pb::LifecycleEvent {
+    pb::LifecycleEvent {
+        r#type: event_type_to_pb(event.kind).into(),
+        pod: Some(pod_to_pb(&event.pod)),
+        container: event.container.as_ref().map(|c| pb::ContainerRef {
+            id: c.id.to_string(),
+            name: c.name.clone(),
+            attempt: c.attempt,
+            kind: entry_kind_to_pb(c.kind).into(),
+        }),
+        exit_code: event.exit_code,
+        reason: event.reason.clone(),
+        source: source_to_pb(event.source).into(),
+        observed_at_unix_nanos: unix_nanos(event.observed_at),
+        runtime_time_unix_nanos: event.runtime_time.map(unix_nanos),
+    }
+}
+
+pub(super) fn delivery_to_pb(delivery: &Delivery) -> pb::Event {
+    let item = match delivery {
+        Delivery::Event(event) => pb::event::Item::Lifecycle(event_to_pb(event)),
+        Delivery::Resync { missed } => pb::event::Item::Resync(pb::Resync { missed: *missed }),
+    };
+    pb::Event { item: Some(item) }
+}
+
+fn last_event_to_pb(last: &LastEvent) -> pb::LastEvent {
+    pb::LastEvent {
+        container_id: last.id.to_string(),
+        r#type: event_type_to_pb(last.kind).into(),
+        at_unix_nanos: unix_nanos(last.at),
+        source: source_to_pb(last.source).into(),
+    }
+}
+
+fn container_to_pb(c: &Container, last: Option<&LastEvent>) -> pb::ContainerStatus {
+    pb::ContainerStatus {
+        id: c.id.to_string(),
+        name: c.name.clone(),
+        attempt: c.attempt,
+        state: state_to_pb(c.state).into(),
+        created_at_unix_nanos: c.created_at.map(unix_nanos),
+        started_at_unix_nanos: c.started_at.map(unix_nanos),
+        finished_at_unix_nanos: c.finished_at.map(unix_nanos),
+        exit_code: c.exit_code,
+        reason: c.reason.clone(),
+        image: c.image.clone(),
+        last_event: last.map(last_event_to_pb),
+    }
+}
+
+pub(super) fn listing_to_pb(listing: &PodListing) -> pb::PodStatus {
+    let status = &listing.status;
+    let entries = |list: &[Container]| -> Vec<pb::ContainerStatus> {
+        list.iter()
+            .map(|c| container_to_pb(c, listing.last_event(&c.id)))
+            .collect()
+    };
+    pb::PodStatus {
+        pod: Some(pod_to_pb(&status.meta)),
+        sandboxes: entries(&status.sandboxes),
+        containers: entries(&status.containers),
+        ips: status.ips.clone(),
+        runtime_time_unix_nanos: status.timestamp.map(unix_nanos),
+        error: listing.error.clone(),
+        other_last_events: listing
+            .last_events
+            .iter()
+            .filter(|e| status.find(&e.id).is_none())
+            .map(last_event_to_pb)
+            .collect(),
+    }
+}
+
+pub(super) fn health_to_pb(health: &Health) -> pb::HealthResponse {
+    pb::HealthResponse {
+        healthy: health.healthy,
+        checks: health
+            .checks
+            .iter()
+            .map(|c| pb::HealthCheck {
+                name: c.name.clone(),
+                ok: c.ok,
+                message: c.message.clone(),
+            })
+            .collect(),
+        mode: mode_to_pb(health.mode).into(),
+        stream_state: stream_state_to_pb(health.stream_state).into(),
+    }
+}
+
+/// The subscription a `Watch` request asks for, or `InvalidArgument` naming
+/// the field and value that is wrong.
+pub(super) fn subscribe_options(request: &pb::WatchRequest) -> Result<SubscribeOptions, Status> {
+    let invalid = |message: String| Status::invalid_argument(message);
+    let capacity = match usize::try_from(request.capacity) {
+        Ok(0) => DEFAULT_CAPACITY,
+        Ok(c) if c <= MAX_CAPACITY => c,
+        _ => {
+            return Err(invalid(format!(
+                "capacity {} is above the maximum of {MAX_CAPACITY} events",
+                request.capacity
+            )));
+        }
+    };
+    let mut kinds = std::collections::HashSet::new();
+    for (i, &value) in request.kinds.iter().enumerate() {
+        let known = pb::EventType::try_from(value)
+            .map_err(|_| invalid(format!("kinds[{i}]: unknown event type {value}")))?;
+        let kind = event_type_from_pb(known).ok_or_else(|| {
+            invalid(format!(
+                "kinds[{i}] is {}, which is not an event type",
+                known.as_str_name()
+            ))
+        })?;
+        kinds.insert(kind);
+    }
+    if kinds.contains(&EventType::ContainerChanged) && !request.include_container_changed {
+        return Err(invalid(
+            "kinds lists EVENT_TYPE_CONTAINER_CHANGED but include_container_changed is false, \
+             so it would never be delivered; set include_container_changed"
+                .to_string(),
+        ));
+    }
+    let mut pod_uids = std::collections::HashSet::new();
+    for (i, uid) in request.pod_uids.iter().enumerate() {
+        if uid.is_empty() {
+            return Err(invalid(format!("pod_uids[{i}] is empty")));
+        }
+        pod_uids.insert(PodUid::new(uid));
+    }
+    Ok(SubscribeOptions {
+        capacity,
+        filter: Filter {
+            pod_uids: (!pod_uids.is_empty()).then_some(pod_uids),
+            namespace: (!request.namespace.is_empty()).then(|| request.namespace.clone()),
+            labels: request.labels.clone(),
+            kinds: (!kinds.is_empty()).then_some(kinds),
+            include_container_changed: request.include_container_changed,
+        },
+    })
+}
+
+// --- conversions: protobuf to our model (the client's side) ---
+
+fn event_type_from_pb(kind: pb::EventType) -> Option<EventType> {
+    match kind {
+        pb::EventType::Unspecified => None,
+        pb::EventType::ContainerStarted => Some(EventType::ContainerStarted),
+        pb::EventType::ContainerDied => Some(EventType::ContainerDied),
+        pb::EventType::ContainerRemoved => Some(EventType::ContainerRemoved),
+        pb::EventType::PodSync => Some(EventType::PodSync),
+        pb::EventType::ContainerChanged => Some(EventType::ContainerChanged),
+        pb::EventType::ConditionMet => Some(EventType::ConditionMet),
+    }
+}
+
+/// Decodes an enum field, naming the field and the value when it is unknown
+/// or unspecified.
+fn decode_enum<P, T>(
+    field: &str,
+    value: i32,
+    decode: impl FnOnce(P) -> Option<T>,
+) -> Result<T, String>
+where
+    P: TryFrom<i32>,
+{
+    P::try_from(value)
+        .ok()
+        .and_then(decode)
+        .ok_or_else(|| format!("{field}: unknown or unspecified value {value}"))
+}
+
+fn event_type_field(field: &str, value: i32) -> Result<EventType, String> {
+    decode_enum(field, value, event_type_from_pb)
+}
+
+fn source_field(field: &str, value: i32) -> Result<EventSource, String> {
+    decode_enum(field, value, |s: pb::Source| match s {
+        pb::Source::Unspecified => None,
+        pb::Source::Relist => Some(EventSource::Relist),
+        pb::Source::Stream => Some(EventSource::Stream),
+    })
+}
+
+fn time_field(field: &str, nanos: i64) -> Result<SystemTime, String> {
+    let offset = Duration::from_nanos(nanos.unsigned_abs());
+    let time = if nanos >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    };
+    time.ok_or_else(|| format!("{field}: {nanos} ns since the epoch is out of range"))
+}
+
+fn optional_time_field(field: &str, nanos: Option<i64>) -> Result<Option<SystemTime>, String> {
+    nanos.map(|n| time_field(field, n)).transpose()
+}
+
+fn pod_from_pb(field: &str, pod: Option<pb::Pod>) -> Result<PodMeta, String> {
+    let pod = pod.ok_or_else(|| format!("{field} is missing"))?;
+    if pod.uid.is_empty() {
+        return Err(format!("{field}.uid is empty"));
+    }
+    Ok(PodMeta {
+        uid: PodUid::new(pod.uid),
+        name: pod.name,
+        namespace: pod.namespace,
+        labels: pod.labels,
+    })
+}
+
+fn event_from_pb(event: pb::LifecycleEvent) -> Result<PodLifecycleEvent, String> {
+    let container = event
+        .container
+        .map(|c| {
+            let kind = decode_enum("event.container.kind", c.kind, |k: pb::EntryKind| match k {
+                pb::EntryKind::Unspecified => None,
+                pb::EntryKind::Sandbox => Some(EntryKind::Sandbox),
+                pb::EntryKind::Container => Some(EntryKind::Container),
+            })?;
+            Ok::<_, String>(ContainerRef {
+                id: c.id.into(),
+                name: c.name,
+                attempt: c.attempt,
+                kind,
+            })
+        })
+        .transpose()?;
+    Ok(PodLifecycleEvent {
+        pod: Arc::new(pod_from_pb("event.pod", event.pod)?),
+        kind: event_type_field("event.type", event.r#type)?,
+        container,
+        exit_code: event.exit_code,
+        reason: event.reason,
+        source: source_field("event.source", event.source)?,
+        runtime_time: optional_time_field("event.runtime_time", event.runtime_time_unix_nanos)?,
+        observed_at: time_field("event.observed_at", event.observed_at_unix_nanos)?,
+    })
+}
+
+pub(super) fn delivery_from_pb(event: pb::Event) -> Result<Delivery, String> {
+    match event.item {
+        Some(pb::event::Item::Lifecycle(e)) => Ok(Delivery::Event(Arc::new(event_from_pb(e)?))),
+        Some(pb::event::Item::Resync(r)) => Ok(Delivery::Resync { missed: r.missed }),
+        None => Err("an Event with neither lifecycle nor resync set".to_string()),
+    }
+}
+
+fn last_event_from_pb(field: &str, last: pb::LastEvent) -> Result<LastEvent, String> {
+    Ok(LastEvent {
+        id: last.container_id.into(),
+        kind: event_type_field(&format!("{field}.type"), last.r#type)?,
+        at: time_field(&format!("{field}.at"), last.at_unix_nanos)?,
+        source: source_field(&format!("{field}.source"), last.source)?,
+    })
+}
+
+fn container_from_pb(
+    field: &str,
+    c: pb::ContainerStatus,
+    last_events: &mut Vec<LastEvent>,
+) -> Result<Container, String> {
+    // A state this client does not know (a newer daemon) is what the model
+    // calls unknown: "a value we did not recognise".
+    let state = match pb::ContainerState::try_from(c.state) {
+        Ok(pb::ContainerState::Created) => ContainerState::Created,
+        Ok(pb::ContainerState::Running) => ContainerState::Running,
+        Ok(pb::ContainerState::Exited) => ContainerState::Exited,
+        Ok(pb::ContainerState::Unknown | pb::ContainerState::Unspecified) | Err(_) => {
+            ContainerState::Unknown
+        }
+    };
+    if let Some(last) = c.last_event {
+        let mut last = last_event_from_pb(&format!("{field}.last_event"), last)?;
+        // The entry's own ID is authoritative; an empty `container_id` here
+        // is redundant rather than wrong.
+        last.id = c.id.as_str().into();
+        last_events.push(last);
+    }
+    Ok(Container {
+        id: c.id.into(),
+        name: c.name,
+        attempt: c.attempt,
+        state,
+        created_at: optional_time_field(&format!("{field}.created_at"), c.created_at_unix_nanos)?,
+        started_at: optional_time_field(&format!("{field}.started_at"), c.started_at_unix_nanos)?,
+        finished_at: optional_time_field(
+            &format!("{field}.finished_at"),
+            c.finished_at_unix_nanos,
+        )?,
+        exit_code: c.exit_code,
+        reason: c.reason,
+        image: c.image,
+    })
+}
+
+pub(super) fn listing_from_pb(status: pb::PodStatus) -> Result<PodListing, String> {
+    let meta = Arc::new(pod_from_pb("pod_status.pod", status.pod)?);
+    let uid = meta.uid.clone();
+    let mut last_events = Vec::new();
+    let mut entries = |what: &str, list: Vec<pb::ContainerStatus>| {
+        list.into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                container_from_pb(&format!("pod {uid}: {what}[{i}]"), c, &mut last_events)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let sandboxes = entries("sandboxes", status.sandboxes)?;
+    let containers = entries("containers", status.containers)?;
+    for (i, last) in status.other_last_events.into_iter().enumerate() {
+        last_events.push(last_event_from_pb(
+            &format!("pod {uid}: other_last_events[{i}]"),
+            last,
+        )?);
+    }
+    Ok(PodListing {
+        status: PodStatus {
+            sandboxes,
+            containers,
+            ips: status.ips,
+            timestamp: optional_time_field(
+                &format!("pod {uid}: runtime_time"),
+                status.runtime_time_unix_nanos,
+            )?,
+            meta,
+        },
+        error: status.error,
+        last_events: sorted_last_events(last_events),
+    })
+}
+
+pub(super) fn health_from_pb(health: pb::HealthResponse) -> Result<Health, String> {
+    let mode = decode_enum("health.mode", health.mode, |m: pb::Mode| match m {
+        pb::Mode::Unspecified => None,
+        pb::Mode::Evented => Some(Mode::Evented),
+        pb::Mode::Generic => Some(Mode::Generic),
+    })?;
+    let stream_state = decode_enum(
+        "health.stream_state",
+        health.stream_state,
+        |s: pb::StreamState| match s {
+            pb::StreamState::Unspecified => None,
+            pb::StreamState::Stopped => Some(StreamState::Stopped),
+            pb::StreamState::Connecting => Some(StreamState::Connecting),
+            pb::StreamState::Streaming => Some(StreamState::Streaming),
+            pb::StreamState::Backoff => Some(StreamState::Backoff),
+            pb::StreamState::Fallback => Some(StreamState::Fallback),
+        },
+    )?;
+    Ok(Health {
+        healthy: health.healthy,
+        checks: health
+            .checks
+            .into_iter()
+            .map(|c| HealthCheck {
+                name: c.name,
+                ok: c.ok,
+                message: c.message,
+            })
+            .collect(),
+        mode,
+        stream_state,
+    })
+}
+
+/// The `Watch` request for a library filter. The wire reads an empty list
+/// as "everything", so a filter that selects nothing cannot be expressed and
+/// is refused rather than widened.
+pub(super) fn watch_request(filter: &Filter, capacity: usize) -> Result<pb::WatchRequest, String> {
+    let capacity = u32::try_from(capacity)
+        .ok()
+        .filter(|c| *c as usize <= MAX_CAPACITY)
+        .ok_or_else(|| format!("capacity {capacity} is above the maximum of {MAX_CAPACITY}"))?;
+    let mut pod_uids: Vec<String> = match &filter.pod_uids {
+        Some(uids) if uids.is_empty() => {
+            return Err("filter.pod_uids is an empty set, which selects no pod".to_string());
+        }
+        Some(uids) => uids.iter().map(|u| u.to_string()).collect(),
+        None => Vec::new(),
+    };
+    pod_uids.sort();
+    let mut kinds: Vec<EventType> = match &filter.kinds {
+        Some(kinds) if kinds.is_empty() => {
+            return Err("filter.kinds is an empty set, which selects no event".to_string());
+        }
+        Some(kinds) => kinds.iter().copied().collect(),
+        None => Vec::new(),
+    };
+    kinds.sort();
+    let namespace = match &filter.namespace {
+        Some(ns) if ns.is_empty() => {
+            return Err(
+                "filter.namespace is empty; the daemon reads an empty namespace as every namespace"
+                    .to_string(),
+            );
+        }
+        Some(ns) => ns.clone(),
+        None => String::new(),
+    };
+    Ok(pb::WatchRequest {
+        pod_uids,
+        namespace,
+        labels: filter.labels.clone(),
+        kinds: kinds
+            .into_iter()
+            .map(|k| event_type_to_pb(k).into())
+            .collect(),
+        include_container_changed: filter.include_container_changed,
+        capacity,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> PodLifecycleEvent {
+        let pod = Arc::new(PodMeta::new("uid-1", "web", "shop").with_label("app", "web"));
+        let mut e = PodLifecycleEvent::new(pod, EventType::ContainerDied, EventSource::Stream);
+        e.container = Some(ContainerRef {
+            id: "ctr-1".into(),
+            name: "nginx".into(),
+            attempt: 2,
+            kind: EntryKind::Container,
+        });
+        e.exit_code = Some(137);
+        e.reason = Some("OOMKilled".into());
+        e.runtime_time = Some(UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
+        e
+    }
+
+    #[test]
+    fn an_event_survives_the_round_trip_through_protobuf() {
+        let original = Delivery::Event(Arc::new(event()));
+        let back = delivery_from_pb(delivery_to_pb(&original)).expect("readable");
+        assert_eq!(back, original);
+        let resync = Delivery::Resync { missed: 7 };
+        assert_eq!(delivery_from_pb(delivery_to_pb(&resync)), Ok(resync));
+    }
+
+    #[test]
+    fn times_before_the_epoch_and_beyond_i64_are_kept_or_saturated() {
+        let before = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(unix_nanos(before), -5_000_000_000);
+        assert_eq!(time_field("t", -5_000_000_000), Ok(before));
+        let far = UNIX_EPOCH + Duration::from_secs(400 * 365 * 24 * 3600);
+        assert_eq!(unix_nanos(far), i64::MAX);
+    }
+
+    #[test]
+    fn a_listing_survives_the_round_trip_with_the_last_events_of_gone_containers() {
+        let meta = Arc::new(PodMeta::new("uid-1", "web", "shop"));
+        let mut status = PodStatus::new(meta);
+        status
+            .sandboxes
+            .push(Container::new("sb-1", "web", ContainerState::Running));
+        let mut app = Container::new("ctr-2", "app", ContainerState::Exited).with_exit(3, "Error");
+        app.image = "busybox".into();
+        app.created_at = Some(UNIX_EPOCH + Duration::from_secs(10));
+        status.containers.push(app);
+        status.ips = vec!["10.0.0.1".into()];
+        let at = UNIX_EPOCH + Duration::from_secs(20);
+        let last = |id: &str, kind| LastEvent {
+            id: id.into(),
+            kind,
+            at,
+            source: EventSource::Relist,
+        };
+        let listing = PodListing {
+            status,
+            error: Some("runtime call PodStatus failed: boom".into()),
+            last_events: vec![
+                last("ctr-1", EventType::ContainerRemoved),
+                last("ctr-2", EventType::ContainerDied),
+                last("sb-1", EventType::ContainerStarted),
+            ],
+        };
+        let wire = listing_to_pb(&listing);
+        assert_eq!(wire.other_last_events.len(), 1, "ctr-1 is gone");
+        assert_eq!(listing_from_pb(wire), Ok(listing));
+    }
+
+    #[test]
+    fn watch_requests_are_checked_field_by_field() {
+        let base = pb::WatchRequest::default();
+        let options = subscribe_options(&base).expect("the empty request takes everything");
+        assert_eq!(options, SubscribeOptions::default());
+        let bad_kind = pb::WatchRequest {
+            kinds: vec![pb::EventType::ContainerDied.into(), 42],
+            ..base.clone()
+        };
+        let err = subscribe_options(&bad_kind).expect_err("unknown kind");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "kinds[1]: unknown event type 42");
+        let unspecified = pb::WatchRequest {
+            kinds: vec![0],
+            ..base.clone()
+        };
+        let err = subscribe_options(&unspecified).expect_err("unspecified kind");
+        assert!(
+            err.message().contains("EVENT_TYPE_UNSPECIFIED"),
+            "{}",
+            err.message()
+        );
+        let huge = pb::WatchRequest {
+            capacity: 1_000_001,
+            ..base.clone()
+        };
+        let err = subscribe_options(&huge).expect_err("capacity");
+        assert!(
+            err.message().contains("capacity 1000001"),
+            "{}",
+            err.message()
+        );
+        let changed = pb::WatchRequest {
+            kinds: vec![pb::EventType::ContainerChanged.into()],
+            ..base
+        };
+        assert!(subscribe_options(&changed).is_err());
+    }
+
+    #[test]
+    fn a_library_filter_becomes_the_same_filter_on_the_daemon() {
+        let filter = Filter {
+            pod_uids: Some([PodUid::new("a"), PodUid::new("b")].into()),
+            namespace: Some("shop".into()),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            kinds: Some([EventType::ContainerDied, EventType::ContainerChanged].into()),
+            include_container_changed: true,
+        };
+        let request = watch_request(&filter, 5).expect("expressible");
+        let options = subscribe_options(&request).expect("valid");
+        assert_eq!(
+            options,
+            SubscribeOptions {
+                capacity: 5,
+                filter
+            }
+        );
+        let nothing = Filter {
+            kinds: Some(Default::default()),
+            ..Filter::default()
+        };
+        assert!(watch_request(&nothing, 0).is_err());
+    }
+}

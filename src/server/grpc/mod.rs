@@ -1,0 +1,216 @@
+//! The gRPC subscription API (`proto/pleg/v1/pleg.proto`): its server over
+//! a [`Daemon`] on a unix socket, and the client the CLI uses.
+//!
+//! This module owns the only conversions between our model and protobuf
+//! ([`pb`]): protobuf types stay here, at the edge. It reads the generator
+//! (subscriptions, the cache, last events, health) and never changes it.
+//!
+//! # Watch
+//! A `Watch` call is one hub [`Subscription`](crate::hub::Subscription) with the request's filter and
+//! capacity, streamed as it comes. The hub's bounded queue is the only
+//! buffer: the stream never makes the generator wait and adds no unbounded
+//! queue of its own. When the client goes away, tonic drops the stream and
+//! with it the subscription (unsubscribed).
+//!
+//! # Shutdown
+//! [`serve`] runs until its `shutdown` future completes. Then it stops
+//! accepting connections, ends every open `Watch` stream after the
+//! deliveries already queued for it (clients see a clean end, status OK),
+//! waits up to [`DRAIN_GRACE`] for the connections to close, and removes its
+//! socket file.
+//!
+//! # Socket
+//! The socket is created with mode 0600. [`serve`] refuses a socket on which
+//! a live server answers, replaces a stale socket file (nobody listening),
+//! and never removes anything that is not a socket ([`crate::unix::bind`]).
+//!
+//! # Layout
+//! This file holds the generated code ([`pb`]) and the library-side views
+//! (listings, health); `convert.rs` the conversions between them and
+//! protobuf, `service.rs` the `pleg.v1.Pleg` service, `socket.rs` serving
+//! it on a unix socket, `client.rs` the client.
+//!
+//! # Times on the wire
+//! Times are `int64` nanoseconds since the Unix epoch, as in CRI (no
+//! `google.protobuf.Timestamp`: that would need `prost-types`, which the
+//! crate does not depend on). Times outside what an `i64` holds (before 1677,
+//! after 2262) are saturated.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use pleg::evented::{EventedConfig, EventedPleg};
+//! use pleg::runtime::fake::FakeRuntime;
+//! use pleg::server::Daemon;
+//! use pleg::server::grpc::{self, Client};
+//! use pleg::Filter;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let config = EventedConfig { stream: false, ..EventedConfig::default() };
+//! let pleg = EventedPleg::new(FakeRuntime::new(), config).expect("valid config");
+//! let daemon = Daemon {
+//!     pleg: Arc::new(pleg),
+//!     runtime_endpoint: "fake".into(),
+//!     metrics_prefix: String::new(),
+//! };
+//! let socket = std::env::temp_dir().join(format!("pleg-doc-{}.sock", std::process::id()));
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn({
+//!     let (daemon, socket) = (daemon.clone(), socket.clone());
+//!     async move { grpc::serve(daemon, &socket, async { let _ = stopped.await; }).await }
+//! });
+//! # while !socket.exists() { tokio::task::yield_now().await; }
+//!
+//! // `pleg watch --daemon SOCKET` and `pleg pods --daemon SOCKET`:
+//! let mut client = Client::connect(&socket).await.expect("a pleg daemon");
+//! let mut events = client.watch(&Filter::default(), 0).await.expect("subscribed");
+//! let pods = client.list_pods(None).await.expect("listed");
+//! assert_eq!(pods, grpc::pod_listings(&daemon.pleg, None));
+//!
+//! stop.send(()).expect("server running");
+//! assert!(events.next().await.is_none(), "a clean end at shutdown");
+//! server.await.expect("server task").expect("served");
+//! assert!(!socket.exists());
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use crate::evented::{Mode, StreamState};
+use crate::generic::{GenericPleg, LastEvent};
+use crate::model::{PodStatus, PodUid};
+use crate::server::{Daemon, Probe};
+
+mod client;
+mod convert;
+mod service;
+mod socket;
+
+pub use client::{Client, ClientError, WatchStream};
+pub use service::{PlegService, WatchResponseStream};
+pub use socket::{BoundSocket, ServeError, bind, serve, serve_bound};
+
+/// The code generated from `proto/pleg/v1/pleg.proto` (package `pleg.v1`):
+/// messages, the `Pleg` server trait ([`pb::pleg_server`]) and its client
+/// ([`pb::pleg_client`]). The proto file documents every field.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+    tonic::include_proto!("pleg.v1");
+}
+
+/// The largest `Watch` capacity a client may ask for, in events.
+pub const MAX_CAPACITY: usize = 1_000_000;
+
+/// How long [`serve`] waits, once shut down, for connections to close after
+/// their `Watch` streams ended, before it gives up on them.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+// --- the library-side views the CLI prints ---
+
+/// One pod as the cache holds it, with what pleg last said about each of its
+/// entries: the same whether read from an embedded generator
+/// ([`pod_listings`]) or from a daemon ([`Client::list_pods`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodListing {
+    /// The latest status fetched. When `error` is set, the last status
+    /// fetched successfully (or an empty one if none ever was).
+    pub status: PodStatus,
+    /// The error of the last status fetch, if it failed.
+    pub error: Option<String>,
+    /// The last event of each container and sandbox pleg published about,
+    /// including ones no longer in `status` (a removed container); in ID
+    /// order.
+    pub last_events: Vec<LastEvent>,
+}
+
+impl PodListing {
+    /// The last event about this container or sandbox, if pleg published one.
+    pub fn last_event(&self, id: &crate::ContainerId) -> Option<&LastEvent> {
+        self.last_events.iter().find(|e| &e.id == id)
+    }
+}
+
+/// Every cached pod of an embedded generator (an [`EventedPleg`](crate::evented::EventedPleg)
+/// dereferences to one), optionally only those in `namespace`, sorted by
+/// namespace, name and UID. What `ListPods` answers.
+pub fn pod_listings(pleg: &GenericPleg, namespace: Option<&str>) -> Vec<PodListing> {
+    let mut listings: Vec<PodListing> = pleg
+        .cache()
+        .entries()
+        .into_iter()
+        .filter(|entry| namespace.is_none_or(|ns| entry.status.meta.namespace == ns))
+        .map(|entry| PodListing {
+            last_events: sorted_last_events(pleg.last_events(entry.status.uid())),
+            status: (*entry.status).clone(),
+            error: entry.error.map(|e| e.to_string()),
+        })
+        .collect();
+    fn order(l: &PodListing) -> (&str, &str, &PodUid) {
+        let m = &l.status.meta;
+        (&m.namespace, &m.name, &m.uid)
+    }
+    listings.sort_by(|a, b| order(a).cmp(&order(b)));
+    listings
+}
+
+/// One cached pod of an embedded generator; `None` when it is not cached.
+/// What `GetPodStatus` answers.
+pub fn pod_listing(pleg: &GenericPleg, uid: &PodUid) -> Option<PodListing> {
+    pleg.cache().get(uid).map(|entry| PodListing {
+        last_events: sorted_last_events(pleg.last_events(uid)),
+        status: (*entry.status).clone(),
+        error: entry.error.map(|e| e.to_string()),
+    })
+}
+
+pub(super) fn sorted_last_events(mut events: Vec<LastEvent>) -> Vec<LastEvent> {
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    events
+}
+
+/// The daemon's health, as `Health` answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Whether every check passes.
+    pub healthy: bool,
+    /// The `/healthz` checks, in their stable order.
+    pub checks: Vec<HealthCheck>,
+    /// Which generator is in charge.
+    pub mode: Mode,
+    /// Where the runtime event stream stands.
+    pub stream_state: StreamState,
+}
+
+/// One health check, as `Health` answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `pleg`, `runtime` or `stream`.
+    pub name: String,
+    /// Whether it passes.
+    pub ok: bool,
+    /// Why it fails, or what it verified.
+    pub message: String,
+}
+
+impl Health {
+    /// The health of an embedded daemon: the checks of [`Probe::Health`].
+    pub fn of(daemon: &Daemon) -> Health {
+        let checks: Vec<HealthCheck> = daemon
+            .checks(Probe::Health)
+            .into_iter()
+            .map(|check| HealthCheck {
+                name: check.name.to_string(),
+                ok: check.ok(),
+                message: check.failure.unwrap_or(check.detail),
+            })
+            .collect();
+        let status = daemon.pleg.stream_status();
+        Health {
+            healthy: checks.iter().all(|c| c.ok),
+            checks,
+            mode: status.mode,
+            stream_state: status.state,
+        }
+    }
+}

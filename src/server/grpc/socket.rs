@@ -1,0 +1,155 @@
+//! Serving the API on a unix socket ([`crate::unix`] binds it) and shutting
+//! down: the `Watch` streams end, the connections get [`DRAIN_GRACE`], the
+//! socket file goes.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use super::{DRAIN_GRACE, PlegService};
+use crate::server::Daemon;
+use crate::unix::{self, BindError};
+
+/// Why [`serve`] failed. Every variant names the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A server answers on the socket already.
+    #[error("gRPC socket {}: another server is already listening there (a pleg daemon running?)", path.display())]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket exists at the path; it is left alone.
+    #[error("gRPC socket {}: the path exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path could not be examined, or an existing socket could not be
+    /// probed.
+    #[error("gRPC socket {}: cannot check the existing path: {source}", path.display())]
+    Inspect {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A stale socket file (nobody listening) could not be removed.
+    #[error("gRPC socket {}: cannot remove the stale socket file: {source}", path.display())]
+    RemoveStale {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Binding the socket failed (no such directory, no permission, ...).
+    #[error("gRPC socket {}: bind failed: {source}", path.display())]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The socket could not be restricted to mode 0600; it was removed.
+    #[error("gRPC socket {}: cannot set mode 0600: {source}", path.display())]
+    Permissions {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error("gRPC socket {}: serving failed: {source}", path.display())]
+    Serve {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves the `pleg.v1.Pleg` API for `daemon` on the unix socket `socket`
+/// until `shutdown` completes. See the module docs for the socket's checks
+/// and what happens at shutdown.
+pub async fn serve(
+    daemon: Daemon,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_bound(daemon, bind(socket).await?, shutdown).await
+}
+
+impl From<BindError> for ServeError {
+    fn from(error: BindError) -> Self {
+        match error {
+            BindError::InUse { path } => ServeError::InUse { path },
+            BindError::NotASocket { path } => ServeError::NotASocket { path },
+            BindError::Inspect { path, source } => ServeError::Inspect { path, source },
+            BindError::RemoveStale { path, source } => ServeError::RemoveStale { path, source },
+            BindError::Bind { path, source } => ServeError::Bind { path, source },
+            BindError::Permissions { path, source } => ServeError::Permissions { path, source },
+        }
+    }
+}
+
+/// A socket bound by [`bind`], ready for [`serve_bound`].
+pub use crate::unix::BoundSocket;
+
+/// Binds the API's socket (refusing a live one, replacing a stale one,
+/// mode 0600), so that a daemon can fail before it starts anything else.
+pub async fn bind(socket: &Path) -> Result<BoundSocket, ServeError> {
+    Ok(unix::bind(socket).await?)
+}
+
+/// Serves on a bound socket until `shutdown`, then removes the socket.
+pub async fn serve_bound(
+    daemon: Daemon,
+    bound: BoundSocket,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (listener, identity, path) = bound.into_parts();
+    let socket = path.as_path();
+    tracing::info!(socket = %socket.display(), "gRPC API listening");
+    let service = PlegService::new(daemon);
+    let ending = service.ending();
+    let signal = {
+        let ending = ending.clone();
+        async move {
+            shutdown.await;
+            ending.cancel();
+        }
+    };
+    let serving = tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(unix::Incoming::new(listener), signal);
+    // Once shut down, connections get DRAIN_GRACE to close after their
+    // Watch streams ended; a client that keeps a unary call hanging longer
+    // is left behind.
+    let give_up = async {
+        ending.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = serving => Some(served),
+        () = give_up => None,
+    };
+    if let Err(e) = identity.remove_if_unchanged(socket) {
+        tracing::warn!(socket = %socket.display(), "cannot remove the socket file: {e}");
+    }
+    match served {
+        Some(Ok(())) => {
+            tracing::info!(socket = %socket.display(), "gRPC API stopped");
+            Ok(())
+        }
+        Some(Err(source)) => Err(ServeError::Serve {
+            path: socket.to_path_buf(),
+            source,
+        }),
+        None => {
+            tracing::warn!(
+                socket = %socket.display(),
+                "gRPC API stopped with connections still open after {DRAIN_GRACE:?}"
+            );
+            Ok(())
+        }
+    }
+}

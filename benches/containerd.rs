@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pleg::runtime::cri::{CriConfig, CriRuntime};
-use pleg::{GenericConfig, GenericPleg, Runtime};
+use pleg::{Config, Pleg, Runtime};
 use pleg_testkit::driver::{ContainerSpec, Driver, PodSpec};
 
 const PODS: usize = 100;
@@ -100,7 +100,7 @@ fn bench_containerd(c: &mut Criterion) {
             driver.start_container(&id).await.expect("StartContainer");
         }
     });
-    let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("config");
+    let pleg = Pleg::new(runtime.clone(), Config::generic()).expect("config");
     let _subscriber = pleg.subscribe();
     tokio.block_on(pleg.relist()).expect("first relist");
 
@@ -144,9 +144,7 @@ fn bench_containerd(c: &mut Criterion) {
 
     // The stream: one evented generator (the only stream consumer; on
     // containerd 1.7 a second one would take some of the events).
-    let evented =
-        pleg::evented::EventedPleg::new(runtime.clone(), pleg::evented::EventedConfig::default())
-            .expect("config");
+    let evented = Pleg::new(runtime.clone(), Config::evented()).expect("config");
     let mut started = evented
         .subscribe_with(pleg::SubscribeOptions {
             filter: pleg::Filter {
@@ -159,9 +157,12 @@ fn bench_containerd(c: &mut Criterion) {
         .expect("subscribe");
     tokio.block_on(async {
         evented.start().expect("start");
-        while evented.stream_status().state != pleg::evented::StreamState::Streaming {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        evented
+            .watch_stream_status()
+            .wait_for(|s| s.state == pleg::StreamState::Streaming)
+            .await
+            .map(|_| ())
+            .expect("the generator runs");
     });
     group.bench_function("stream_latency", |b| {
         b.iter_custom(|iters| {

@@ -1,7 +1,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 //! Around the diff core: what else a relist costs.
 //!
-//! - `relist/<pods>`: a whole no-change `GenericPleg::relist()` (diff, watch
+//! - `relist/<pods>`: a whole no-change `Pleg::relist()` (generic mode) (diff, watch
 //!   conditions, counts, cache time, health), with a runtime that hands over a
 //!   prepared listing, so the runtime's own cost is left out.
 //! - `listing/<pods>`: building a `Listing` from the runtime's pods (merging,
@@ -13,7 +13,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pleg::model::Listing;
 use pleg::runtime::fake::{FixedRuntime, synthetic_pods};
-use pleg::{GenericConfig, GenericPleg};
+use pleg::{Config, Pleg};
 
 fn bench_relist(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -23,7 +23,7 @@ fn bench_relist(c: &mut Criterion) {
     let mut group = c.benchmark_group("relist");
     for pods in [1_000usize, 10_000] {
         let runtime = FixedRuntime::new(Listing::new(synthetic_pods(pods)));
-        let pleg = GenericPleg::new(runtime, GenericConfig::default()).expect("valid config");
+        let pleg = Pleg::new(runtime, Config::generic()).expect("valid config");
         let _subscriber = pleg.subscribe();
         tokio.block_on(pleg.relist()).expect("listing works");
         group.throughput(Throughput::Elements(pods as u64));

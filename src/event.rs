@@ -11,75 +11,39 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::model::{ContainerId, EntryKind, PodMeta};
+use crate::naming::named_enum;
 
-/// The kind of a pod lifecycle event. The names follow the kubelet's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventType {
-    /// A container or sandbox is now running.
-    ContainerStarted,
-    /// A container or sandbox has exited (or vanished while running).
-    ContainerDied,
-    /// A container or sandbox is gone from the runtime.
-    ContainerRemoved,
-    /// The pod changed in a way no single event above captures.
-    PodSync,
-    /// A container entered the unknown (or created) state. Generated, but only
-    /// delivered to subscribers that ask for it.
-    ContainerChanged,
-    /// One or more watch conditions of the pod were met.
-    ConditionMet,
-}
-
-impl EventType {
-    /// All kinds, in declaration order.
-    pub const ALL: [EventType; 6] = [
-        EventType::ContainerStarted,
-        EventType::ContainerDied,
-        EventType::ContainerRemoved,
-        EventType::PodSync,
-        EventType::ContainerChanged,
-        EventType::ConditionMet,
-    ];
-
-    /// The kubelet's name for this kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::ContainerStarted => "ContainerStarted",
-            EventType::ContainerDied => "ContainerDied",
-            EventType::ContainerRemoved => "ContainerRemoved",
-            EventType::PodSync => "PodSync",
-            EventType::ContainerChanged => "ContainerChanged",
-            EventType::ConditionMet => "ConditionMet",
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
+named_enum! {
+    /// The kind of a pod lifecycle event. The names follow the kubelet's.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    #[non_exhaustive]
+    pub enum EventType {
+        /// A container or sandbox is now running.
+        ContainerStarted = "ContainerStarted",
+        /// A container or sandbox has exited (or vanished while running).
+        ContainerDied = "ContainerDied",
+        /// A container or sandbox is gone from the runtime.
+        ContainerRemoved = "ContainerRemoved",
+        /// The pod changed in a way no single event above captures, or was
+        /// reinspected on request.
+        PodSync = "PodSync",
+        /// A container entered the unknown (or created) state. Generated, but
+        /// only delivered to subscribers that ask for it.
+        ContainerChanged = "ContainerChanged",
+        /// One or more watch conditions of the pod were met.
+        ConditionMet = "ConditionMet",
     }
 }
 
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where the generator learned of a transition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventSource {
-    /// Found by diffing a relist against the previous records.
-    Relist,
-    /// Reported by the runtime's `GetContainerEvents` stream.
-    Stream,
-}
-
-impl EventSource {
-    /// Lower-case name, as used in JSON and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventSource::Relist => "relist",
-            EventSource::Stream => "stream",
-        }
+named_enum! {
+    /// Where the generator learned of a transition.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum EventSource {
+        /// Found by diffing a relist against the previous records.
+        Relist = "relist",
+        /// Reported by the runtime's `GetContainerEvents` stream.
+        Stream = "stream",
     }
 }
 
@@ -115,14 +79,20 @@ pub struct PodLifecycleEvent {
     /// event's `created_at`; for relisted events, the container's start time
     /// (`ContainerStarted`) or finish time (`ContainerDied`).
     pub runtime_time: Option<SystemTime>,
-    /// When the generator emitted the event.
+    /// When the generator emitted the event (its clock's time).
     pub observed_at: SystemTime,
 }
 
 impl PodLifecycleEvent {
-    /// An event about the pod as a whole, observed now; set `container`,
-    /// `exit_code`, `reason` and `runtime_time` afterwards where they apply.
-    pub fn new(pod: Arc<PodMeta>, kind: EventType, source: EventSource) -> Self {
+    /// An event about the pod as a whole, observed at `observed_at`; set
+    /// `container`, `exit_code`, `reason` and `runtime_time` afterwards where
+    /// they apply.
+    pub fn new(
+        pod: Arc<PodMeta>,
+        kind: EventType,
+        source: EventSource,
+        observed_at: SystemTime,
+    ) -> Self {
         PodLifecycleEvent {
             pod,
             kind,
@@ -131,7 +101,7 @@ impl PodLifecycleEvent {
             reason: None,
             source,
             runtime_time: None,
-            observed_at: SystemTime::now(),
+            observed_at,
         }
     }
 
@@ -149,11 +119,7 @@ impl fmt::Display for PodLifecycleEvent {
             self.pod.namespace, self.pod.name, self.pod.uid, self.kind
         )?;
         if let Some(c) = &self.container {
-            let kind = match c.kind {
-                EntryKind::Sandbox => "sandbox",
-                EntryKind::Container => "container",
-            };
-            write!(f, " {kind} {} attempt {} ({})", c.name, c.attempt, c.id)?;
+            write!(f, " {} {} attempt {} ({})", c.kind, c.name, c.attempt, c.id)?;
         }
         if let Some(code) = self.exit_code {
             write!(f, " exit {code}")?;

@@ -6,10 +6,11 @@
 //! "pleg has yet to be successful", "pleg was last seen active 3m5s ago;
 //! threshold is 3m0s".
 
-use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::duration::GoDuration;
 
 /// How often to relist, and how long without a successful relist makes the
 /// generator unhealthy.
@@ -23,6 +24,14 @@ pub struct RelistDuration {
 }
 
 impl RelistDuration {
+    /// A period and a threshold.
+    pub const fn new(relist_period: Duration, relist_threshold: Duration) -> Self {
+        RelistDuration {
+            relist_period,
+            relist_threshold,
+        }
+    }
+
     /// The kubelet's generic defaults: relist every second, unhealthy after
     /// three minutes.
     pub const GENERIC: RelistDuration = RelistDuration {
@@ -86,7 +95,7 @@ pub enum Unhealthy {
     #[error("pleg has yet to be successful")]
     NeverSucceeded,
     /// The last successful relist started too long ago.
-    #[error("pleg was last seen active {} ago; threshold is {}", go_duration(*elapsed), go_duration(*threshold))]
+    #[error("pleg was last seen active {} ago; threshold is {}", GoDuration(*elapsed), GoDuration(*threshold))]
     Stale {
         /// Time since the last successful relist started.
         elapsed: Duration,
@@ -111,81 +120,9 @@ pub fn check(
     Ok(())
 }
 
-/// Formats a duration the way Go's `time.Duration` prints: `3m5s`, `3m0s`,
-/// `1h0m0s`, `1.5s`, `250ms`, `0s`.
-pub fn go_duration(d: Duration) -> String {
-    GoDuration(d).to_string()
-}
-
-struct GoDuration(Duration);
-
-impl fmt::Display for GoDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = self.0.as_nanos();
-        if nanos == 0 {
-            return f.write_str("0s");
-        }
-        if nanos < 1_000 {
-            return write!(f, "{nanos}ns");
-        }
-        if nanos < 1_000_000 {
-            return write_fraction(f, nanos, 1_000, "µs");
-        }
-        if nanos < 1_000_000_000 {
-            return write_fraction(f, nanos, 1_000_000, "ms");
-        }
-        let total_secs = self.0.as_secs();
-        let hours = total_secs / 3600;
-        let minutes = (total_secs % 3600) / 60;
-        if hours > 0 {
-            write!(f, "{hours}h{minutes}m")?;
-        } else if minutes > 0 {
-            write!(f, "{minutes}m")?;
-        }
-        let secs_nanos =
-            u128::from(total_secs % 60) * 1_000_000_000 + u128::from(self.0.subsec_nanos());
-        write_fraction(f, secs_nanos, 1_000_000_000, "s")
-    }
-}
-
-fn write_fraction(
-    f: &mut fmt::Formatter<'_>,
-    value: u128,
-    unit: u128,
-    suffix: &str,
-) -> fmt::Result {
-    let whole = value / unit;
-    let frac = value % unit;
-    if frac == 0 {
-        return write!(f, "{whole}{suffix}");
-    }
-    let width = unit.ilog10() as usize;
-    let digits = format!("{frac:0width$}");
-    write!(f, "{whole}.{}{suffix}", digits.trim_end_matches('0'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_print_like_go() {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (Duration::from_nanos(5), "5ns"),
-            (Duration::from_micros(1500), "1.5ms"),
-            (Duration::from_millis(250), "250ms"),
-            (Duration::from_secs(5), "5s"),
-            (Duration::from_millis(1500), "1.5s"),
-            (Duration::from_secs(180), "3m0s"),
-            (Duration::from_secs(185), "3m5s"),
-            (Duration::from_secs(3600), "1h0m0s"),
-            (Duration::from_secs(3723), "1h2m3s"),
-        ];
-        for (d, want) in cases {
-            assert_eq!(go_duration(d), want, "{d:?}");
-        }
-    }
 
     #[test]
     fn relist_durations_that_cannot_work_are_refused_with_the_values() {

@@ -35,6 +35,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::{Mutex, RwLock};
 
 use crate::event::{EventType, PodLifecycleEvent};
+use crate::metrics::HubMetrics;
 use crate::model::PodUid;
 
 /// Default queue capacity of a subscription, in events.
@@ -88,6 +89,42 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Every event but `ContainerChanged` (the default).
+    pub fn all() -> Self {
+        Filter::default()
+    }
+
+    /// Only these pods.
+    pub fn with_pod_uids(mut self, uids: impl IntoIterator<Item = PodUid>) -> Self {
+        self.pod_uids = Some(uids.into_iter().collect());
+        self
+    }
+
+    /// Only pods in this namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Only pods carrying this label with this value (all such labels must
+    /// match).
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Only these kinds.
+    pub fn with_kinds(mut self, kinds: impl IntoIterator<Item = EventType>) -> Self {
+        self.kinds = Some(kinds.into_iter().collect());
+        self
+    }
+
+    /// Also deliver `ContainerChanged`.
+    pub fn with_container_changed(mut self, include: bool) -> Self {
+        self.include_container_changed = include;
+        self
+    }
+
     /// Whether the event passes the filter.
     pub fn matches(&self, event: &PodLifecycleEvent) -> bool {
         if event.kind == EventType::ContainerChanged && !self.include_container_changed {
@@ -129,6 +166,28 @@ impl Default for SubscribeOptions {
             capacity: DEFAULT_CAPACITY,
             filter: Filter::default(),
         }
+    }
+}
+
+impl SubscribeOptions {
+    /// The default capacity, with this filter.
+    pub fn filtered(filter: Filter) -> Self {
+        SubscribeOptions {
+            filter,
+            ..SubscribeOptions::default()
+        }
+    }
+
+    /// Sets the queue capacity, in events.
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the filter.
+    pub fn with_filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
     }
 }
 
@@ -203,8 +262,7 @@ impl Slot {
 struct HubInner {
     slots: RwLock<Vec<Arc<Slot>>>,
     next_id: AtomicU64,
-    discarded: AtomicU64,
-    published: AtomicU64,
+    metrics: HubMetrics,
 }
 
 impl Drop for HubInner {
@@ -249,6 +307,7 @@ impl Hub {
             missed_total: AtomicU64::new(0),
         });
         self.inner.slots.write().push(slot.clone());
+        self.inner.metrics.subscribers.inc();
         Subscription {
             slot,
             hub: Arc::downgrade(&self.inner),
@@ -257,21 +316,19 @@ impl Hub {
 
     /// Publishes one pod's events as a unit: each subscriber gets all of the
     /// events that match its filter, or none of them (and a `Resync` later).
-    /// Never waits.
-    pub fn publish(&self, batch: &[Arc<PodLifecycleEvent>]) {
+    /// Never waits. Only the generator's core publishes.
+    pub(crate) fn publish(&self, batch: &[Arc<PodLifecycleEvent>]) {
         if batch.is_empty() {
             return;
         }
-        self.inner
-            .published
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.inner.metrics.published.inc_by(batch.len() as u64);
         let slots = self.inner.slots.read();
         let mut dropped = 0;
         for slot in slots.iter() {
             dropped += slot.offer(batch);
         }
         if dropped > 0 {
-            self.inner.discarded.fetch_add(dropped, Ordering::Relaxed);
+            self.inner.metrics.discarded.inc_by(dropped);
             tracing::debug!(
                 dropped,
                 "subscriber queue full; events held back, Resync queued"
@@ -286,12 +343,17 @@ impl Hub {
 
     /// Events dropped for lagging subscribers, summed over all subscribers.
     pub fn discarded(&self) -> u64 {
-        self.inner.discarded.load(Ordering::Relaxed)
+        self.inner.metrics.discarded.get()
     }
 
     /// Events published (before filtering).
     pub fn published(&self) -> u64 {
-        self.inner.published.load(Ordering::Relaxed)
+        self.inner.metrics.published.get()
+    }
+
+    /// The hub's metric families, for registration.
+    pub(crate) fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
     }
 }
 
@@ -365,6 +427,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
             hub.slots.write().retain(|s| s.id != self.slot.id);
+            hub.metrics.subscribers.dec();
         }
     }
 }
@@ -377,7 +440,12 @@ mod tests {
 
     fn event(uid: &str, ns: &str, kind: EventType) -> Arc<PodLifecycleEvent> {
         let pod = Arc::new(PodMeta::new(uid, uid, ns).with_label("app", "web"));
-        Arc::new(PodLifecycleEvent::new(pod, kind, EventSource::Relist))
+        Arc::new(PodLifecycleEvent::new(
+            pod,
+            kind,
+            EventSource::Relist,
+            std::time::SystemTime::UNIX_EPOCH,
+        ))
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //! silently dropped, and unknown runtime values that are counted instead of
 //! panicking.
 //!
-//! The data flows one way: runtime → [`diff`] → [`cache`] → [`condition`] →
-//! [`hub`] → subscribers.
+//! The data flows one way: runtime → drivers (relist, event stream) → one
+//! writer (the core) → [`cache`] and [`hub`] → subscribers.
 //!
-//! - [`GenericPleg`] relists the runtime (the kubelet's generic PLEG).
-//! - [`EventedPleg`] follows the runtime's CRI event stream and keeps
-//!   relisting as a safety net, with fallback and re-promotion.
+//! - [`Pleg`] is the generator. [`Mode::Generic`] relists the runtime (the
+//!   kubelet's generic PLEG); [`Mode::Evented`] follows the runtime's CRI
+//!   event stream and keeps relisting as a safety net, with fallback and
+//!   re-promotion ([`stream`]).
 //! - [`runtime::cri::CriRuntime`] speaks CRI v1 to containerd or CRI-O over a
 //!   unix socket; for tests, `runtime::fake` (behind the `test-util`
 //!   feature) and the fake CRI server of the `pleg-testkit` crate stand in.
@@ -23,7 +24,7 @@
 //! ## Embedding
 //! ```
 //! use std::time::Duration;
-//! use pleg::{GenericConfig, GenericPleg, RelistDuration, Delivery, EventType};
+//! use pleg::{Config, Delivery, EventType, Pleg, RelistDuration};
 //! use pleg::model::{Container, ContainerState, Pod, PodMeta};
 //! use pleg::runtime::fake::FakeRuntime;
 //!
@@ -31,17 +32,9 @@
 //! # async fn main() {
 //! // Any `pleg::runtime::Runtime` works; the scripted fake stands in here.
 //! let runtime = FakeRuntime::new();
-//! let pleg = GenericPleg::new(
-//!     runtime.clone(),
-//!     GenericConfig {
-//!         relist: RelistDuration {
-//!             relist_period: Duration::from_secs(1),
-//!             relist_threshold: Duration::from_secs(180),
-//!         },
-//!         ..GenericConfig::default()
-//!     },
-//! )
-//! .expect("a valid configuration");
+//! let config = Config::generic()
+//!     .with_relist(RelistDuration::new(Duration::from_secs(1), Duration::from_secs(180)));
+//! let pleg = Pleg::new(runtime.clone(), config).expect("a valid configuration");
 //! let mut events = pleg.subscribe();
 //! pleg.start().expect("inside a tokio runtime");
 //!
@@ -73,29 +66,37 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod clock;
 pub mod condition;
+mod core;
 pub mod diff;
+pub mod duration;
 pub mod error;
 pub mod event;
-pub mod evented;
-pub mod generic;
 pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+mod naming;
+mod pleg;
+mod relist;
 pub mod runtime;
 pub mod server;
+pub mod stream;
+mod task;
 pub mod unix;
 
-pub use cache::{CacheEntry, CacheReader, PodCache};
+pub use crate::core::RelistSummary;
+pub use crate::pleg::{Config, ConfigError, Pleg, StatsSnapshot};
+pub use cache::{CacheEntry, LastEvent, Reader as CacheReader};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-pub use evented::{EventedConfig, EventedPleg, Mode, StreamState};
-pub use generic::{GenericConfig, GenericPleg, LastEvent, RelistSummary};
 pub use health::{InvalidRelistDuration, RelistDuration, Unhealthy};
 pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
 pub use model::{ContainerId, PodUid, RuntimeCounts};
 pub use runtime::Runtime;
+pub use stream::{Mode, StaleReason, StreamState, StreamStats, StreamStatus};
+pub use task::NoTokioRuntime;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

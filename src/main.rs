@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, Failure};
+use cli::{Cli, Command, Exit, Failure};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -24,7 +24,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Help and version go to stdout with 0; usage errors exit 2.
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            return if e.exit_code() == 0 {
+                Exit::Success.into()
+            } else {
+                Exit::Usage.into()
+            };
         }
     };
     let tokio = match tokio::runtime::Builder::new_multi_thread()
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pleg: starting the tokio runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failure.into();
         }
     };
     let outcome = match cli.command {
@@ -46,7 +50,7 @@ fn main() -> ExitCode {
     // Nothing may keep the process alive after the command is done.
     tokio.shutdown_timeout(std::time::Duration::from_millis(200));
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(Failure { code, error }) => {
             eprintln!("pleg: {error:#}");
             ExitCode::from(code)

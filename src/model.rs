@@ -11,6 +11,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::naming::named_enum;
+
 /// Longest identifier kept inline. CRI runtimes use 64-hex-digit IDs and
 /// 36-character pod UIDs, so in practice every ID is inline.
 const INLINE_ID: usize = 64;
@@ -168,41 +170,25 @@ string_id!(
     ContainerId
 );
 
-/// The state of a container or sandbox as the runtime reports it.
-///
-/// Sandboxes use [`Running`](Self::Running) for "ready" and
-/// [`Exited`](Self::Exited) for "not ready".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ContainerState {
-    /// Created but not started. The generator treats it like `Unknown`.
-    Created,
-    /// Running (for a sandbox: ready).
-    Running,
-    /// Exited (for a sandbox: not ready).
-    Exited,
-    /// Unknown to the runtime, or a value we did not recognise.
-    Unknown,
+named_enum! {
+    /// The state of a container or sandbox as the runtime reports it.
+    ///
+    /// Sandboxes use [`Running`](Self::Running) for "ready" and
+    /// [`Exited`](Self::Exited) for "not ready".
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum ContainerState {
+        /// Created but not started. The generator treats it like `Unknown`.
+        Created = "created",
+        /// Running (for a sandbox: ready).
+        Running = "running",
+        /// Exited (for a sandbox: not ready).
+        Exited = "exited",
+        /// Unknown to the runtime, or a value we did not recognise.
+        Unknown = "unknown",
+    }
 }
 
 impl ContainerState {
-    /// All states, in the order used by per-state counters.
-    pub const ALL: [ContainerState; 4] = [
-        ContainerState::Created,
-        ContainerState::Running,
-        ContainerState::Exited,
-        ContainerState::Unknown,
-    ];
-
-    /// Lower-case name, as used in metrics labels and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContainerState::Created => "created",
-            ContainerState::Running => "running",
-            ContainerState::Exited => "exited",
-            ContainerState::Unknown => "unknown",
-        }
-    }
-
     /// Decodes a CRI v1 `ContainerState` number (0 created, 1 running,
     /// 2 exited, 3 unknown). Returns `None` for a value outside the enum, which
     /// the caller maps to [`Unknown`](Self::Unknown) and counts.
@@ -224,12 +210,6 @@ impl ContainerState {
             1 => Some(ContainerState::Exited),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for ContainerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -388,13 +368,15 @@ fn find_entry<'a>(entries: &'a [Container], id: &ContainerId) -> Option<&'a Cont
     entries.iter().find(|c| &c.id == id)
 }
 
-/// Whether an entry of a pod is an application container or a pod sandbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EntryKind {
-    /// A pod sandbox (the "pause" container and its namespaces).
-    Sandbox,
-    /// An application container.
-    Container,
+named_enum! {
+    /// Whether an entry of a pod is an application container or a pod sandbox.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum EntryKind {
+        /// A pod sandbox (the "pause" container and its namespaces).
+        Sandbox = "sandbox",
+        /// An application container.
+        Container = "container",
+    }
 }
 
 /// What the runtime listed in one relist: every pod with its sandboxes and

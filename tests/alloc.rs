@@ -7,7 +7,7 @@ use std::cell::Cell;
 use pleg::diff::{Diff, Records, diff_into};
 use pleg::model::Listing;
 use pleg::runtime::fake::{FixedRuntime, synthetic_pods};
-use pleg::{GenericConfig, GenericPleg};
+use pleg::{Config, Pleg};
 
 struct Counting;
 
@@ -88,7 +88,7 @@ fn allocations_of_a_no_change_relist_do_not_grow_with_the_number_of_pods() {
     let mut per_size = Vec::new();
     for pods in SIZES {
         let runtime = FixedRuntime::new(Listing::new(synthetic_pods(pods)));
-        let pleg = GenericPleg::new(runtime, GenericConfig::default()).expect("valid config");
+        let pleg = Pleg::new(runtime, Config::generic()).expect("valid config");
         let _subscriber = pleg.subscribe();
         tokio.block_on(async {
             // The first relist reports every pod; the second warms the buffers.

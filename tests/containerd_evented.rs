@@ -38,12 +38,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cri_support::*;
-use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
 use pleg::model::{ContainerState, EntryKind, PodUid};
 use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{
-    Delivery, EventSource, EventType, GenericPleg, PodLifecycleEvent, RelistDuration, Runtime,
-    Subscription,
+    Config, Delivery, EventSource, EventType, Mode, Pleg, PodLifecycleEvent, RelistDuration,
+    Runtime, StreamState, Subscription,
 };
 use pleg_testkit::driver::{ContainerSpec, Driver};
 use pleg_testkit::wait::{eventually, poll};
@@ -60,12 +59,12 @@ const RUNNING_FOREVER: &str = "forever";
 
 /// An evented generator over containerd 1.7 with the default configuration
 /// (relisting every 300 s while streaming), streaming.
-async fn evented(runtime: &Arc<CriRuntime>) -> EventedPleg {
-    evented_with(runtime, EventedConfig::default()).await
+async fn evented(runtime: &Arc<CriRuntime>) -> Pleg {
+    evented_with(runtime, Config::evented()).await
 }
 
-async fn evented_with(runtime: &Arc<CriRuntime>, config: EventedConfig) -> EventedPleg {
-    let pleg = EventedPleg::new(runtime.clone(), config).expect("valid config");
+async fn evented_with(runtime: &Arc<CriRuntime>, config: Config) -> Pleg {
+    let pleg = Pleg::new(runtime.clone(), config).expect("valid config");
     start_streaming(&pleg, runtime).await;
     pleg
 }
@@ -73,7 +72,7 @@ async fn evented_with(runtime: &Arc<CriRuntime>, config: EventedConfig) -> Event
 /// Starts the generator and waits until its stream is open and events reach
 /// it: runs a throwaway pod until the stream has received some (see the
 /// module docs).
-async fn start_streaming(pleg: &EventedPleg, runtime: &CriRuntime) {
+async fn start_streaming(pleg: &Pleg, runtime: &CriRuntime) {
     let driver = Driver::new(&runtime.endpoint().to_string()).expect("a valid endpoint");
     pleg.start().expect("start");
     let successes = pleg.stream_stats().connection_successes;
@@ -144,7 +143,7 @@ async fn events_until(
 }
 
 /// Relists (serialised with the stream), then checks that nothing is queued.
-async fn assert_nothing_more(pleg: &GenericPleg, sub: &mut Subscription) {
+async fn assert_nothing_more(pleg: &Pleg, sub: &mut Subscription) {
     pleg.relist().await.expect("relist");
     let extra = events(sub);
     assert!(
@@ -170,7 +169,7 @@ fn assert_source(events: &[Arc<PodLifecycleEvent>], source: EventSource) {
 
 /// Subscribes to a planned pod's events, `ContainerChanged` left out (a
 /// CREATED state is seen or not depending on timing when relisting).
-fn subscribe(pleg: &GenericPleg, pod: &PlannedPod) -> Subscription {
+fn subscribe(pleg: &Pleg, pod: &PlannedPod) -> Subscription {
     subscribe_pods_with(pleg, &[pod.uid()], false)
 }
 
@@ -225,7 +224,7 @@ impl Drop for Cleanup {
 // ------------------------------------------------ scenarios (1.7 and 1.6)
 
 /// A pod whose container runs: sandbox then container started, nothing more.
-async fn pod_whose_container_runs(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+async fn pod_whose_container_runs(pleg: &Pleg, driver: &Driver, source: EventSource) {
     let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("runs");
     let mut sub = subscribe(pleg, &planned);
@@ -294,7 +293,7 @@ async fn pod_whose_container_runs(pleg: &GenericPleg, driver: &Driver, source: E
 }
 
 /// A container that exits with code 3 is reported died, code 3, "Error".
-async fn container_exiting_with_code_3(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+async fn container_exiting_with_code_3(pleg: &Pleg, driver: &Driver, source: EventSource) {
     let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("exit3");
     let mut sub = subscribe(pleg, &planned);
@@ -337,7 +336,7 @@ async fn container_exiting_with_code_3(pleg: &GenericPleg, driver: &Driver, sour
 }
 
 /// StopContainer: died 137 "Error"; RemoveContainer: removed.
-async fn stopped_then_removed_container(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+async fn stopped_then_removed_container(pleg: &Pleg, driver: &Driver, source: EventSource) {
     let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("stop");
     let mut sub = subscribe(pleg, &planned);
@@ -382,11 +381,7 @@ async fn stopped_then_removed_container(pleg: &GenericPleg, driver: &Driver, sou
 }
 
 /// A container re-created as attempt 1 after a death is reported started.
-async fn container_recreated_with_attempt_1(
-    pleg: &GenericPleg,
-    driver: &Driver,
-    source: EventSource,
-) {
+async fn container_recreated_with_attempt_1(pleg: &Pleg, driver: &Driver, source: EventSource) {
     let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("restart");
     let mut sub = subscribe(pleg, &planned);
@@ -423,7 +418,7 @@ async fn container_recreated_with_attempt_1(
 }
 
 /// A pod stopped, then removed: its container and sandbox die, then go.
-async fn stopped_and_removed_pod(pleg: &GenericPleg, driver: &Driver, source: EventSource) {
+async fn stopped_and_removed_pod(pleg: &Pleg, driver: &Driver, source: EventSource) {
     let mut cleanup = Cleanup::new(driver);
     let planned = PlannedPod::new("podgone");
     let uid = PodUid::new(planned.uid());
@@ -779,15 +774,12 @@ async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_repo
 {
     let runtime = runtime16().await;
     let driver = driver16();
-    let pleg = EventedPleg::new(
+    let pleg = Pleg::new(
         runtime.clone(),
-        EventedConfig {
-            generic_relist: RelistDuration {
-                relist_period: Duration::from_millis(100),
-                relist_threshold: Duration::from_secs(180),
-            },
-            ..EventedConfig::default()
-        },
+        Config::evented().with_relist(RelistDuration {
+            relist_period: Duration::from_millis(100),
+            relist_threshold: Duration::from_secs(180),
+        }),
     )
     .expect("valid config");
     pleg.start().expect("start");
@@ -924,15 +916,12 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
     };
     let pleg = evented_with(
         &runtime,
-        EventedConfig {
-            generic_relist,
-            runtime_request_timeout: Duration::from_secs(30),
-            max_stream_failures: 2,
-            backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(200),
-            probe_interval: Duration::from_millis(500),
-            ..EventedConfig::default()
-        },
+        Config::evented()
+            .with_relist(generic_relist)
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_stream_failures(2)
+            .with_backoff(Duration::from_millis(50), Duration::from_millis(200))
+            .with_probe_interval(Duration::from_millis(500)),
     )
     .await;
     let mut cleanup = Cleanup::new(&driver);
@@ -1092,7 +1081,7 @@ async fn evented_generator_on_a_quiet_containerd_is_streaming_within_3s_of_start
     let _serial = STREAM.lock().await;
     let runtime = runtime().await;
     drain_backlog(&runtime).await;
-    let pleg = EventedPleg::new(runtime.clone(), EventedConfig::default()).expect("valid config");
+    let pleg = Pleg::new(runtime.clone(), Config::evented()).expect("valid config");
     pleg.start().expect("start");
     let streaming = poll(Duration::from_secs(3), || {
         (pleg.stream_status().state == StreamState::Streaming).then_some(())
@@ -1208,7 +1197,7 @@ async fn container_that_dies_right_after_the_generator_restarts_is_reported_died
     first.stop().await;
     drop(first);
 
-    let second = EventedPleg::new(runtime.clone(), EventedConfig::default()).expect("valid config");
+    let second = Pleg::new(runtime.clone(), Config::evented()).expect("valid config");
     let mut sub = subscribe_pods_with(&second, &[pod.uid()], false);
     second.start().expect("start");
     eventually("the second generator streaming", WAIT, || {

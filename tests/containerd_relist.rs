@@ -310,7 +310,7 @@ async fn ten_pods_at_once_report_every_event_exactly_once() {
 /// Collects events until `want` have arrived, then waits for two more relists
 /// and checks that nothing else came (at most 30 s).
 async fn collect_until(
-    pleg: &pleg::GenericPleg,
+    pleg: &pleg::Pleg,
     sub: &mut pleg::Subscription,
     into: &mut Vec<(String, EventType, String)>,
     want: usize,

@@ -7,9 +7,10 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerState as CriState, ContainerStatus, PodSandboxState, VersionResponse};
 use pleg::model::{ContainerState, PodUid};
 use pleg::runtime::cri::{ConnectError, CriConfig, CriRuntime};
+use pleg::runtime::{CriMethod, RpcOutcome};
 use pleg::{
-    Delivery, EventType, Filter, GenericConfig, GenericPleg, RelistDuration, Runtime,
-    SubscribeOptions, Subscription, Unhealthy,
+    Config, Delivery, EventType, Filter, Pleg, RelistDuration, Runtime, SubscribeOptions,
+    Subscription, Unhealthy,
 };
 use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
 use pleg_testkit::temp;
@@ -28,25 +29,22 @@ async fn connect(server: &FakeCriServer) -> Arc<CriRuntime> {
         .expect("connect")
 }
 
-fn generator(runtime: Arc<CriRuntime>, period: Duration, threshold: Duration) -> GenericPleg {
-    GenericPleg::new(
+fn generator(runtime: Arc<CriRuntime>, period: Duration, threshold: Duration) -> Pleg {
+    Pleg::new(
         runtime,
-        GenericConfig {
-            relist: RelistDuration {
-                relist_period: period,
-                relist_threshold: threshold,
-            },
-            ..GenericConfig::default()
-        },
+        Config::generic().with_relist(RelistDuration {
+            relist_period: period,
+            relist_threshold: threshold,
+        }),
     )
     .expect("valid config")
 }
 
-fn manual(runtime: Arc<CriRuntime>) -> GenericPleg {
+fn manual(runtime: Arc<CriRuntime>) -> Pleg {
     generator(runtime, Duration::from_secs(3600), Duration::from_secs(180))
 }
 
-fn subscribe_all(pleg: &GenericPleg) -> Subscription {
+fn subscribe_all(pleg: &Pleg) -> Subscription {
     pleg.subscribe_with(SubscribeOptions {
         filter: Filter {
             include_container_changed: true,
@@ -125,7 +123,7 @@ async fn relist_without_changes_costs_two_rpcs_and_changed_pods_cost_only_their_
     assert_eq!(server.calls("ContainerStatus"), 6);
     assert_eq!(server.total_calls(), 2 + 3 * (1 + 2));
     // Our own counters agree with the server's.
-    assert_eq!(runtime.stats().calls_of("ContainerStatus"), 20 + 6);
+    assert_eq!(runtime.stats().calls_of(CriMethod::ContainerStatus), 20 + 6);
 }
 
 #[tokio::test]
@@ -376,10 +374,11 @@ async fn answer_slower_than_the_timeout_times_out_and_the_next_relist_runs() {
         "runtime call ListPodSandbox timed out after 200ms"
     );
     assert_eq!(
-        runtime
-            .stats()
-            .outcomes()
-            .get(&("ListPodSandbox", "Timeout")),
+        Some(
+            &runtime
+                .stats()
+                .outcome_count(CriMethod::ListPodSandbox, RpcOutcome::Timeout)
+        ),
         Some(&1)
     );
 

@@ -8,10 +8,11 @@ use k8s_cri::v1::{
     ContainerEventResponse, ContainerEventType, ContainerState as CriState, PodSandboxState,
     PodSandboxStatus,
 };
-use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
-use pleg::generic::StaleReason;
 use pleg::runtime::cri::{CriConfig, CriRuntime};
-use pleg::{Delivery, EventSource, EventType, Filter, SubscribeOptions, Subscription};
+use pleg::{
+    Config, Delivery, EventSource, EventType, Filter, Mode, Pleg, StaleReason, StreamState,
+    SubscribeOptions, Subscription,
+};
 use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
 
 fn now_ns() -> i64 {
@@ -22,16 +23,13 @@ fn now_ns() -> i64 {
 }
 
 /// Quick reconnects and probes, so that real-time tests stay short.
-fn quick() -> EventedConfig {
-    EventedConfig {
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(50),
-        probe_interval: Duration::from_millis(200),
-        ..EventedConfig::default()
-    }
+fn quick() -> Config {
+    Config::evented()
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .with_probe_interval(Duration::from_millis(200))
 }
 
-async fn setup(config: EventedConfig) -> (FakeCriServer, Arc<CriRuntime>, EventedPleg) {
+async fn setup(config: Config) -> (FakeCriServer, Arc<CriRuntime>, Pleg) {
     let server = FakeCriServer::start().await.expect("server");
     server.put_sandbox(sandbox(
         "sb1",
@@ -44,20 +42,23 @@ async fn setup(config: EventedConfig) -> (FakeCriServer, Arc<CriRuntime>, Evente
     let runtime = CriRuntime::connect(CriConfig::new(server.endpoint()))
         .await
         .expect("connect");
-    let pleg = EventedPleg::new(runtime.clone(), config).expect("config");
+    let pleg = Pleg::new(runtime.clone(), config).expect("config");
     (server, runtime, pleg)
 }
 
-async fn until(pleg: &EventedPleg, state: StreamState) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.stream_status().state != state {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {state:?}: {:?}",
-            pleg.stream_status()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn until(pleg: &Pleg, state: StreamState) {
+    let mut status = pleg.watch_stream_status();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.state == state),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    assert!(
+        reached,
+        "never reached {state:?}: {:?}",
+        pleg.stream_status()
+    );
 }
 
 fn sandbox_status(id: &str, uid: Option<&str>) -> PodSandboxStatus {
@@ -256,14 +257,12 @@ async fn stream_that_errors_five_times_falls_back_and_re_promotes_when_it_works(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unimplemented_event_stream_falls_back_at_once_and_still_reports_by_relisting() {
-    let config = EventedConfig {
-        generic_relist: pleg::RelistDuration {
+    let config = quick()
+        .with_relist(pleg::RelistDuration {
             relist_period: Duration::from_millis(50),
             relist_threshold: Duration::from_secs(180),
-        },
-        probe_interval: Duration::from_secs(30),
-        ..quick()
-    };
+        })
+        .with_probe_interval(Duration::from_secs(30));
     let (server, _runtime, pleg) = setup(config).await;
     server.set_events_unimplemented(true);
     let mut sub = pleg.subscribe();

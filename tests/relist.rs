@@ -666,12 +666,9 @@ async fn durations_that_cannot_work_are_refused_and_the_old_ones_stay() {
         "pleg config: relist threshold must be greater than zero"
     );
     assert_eq!(pleg.relist_duration(), before);
-    let err = pleg::GenericPleg::new(
+    let err = pleg::Pleg::new(
         runtime,
-        pleg::GenericConfig {
-            runtime_request_timeout: Duration::ZERO,
-            ..pleg::GenericConfig::default()
-        },
+        pleg::Config::generic().with_request_timeout(Duration::ZERO),
     )
     .expect_err("zero timeout");
     assert_eq!(

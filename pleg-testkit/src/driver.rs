@@ -39,10 +39,10 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use pleg::model::{Container, ContainerState};
 use pleg::runtime::cri::{
-    ConnectError, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT, RuntimeEndpoint, code_name,
+    ConnectError, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT, RuntimeEndpoint,
     container_from_status, describe_status,
 };
-use pleg::runtime::{Error, Result, RuntimeStats};
+use pleg::runtime::{CriMethod, Error, Result, RpcOutcome, RuntimeStats};
 use tonic::transport::{Channel, Endpoint};
 
 /// A CRI client that drives a runtime the way crictl does.
@@ -102,9 +102,11 @@ impl Driver {
             runtime_handler: String::new(),
         };
         Ok(self
-            .call("RunPodSandbox", self.request_timeout, |mut c| async move {
-                c.run_pod_sandbox(request).await
-            })
+            .call(
+                CriMethod::RunPodSandbox,
+                self.request_timeout,
+                |mut c| async move { c.run_pod_sandbox(request).await },
+            )
             .await?
             .pod_sandbox_id)
     }
@@ -123,7 +125,7 @@ impl Driver {
         };
         Ok(self
             .call(
-                "CreateContainer",
+                CriMethod::CreateContainer,
                 self.request_timeout,
                 |mut c| async move { c.create_container(request).await },
             )
@@ -136,9 +138,11 @@ impl Driver {
         let request = cri::StartContainerRequest {
             container_id: container_id.to_string(),
         };
-        self.call("StartContainer", self.request_timeout, |mut c| async move {
-            c.start_container(request).await
-        })
+        self.call(
+            CriMethod::StartContainer,
+            self.request_timeout,
+            |mut c| async move { c.start_container(request).await },
+        )
         .await
         .map(drop)
     }
@@ -151,7 +155,7 @@ impl Driver {
             timeout: i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
         };
         self.call(
-            "StopContainer",
+            CriMethod::StopContainer,
             self.request_timeout.saturating_add(grace),
             |mut c| async move { c.stop_container(request).await },
         )
@@ -165,7 +169,7 @@ impl Driver {
             container_id: container_id.to_string(),
         };
         self.call(
-            "RemoveContainer",
+            CriMethod::RemoveContainer,
             self.request_timeout,
             |mut c| async move { c.remove_container(request).await },
         )
@@ -178,9 +182,11 @@ impl Driver {
         let request = cri::StopPodSandboxRequest {
             pod_sandbox_id: sandbox_id.to_string(),
         };
-        self.call("StopPodSandbox", self.request_timeout, |mut c| async move {
-            c.stop_pod_sandbox(request).await
-        })
+        self.call(
+            CriMethod::StopPodSandbox,
+            self.request_timeout,
+            |mut c| async move { c.stop_pod_sandbox(request).await },
+        )
         .await
         .map(drop)
     }
@@ -191,7 +197,7 @@ impl Driver {
             pod_sandbox_id: sandbox_id.to_string(),
         };
         self.call(
-            "RemovePodSandbox",
+            CriMethod::RemovePodSandbox,
             self.request_timeout,
             |mut c| async move { c.remove_pod_sandbox(request).await },
         )
@@ -208,7 +214,7 @@ impl Driver {
         };
         let answer = self
             .call(
-                "ContainerStatus",
+                CriMethod::ContainerStatus,
                 self.request_timeout,
                 |mut c| async move { c.container_status(request).await },
             )
@@ -216,27 +222,28 @@ impl Driver {
         let listed = Container::new(container_id, "", ContainerState::Unknown);
         match answer.status {
             Some(s) => Ok(container_from_status(&self.stats, &s, &listed)),
-            None => Err(Error::Failed {
-                call: "ContainerStatus",
-                message: format!("runtime answered no status for container {container_id}"),
-            }),
+            None => Err(Error::failed(
+                CriMethod::ContainerStatus,
+                format!("runtime answered no status for container {container_id}"),
+            )),
         }
     }
 
     /// Runs one RPC with a deadline, counting it by method and outcome.
-    async fn call<T, F, Fut>(&self, method: &'static str, timeout: Duration, call: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, method: CriMethod, timeout: Duration, call: F) -> Result<T>
     where
         F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.stats.count_call(method);
         match tokio::time::timeout(timeout, call(self.client.clone())).await {
             Ok(Ok(response)) => {
-                self.stats.count_outcome(method, "OK");
+                self.stats
+                    .count_request(method, RpcOutcome::Code(tonic::Code::Ok));
                 Ok(response.into_inner())
             }
             Ok(Err(status)) => {
-                self.stats.count_outcome(method, code_name(status.code()));
+                self.stats
+                    .count_request(method, RpcOutcome::Code(status.code()));
                 let message = if status.code() == tonic::Code::Unavailable
                     && !self.endpoint.path().exists()
                 {
@@ -248,15 +255,18 @@ impl Driver {
                         describe_status(&status)
                     )
                 };
+                let code = status.code();
                 Err(Error::Failed {
-                    call: method,
+                    call: method.into(),
+                    code,
                     message,
+                    source: Some(std::sync::Arc::new(status)),
                 })
             }
             Err(_) => {
-                self.stats.count_outcome(method, "Timeout");
+                self.stats.count_request(method, RpcOutcome::Timeout);
                 Err(Error::Timeout {
-                    call: method,
+                    call: method.into(),
                     after: timeout,
                 })
             }
@@ -470,7 +480,7 @@ mod tests {
         driver.stop_pod(&sandbox).await.expect("StopPodSandbox");
         driver.remove_pod(&sandbox).await.expect("RemovePodSandbox");
         assert!(server.sandboxes().is_empty());
-        assert_eq!(driver.stats().calls_of("ContainerStatus"), 2);
+        assert_eq!(driver.stats().calls_of(CriMethod::ContainerStatus), 2);
         assert_eq!(server.calls("RunPodSandbox"), 1);
     }
 

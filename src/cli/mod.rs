@@ -4,41 +4,51 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pleg::evented::EventedConfig;
 use pleg::runtime::cri::{CriConfig, CriRuntime, DEFAULT_ENDPOINT, RuntimeEndpoint};
-use pleg::{EventType, Filter, PodUid, RelistDuration};
+use pleg::{Config, EventType, Filter, Mode, PodUid, RelistDuration};
 
 pub mod output;
 pub mod pods;
 pub mod run;
 pub mod watch;
 
-/// Exit codes, documented in `--help` and the README.
-pub mod exit {
+/// The process exit codes, documented in `--help` and the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success (also after SIGTERM or SIGINT).
+    Success = 0,
     /// Failure while running.
-    pub const FAILURE: u8 = 1;
+    Failure = 1,
+    /// A bad command line: a flag or value, named.
+    Usage = 2,
     /// The health address cannot be bound (in use, bad address, no permission).
-    pub const HEALTH_ADDR: u8 = 3;
+    HealthAddr = 3,
     /// The gRPC socket cannot be bound.
-    pub const GRPC_SOCKET: u8 = 4;
+    GrpcSocket = 4,
     /// The runtime is not available and `--wait` was not given.
-    pub const RUNTIME_UNAVAILABLE: u8 = 5;
+    RuntimeUnavailable = 5,
     /// The daemon given with `--daemon` is not reachable.
-    pub const DAEMON_UNREACHABLE: u8 = 6;
+    DaemonUnreachable = 6,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
 }
 
 /// A command's failure: an exit code and what went wrong.
 #[derive(Debug)]
 pub struct Failure {
     /// The process exit code.
-    pub code: u8,
+    pub code: Exit,
     /// What went wrong.
     pub error: anyhow::Error,
 }
 
 impl Failure {
     /// A failure with this exit code.
-    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+    pub fn new(code: Exit, error: impl Into<anyhow::Error>) -> Self {
         Failure {
             code,
             error: error.into(),
@@ -49,7 +59,7 @@ impl Failure {
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         Failure {
-            code: exit::FAILURE,
+            code: Exit::Failure,
             error,
         }
     }
@@ -139,11 +149,11 @@ impl RuntimeArgs {
         connected.map_err(|e| {
             if e.is_retryable() {
                 Failure::new(
-                    exit::RUNTIME_UNAVAILABLE,
+                    Exit::RuntimeUnavailable,
                     anyhow::anyhow!("{e} (use --wait to wait for it)"),
                 )
             } else {
-                Failure::new(2, e)
+                Failure::new(Exit::Usage, e)
             }
         })
     }
@@ -157,23 +167,22 @@ impl RuntimeArgs {
     }
 
     /// The generator configuration, checked.
-    pub fn evented_config(&self) -> Result<EventedConfig, Failure> {
-        let generic = RelistDuration {
-            relist_period: self.relist_period,
-            relist_threshold: self.relist_threshold,
-        };
+    pub fn config(&self) -> Result<Config, Failure> {
+        let generic = RelistDuration::new(self.relist_period, self.relist_threshold);
         generic.validate().map_err(|e| {
             Failure::new(
-                2,
+                Exit::Usage,
                 anyhow::anyhow!("--relist-period/--relist-threshold: {e}"),
             )
         })?;
-        Ok(EventedConfig {
-            stream: self.mode == ModeArg::Evented,
-            generic_relist: generic,
-            runtime_request_timeout: self.runtime_request_timeout,
-            ..EventedConfig::default()
-        })
+        let mode = match self.mode {
+            ModeArg::Evented => Mode::Evented,
+            ModeArg::Generic => Mode::Generic,
+        };
+        Ok(Config::default()
+            .with_mode(mode)
+            .with_relist(generic)
+            .with_request_timeout(self.runtime_request_timeout))
     }
 }
 
@@ -301,7 +310,7 @@ impl SourceArgs {
                     tracing::warn!(error = %e, "daemon not reachable; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) => return Err(Failure::new(exit::DAEMON_UNREACHABLE, e)),
+                Err(e) => return Err(Failure::new(Exit::DaemonUnreachable, e)),
             }
         }
     }
@@ -345,46 +354,9 @@ pub fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
-/// Parses `250ms`, `1s`, `1.5s`, `3m`, `1h`, `1m30s`.
+/// Parses `250ms`, `1s`, `1.5s`, `3m`, `1h`, `1m30s` ([`pleg::duration::parse`]).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err("empty duration; use a number with a unit: 500ms, 1s, 3m, 1h".into());
-    }
-    let mut total = 0f64;
-    let mut rest = raw;
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{raw:?}: missing unit; use ms, s, m or h"))?;
-        let (number, tail) = rest.split_at(split);
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{raw:?}: expected a number followed by ms, s, m or h"))?;
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => {
-                return Err(format!(
-                    "{raw:?}: unknown unit {other:?}; use ms, s, m or h"
-                ));
-            }
-        };
-        total += value * scale;
-        rest = next;
-    }
-    if !(total.is_finite() && total > 0.0) {
-        return Err(format!("{raw:?}: must be greater than zero"));
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{raw:?}: out of range"))
+    pleg::duration::parse(raw).map_err(|e| e.to_string())
 }
 
 fn parse_endpoint(raw: &str) -> Result<String, String> {
@@ -401,17 +373,13 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
 }
 
 fn parse_event_type(raw: &str) -> Result<EventType, String> {
-    EventType::ALL
-        .iter()
-        .copied()
-        .find(|k| k.as_str().eq_ignore_ascii_case(raw))
-        .ok_or_else(|| {
-            let known: Vec<&str> = EventType::ALL.iter().map(|k| k.as_str()).collect();
-            format!(
-                "{raw:?}: unknown event type; expected one of {}",
-                known.join(", ")
-            )
-        })
+    EventType::from_name(raw).ok_or_else(|| {
+        let known: Vec<&str> = EventType::ALL.iter().map(|k| k.as_str()).collect();
+        format!(
+            "{raw:?}: unknown event type; expected one of {}",
+            known.join(", ")
+        )
+    })
 }
 
 fn parse_log_level(raw: &str) -> Result<String, String> {

@@ -1,12 +1,11 @@
 //! `pleg pods`: the pods and containers pleg knows, from one relist of the
 //! runtime or from a running daemon's cache.
 
-use anyhow::anyhow;
 use pleg::server::grpc::{PodListing, pod_listings};
-use pleg::{GenericConfig, GenericPleg, RelistDuration};
+use pleg::{Config, Pleg};
 
 use super::output::{Format, pods_json, pods_table};
-use super::{Failure, Outcome, PodsArgs, exit, init_logging};
+use super::{Exit, Failure, Outcome, PodsArgs, init_logging};
 
 /// Prints the table (or JSON) once.
 pub async fn run(args: PodsArgs) -> Outcome {
@@ -18,21 +17,16 @@ pub async fn run(args: PodsArgs) -> Outcome {
             client
                 .list_pods(args.namespace.as_deref())
                 .await
-                .map_err(|e| Failure::new(exit::DAEMON_UNREACHABLE, e))?
+                .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?
         }
         None => {
             let runtime = source.runtime.connect(source.wait).await?;
-            let pleg = GenericPleg::new(
-                runtime,
-                GenericConfig {
-                    relist: RelistDuration::GENERIC,
-                    runtime_request_timeout: source.runtime.runtime_request_timeout,
-                },
-            )
-            .map_err(|e| Failure::new(2, anyhow!(e)))?;
+            let config =
+                Config::generic().with_request_timeout(source.runtime.runtime_request_timeout);
+            let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
             pleg.relist()
                 .await
-                .map_err(|e| Failure::new(exit::RUNTIME_UNAVAILABLE, e))?;
+                .map_err(|e| Failure::new(Exit::RuntimeUnavailable, e))?;
             pod_listings(&pleg, args.namespace.as_deref())
         }
     };

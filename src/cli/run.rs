@@ -9,26 +9,25 @@
 //! removes the socket and exits 0.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use pleg::evented::EventedPleg;
+use pleg::Pleg;
 use pleg::runtime::cri::CriRuntime;
 use pleg::server::{Daemon, grpc, http};
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, Outcome, RunArgs, exit, init_logging};
+use super::{Exit, Failure, Outcome, RunArgs, init_logging};
 
 /// Longest the daemon waits for its servers to wind down after a signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> Outcome {
-    let config = args.runtime.evented_config()?;
+    let config = args.runtime.config()?;
     if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
         return Err(Failure::new(
-            2,
+            Exit::Usage,
             anyhow!(
                 "--metrics-prefix {:?}: a metric name prefix is letters, digits, _ and :, not starting with a digit",
                 args.metrics_prefix
@@ -43,17 +42,15 @@ pub async fn run(args: RunArgs) -> Outcome {
 
     let listener = http::bind(&args.health_addr)
         .await
-        .map_err(|e| Failure::new(exit::HEALTH_ADDR, e))?;
-    let runtime =
-        CriRuntime::connect_lazy(args.runtime.cri_config()).map_err(|e| Failure::new(2, e))?;
-    let pleg = Arc::new(
-        EventedPleg::new(runtime.clone(), config).map_err(|e| Failure::new(2, anyhow!(e)))?,
+        .map_err(|e| Failure::new(Exit::HealthAddr, e))?;
+    let runtime = CriRuntime::connect_lazy(args.runtime.cri_config())
+        .map_err(|e| Failure::new(Exit::Usage, e))?;
+    let pleg = Pleg::new(runtime.clone(), config).map_err(|e| Failure::new(Exit::Usage, e))?;
+    let daemon = Daemon::new(
+        pleg.clone(),
+        runtime.endpoint().to_string(),
+        &args.metrics_prefix,
     );
-    let daemon = Daemon {
-        pleg: pleg.clone(),
-        runtime_endpoint: runtime.endpoint().to_string(),
-        metrics_prefix: args.metrics_prefix.clone(),
-    };
 
     let shutdown = CancellationToken::new();
     let grpc_task = if args.grpc_socket.is_empty() {
@@ -64,7 +61,7 @@ pub async fn run(args: RunArgs) -> Outcome {
             && let Err(e) = std::fs::create_dir_all(parent)
         {
             return Err(Failure::new(
-                exit::GRPC_SOCKET,
+                Exit::GrpcSocket,
                 anyhow!(
                     "gRPC socket {}: creating {}: {e}",
                     socket.display(),
@@ -74,7 +71,7 @@ pub async fn run(args: RunArgs) -> Outcome {
         }
         let listener = grpc::bind(&socket)
             .await
-            .map_err(|e| Failure::new(exit::GRPC_SOCKET, e))?;
+            .map_err(|e| Failure::new(Exit::GrpcSocket, e))?;
         let stop = shutdown.clone();
         let daemon = daemon.clone();
         Some(tokio::spawn(async move {
@@ -87,8 +84,7 @@ pub async fn run(args: RunArgs) -> Outcome {
         tokio::spawn(async move { http::serve(daemon, listener, stop.cancelled_owned()).await })
     };
 
-    pleg.start()
-        .map_err(|e| Failure::new(exit::FAILURE, anyhow!(e)))?;
+    pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
     tracing::info!(
         endpoint = %runtime.endpoint(),
         mode = args.runtime.mode.as_str(),

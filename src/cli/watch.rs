@@ -10,17 +10,17 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::anyhow;
-use pleg::evented::EventedPleg;
+use pleg::Pleg;
 use pleg::{SubscribeOptions, Subscription};
 
 use super::output::{Format, Printer};
 use super::run::wait_for_signal;
-use super::{Failure, Outcome, WatchArgs, exit, init_logging};
+use super::{Exit, Failure, Outcome, WatchArgs, init_logging};
 
 /// Runs until interrupted, or until the daemon's stream ends.
 pub async fn run(args: WatchArgs) -> Outcome {
     let source = &args.source;
-    let config = source.runtime.evented_config()?;
+    let config = source.runtime.config()?;
     init_logging(&source.log_level, super::LogFormat::Text);
     let colour = source.output == Format::Text
         && std::io::stdout().is_terminal()
@@ -33,15 +33,14 @@ pub async fn run(args: WatchArgs) -> Outcome {
     }
 
     let runtime = source.runtime.connect(source.wait).await?;
-    let pleg = EventedPleg::new(runtime, config).map_err(|e| Failure::new(2, anyhow!(e)))?;
+    let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
     let sub = pleg
         .subscribe_with(SubscribeOptions {
             filter,
             ..SubscribeOptions::default()
         })
-        .map_err(|e| Failure::new(2, anyhow!(e)))?;
-    pleg.start()
-        .map_err(|e| Failure::new(exit::FAILURE, anyhow!(e)))?;
+        .map_err(|e| Failure::new(Exit::Usage, anyhow!(e)))?;
+    pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
     let outcome = print_until_signal(sub, &mut printer).await;
     pleg.stop().await;
     outcome
@@ -60,7 +59,7 @@ async fn print_until_signal(mut sub: Subscription, printer: &mut Printer) -> Out
                         return Ok(());
                     }
                 }
-                None => return Err(Failure::new(exit::FAILURE, anyhow!("the generator stopped"))),
+                None => return Err(Failure::new(Exit::Failure, anyhow!("the generator stopped"))),
             },
         }
     }
@@ -76,7 +75,7 @@ async fn follow_daemon(
     let mut stream = client
         .watch(filter, pleg::hub::DEFAULT_CAPACITY)
         .await
-        .map_err(|e| Failure::new(exit::DAEMON_UNREACHABLE, e))?;
+        .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?;
     let signal = wait_for_signal();
     tokio::pin!(signal);
     loop {
@@ -91,10 +90,10 @@ async fn follow_daemon(
                         return Ok(());
                     }
                 }
-                Some(Err(e)) => return Err(Failure::new(exit::FAILURE, e)),
+                Some(Err(e)) => return Err(Failure::new(Exit::Failure, e)),
                 None => {
                     return Err(Failure::new(
-                        exit::FAILURE,
+                        Exit::Failure,
                         anyhow!("the daemon at {} ended the event stream", socket.display()),
                     ));
                 }

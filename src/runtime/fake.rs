@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{BoxFuture, ContainerEvent, Error, EventStream, Result, Runtime, RuntimeStats};
-use crate::model::{ContainerId, Listing, Pod, PodStatus, PodUid};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Method names the fake counts calls under.
-pub const LIST_PODS: &str = "ListPods";
-/// Method names the fake counts calls under.
-pub const POD_STATUS: &str = "PodStatus";
+use super::{
+    BoxFuture, Call, ContainerEvent, CriMethod, Error, EventStream, Operation, PodControl, Result,
+    Runtime, RuntimeStats,
+};
+use crate::model::{ContainerId, Listing, Pod, PodStatus, PodUid};
 
 #[derive(Debug, Default)]
 struct Script {
@@ -42,6 +42,9 @@ pub struct FakeRuntime {
     script: Mutex<Script>,
     events: Mutex<EventScript>,
     stats: RuntimeStats,
+    list_calls: AtomicU64,
+    stopped: Mutex<Vec<ContainerId>>,
+    removed: Mutex<Vec<ContainerId>>,
 }
 
 /// The scripted event stream.
@@ -137,7 +140,7 @@ impl FakeRuntime {
 
     /// Listings answered or attempted so far.
     pub fn list_calls(&self) -> u64 {
-        self.stats.calls_of(LIST_PODS)
+        self.list_calls.load(Ordering::Relaxed)
     }
 
     /// Status calls for one pod so far.
@@ -152,18 +155,29 @@ impl FakeRuntime {
 
     /// Status calls for all pods so far.
     pub fn total_status_calls(&self) -> u64 {
-        self.stats.calls_of(POD_STATUS)
+        self.script.lock().status_calls.values().sum()
+    }
+
+    /// Sandboxes stopped through [`PodControl`], in order.
+    pub fn stopped_pods(&self) -> Vec<ContainerId> {
+        self.stopped.lock().clone()
+    }
+
+    /// Sandboxes removed through [`PodControl`], in order; the pod they
+    /// belong to leaves the listing.
+    pub fn removed_pods(&self) -> Vec<ContainerId> {
+        self.removed.lock().clone()
     }
 
     fn answer_list(&self) -> (Duration, Result<Listing>) {
-        self.stats.count_call(LIST_PODS);
+        self.list_calls.fetch_add(1, Ordering::Relaxed);
         let mut script = self.script.lock();
         let delay = script.list_delay;
         if let Some(message) = script.list_answers.pop_front() {
-            return (delay, Err(failed(LIST_PODS, message)));
+            return (delay, Err(failed(Operation::ListPods, message)));
         }
         if let Some(message) = &script.list_failure {
-            return (delay, Err(failed(LIST_PODS, message.clone())));
+            return (delay, Err(failed(Operation::ListPods, message.clone())));
         }
         let mut pods = script.pods.clone();
         if !script.raw_states.is_empty() {
@@ -186,7 +200,6 @@ impl FakeRuntime {
     }
 
     fn answer_status(&self, pod: &Pod) -> (Duration, Result<PodStatus>) {
-        self.stats.count_call(POD_STATUS);
         let mut script = self.script.lock();
         let uid = pod.uid().clone();
         *script.status_calls.entry(uid.clone()).or_default() += 1;
@@ -196,10 +209,10 @@ impl FakeRuntime {
             .get_mut(&uid)
             .and_then(|q| q.pop_front())
         {
-            return (delay, answer.map_err(|m| failed(POD_STATUS, m)));
+            return (delay, answer.map_err(|m| failed(Operation::PodStatus, m)));
         }
         if let Some(message) = script.status_failures.get(&uid) {
-            return (delay, Err(failed(POD_STATUS, message.clone())));
+            return (delay, Err(failed(Operation::PodStatus, message.clone())));
         }
         let mut status = match script.pods.iter().find(|p| p.uid() == &uid) {
             Some(current) => PodStatus::from_pod(current),
@@ -212,8 +225,8 @@ impl FakeRuntime {
     }
 }
 
-fn failed(call: &'static str, message: String) -> Error {
-    Error::Failed { call, message }
+fn failed(call: impl Into<Call>, message: String) -> Error {
+    Error::failed(call, message)
 }
 
 async fn after<T>(delay: Duration, answer: T) -> T {
@@ -246,12 +259,28 @@ impl Runtime for FakeRuntime {
                 return Err(error);
             }
             if let Some(error) = &script.standing_failure {
-                return Err(clone_error(error));
+                return Err(error.clone());
             }
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
             script.streams.push(sender);
             Ok(Box::pin(ChannelStream(receiver)) as EventStream)
         })
+    }
+}
+
+impl PodControl for FakeRuntime {
+    fn stop_pod<'a>(&'a self, sandbox_id: &'a ContainerId) -> BoxFuture<'a, Result<()>> {
+        self.stopped.lock().push(sandbox_id.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_pod<'a>(&'a self, sandbox_id: &'a ContainerId) -> BoxFuture<'a, Result<()>> {
+        self.removed.lock().push(sandbox_id.clone());
+        self.script
+            .lock()
+            .pods
+            .retain(|p| !p.sandboxes.iter().any(|s| &s.id == sandbox_id));
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -266,23 +295,6 @@ impl futures_core::Stream for ChannelStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
-    }
-}
-
-fn clone_error(error: &Error) -> Error {
-    match error {
-        Error::Timeout { call, after } => Error::Timeout {
-            call,
-            after: *after,
-        },
-        Error::Unimplemented { call, message } => Error::Unimplemented {
-            call,
-            message: message.clone(),
-        },
-        Error::Failed { call, message } => Error::Failed {
-            call,
-            message: message.clone(),
-        },
     }
 }
 
@@ -304,7 +316,7 @@ impl FakeRuntime {
         let mut script = self.events.lock();
         for stream in script.streams.drain(..) {
             if let Some(message) = &error {
-                let _ = stream.send(Err(failed("GetContainerEvents", message.clone())));
+                let _ = stream.send(Err(failed(CriMethod::GetContainerEvents, message.clone())));
             }
         }
     }
@@ -316,7 +328,7 @@ impl FakeRuntime {
         for _ in 0..times {
             script
                 .open_failures
-                .push_back(failed("GetContainerEvents", message.clone()));
+                .push_back(failed(CriMethod::GetContainerEvents, message.clone()));
         }
     }
 
@@ -326,11 +338,11 @@ impl FakeRuntime {
         self.events.lock().standing_failure = message.map(|message| {
             if unimplemented {
                 Error::Unimplemented {
-                    call: "GetContainerEvents",
+                    call: Call::Cri(CriMethod::GetContainerEvents),
                     message,
                 }
             } else {
-                failed("GetContainerEvents", message)
+                failed(CriMethod::GetContainerEvents, message)
             }
         });
     }

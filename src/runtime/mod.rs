@@ -1,28 +1,36 @@
 //! The seam between the generator and a container runtime.
 //!
 //! [`Runtime`] is what the generator needs from a runtime: a listing of every
-//! pod with its sandboxes and containers in all states, and the status of one
-//! pod. Implementations convert the runtime's data into our model at the edge;
-//! a value they do not understand becomes `Unknown` and is counted in
-//! [`RuntimeStats`], never a panic.
+//! pod with its sandboxes and containers in all states, the status of one
+//! pod, and the container event stream. Implementations convert the
+//! runtime's data into our model at the edge; a value they do not understand
+//! becomes `Unknown` and is counted in [`RuntimeStats`], never a panic.
 //!
 //! Calls are async and cancellable (dropping the future abandons the call).
-//! The generator bounds every call with its runtime request timeout through
-//! [`bounded`].
+//! The generator wraps its runtime in [`Instrumented`], which bounds every
+//! call with the runtime request timeout and counts and times it by
+//! [`Operation`] and outcome; the CRI adapter counts the RPCs behind them
+//! by [`CriMethod`] and gRPC code.
 //!
-//! `fake::FakeRuntime` is a scripted, deterministic runtime for tests and
-//! benchmarks, behind the `test-util` feature (pleg-testkit turns it on).
+//! [`PodControl`] is the small seam for what a product feature asks of the
+//! runtime beyond watching it: stopping and removing a pod.
+//!
+//! `fake::FakeRuntime` (feature `test-util`) is a scripted, deterministic
+//! runtime for tests and benchmarks.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::family::Family;
+use tokio::time::Instant;
 
-use crate::health::go_duration;
+use crate::duration::GoDuration;
+use crate::metrics::{Count, Histogram};
 use crate::model::{Container, ContainerId, ContainerState, Listing, Pod, PodMeta, PodStatus};
+use crate::naming::named_enum;
 
 pub mod cri;
 #[cfg(any(test, feature = "test-util"))]
@@ -34,14 +42,111 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Result of a runtime call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A runtime call that failed.
-#[derive(Debug, thiserror::Error)]
+named_enum! {
+    /// A call through the [`Runtime`] seam.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum Operation {
+        /// [`Runtime::list_pods`].
+        ListPods = "ListPods",
+        /// [`Runtime::pod_status`].
+        PodStatus = "PodStatus",
+        /// [`Runtime::container_events`].
+        ContainerEvents = "ContainerEvents",
+        /// [`PodControl::stop_pod`].
+        StopPod = "StopPod",
+        /// [`PodControl::remove_pod`].
+        RemovePod = "RemovePod",
+    }
+}
+
+named_enum! {
+    /// A CRI v1 `RuntimeService` method pleg (or its test kit's workload
+    /// driver, the last five) calls.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum CriMethod {
+        /// The handshake.
+        Version = "Version",
+        /// Half of a listing.
+        ListPodSandbox = "ListPodSandbox",
+        /// The other half of a listing.
+        ListContainers = "ListContainers",
+        /// A sandbox's status.
+        PodSandboxStatus = "PodSandboxStatus",
+        /// A container's status.
+        ContainerStatus = "ContainerStatus",
+        /// The event stream.
+        GetContainerEvents = "GetContainerEvents",
+        /// Stopping a pod.
+        StopPodSandbox = "StopPodSandbox",
+        /// Removing a pod.
+        RemovePodSandbox = "RemovePodSandbox",
+        /// Running a pod (crictl `runp`).
+        RunPodSandbox = "RunPodSandbox",
+        /// Creating a container (crictl `create`).
+        CreateContainer = "CreateContainer",
+        /// Starting a container (crictl `start`).
+        StartContainer = "StartContainer",
+        /// Stopping a container (crictl `stop`).
+        StopContainer = "StopContainer",
+        /// Removing a container (crictl `rm`).
+        RemoveContainer = "RemoveContainer",
+    }
+}
+
+/// What failed: a call through the seam, or one RPC behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Call {
+    /// A call through the [`Runtime`] seam.
+    Operation(Operation),
+    /// A CRI RPC.
+    Cri(CriMethod),
+}
+
+impl Call {
+    /// The call's name: `ListPods`, `ListPodSandbox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Call::Operation(op) => op.as_str(),
+            Call::Cri(method) => method.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Operation> for Call {
+    fn from(op: Operation) -> Self {
+        Call::Operation(op)
+    }
+}
+
+impl From<CriMethod> for Call {
+    fn from(method: CriMethod) -> Self {
+        Call::Cri(method)
+    }
+}
+
+/// The cause behind a failed call, kept for callers that look deeper.
+pub type Source = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A runtime call that failed. [`code`](Self::code) tells a missing or
+/// unreachable runtime (`Unavailable`), a slow one (`DeadlineExceeded`) and
+/// a vanished pod or container (`NotFound`) apart.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The call took longer than the runtime request timeout.
-    #[error("runtime call {call} timed out after {}", go_duration(*after))]
+    #[error("runtime call {call} timed out after {}", GoDuration(*after))]
     Timeout {
         /// The call, for example `ListPods`.
-        call: &'static str,
+        call: Call,
         /// The timeout that expired.
         after: Duration,
     },
@@ -50,18 +155,69 @@ pub enum Error {
     #[error("runtime call {call} is not implemented by the runtime: {message}")]
     Unimplemented {
         /// The call.
-        call: &'static str,
+        call: Call,
         /// What the runtime said.
         message: String,
     },
-    /// The runtime answered with an error.
+    /// The runtime answered with an error, or could not be reached.
     #[error("runtime call {call} failed: {message}")]
     Failed {
-        /// The call, for example `PodStatus`.
-        call: &'static str,
+        /// The call, for example `PodSandboxStatus`.
+        call: Call,
+        /// The gRPC code (`Unknown` when the runtime gave none).
+        code: tonic::Code,
         /// What the runtime said.
         message: String,
+        /// The cause, when there is one.
+        #[source]
+        source: Option<Source>,
     },
+}
+
+impl Error {
+    /// A failure without a code or cause of its own.
+    pub fn failed(call: impl Into<Call>, message: impl Into<String>) -> Self {
+        Error::Failed {
+            call: call.into(),
+            code: tonic::Code::Unknown,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The call that failed.
+    pub fn call(&self) -> Call {
+        match self {
+            Error::Timeout { call, .. }
+            | Error::Unimplemented { call, .. }
+            | Error::Failed { call, .. } => *call,
+        }
+    }
+
+    /// The gRPC code of the failure: `DeadlineExceeded` for a timeout,
+    /// `Unimplemented`, or the runtime's.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Error::Timeout { .. } => tonic::Code::DeadlineExceeded,
+            Error::Unimplemented { .. } => tonic::Code::Unimplemented,
+            Error::Failed { code, .. } => *code,
+        }
+    }
+
+    /// Whether the runtime lacks the call.
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, Error::Unimplemented { .. })
+    }
+
+    /// The runtime ended its event stream.
+    pub(crate) fn stream_ended() -> Self {
+        Error::Failed {
+            call: Call::Cri(CriMethod::GetContainerEvents),
+            code: tonic::Code::Unavailable,
+            message: "the runtime ended the event stream".into(),
+            source: None,
+        }
+    }
 }
 
 /// What the generator needs from a container runtime.
@@ -72,7 +228,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// The status of one pod that the last listing returned.
     fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<PodStatus>>;
 
-    /// Counters kept by the runtime adapter.
+    /// Counters kept by the runtime adapter: values it could not decode,
+    /// records it could not use, RPCs it made.
     fn stats(&self) -> &RuntimeStats;
 
     /// Opens the runtime's container event stream (CRI `GetContainerEvents`).
@@ -81,11 +238,39 @@ pub trait Runtime: Send + Sync + 'static {
     fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(async {
             Err(Error::Unimplemented {
-                call: "GetContainerEvents",
+                call: Call::Operation(Operation::ContainerEvents),
                 message: "this runtime has no event stream".into(),
             })
         })
     }
+}
+
+impl<R: Runtime + ?Sized> Runtime for Arc<R> {
+    fn list_pods(&self) -> BoxFuture<'_, Result<Listing>> {
+        (**self).list_pods()
+    }
+
+    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<PodStatus>> {
+        (**self).pod_status(pod)
+    }
+
+    fn stats(&self) -> &RuntimeStats {
+        (**self).stats()
+    }
+
+    fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
+        (**self).container_events()
+    }
+}
+
+/// Stopping and removing pods: what a product feature asks of the runtime
+/// beyond watching it (the toolkit's `delete_after_completion`).
+pub trait PodControl: Send + Sync + 'static {
+    /// Stops a pod sandbox and its containers (crictl `stopp`).
+    fn stop_pod<'a>(&'a self, sandbox_id: &'a ContainerId) -> BoxFuture<'a, Result<()>>;
+
+    /// Removes a stopped pod sandbox and its containers (crictl `rmp`).
+    fn remove_pod<'a>(&'a self, sandbox_id: &'a ContainerId) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A stream of container events; it ends (or yields an error) when the
@@ -93,17 +278,20 @@ pub trait Runtime: Send + Sync + 'static {
 /// is open is found by relisting.
 pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = Result<ContainerEvent>> + Send>>;
 
-/// What happened to a container or sandbox, as an event stream reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ContainerEventKind {
-    /// Created, not started.
-    Created,
-    /// Started (for a sandbox: ready).
-    Started,
-    /// Stopped: the process exited or was killed (for a sandbox: not ready).
-    Stopped,
-    /// Removed from the runtime.
-    Deleted,
+named_enum! {
+    /// What happened to a container or sandbox, as an event stream reports it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum ContainerEventKind {
+        /// Created, not started.
+        Created = "created",
+        /// Started (for a sandbox: ready).
+        Started = "started",
+        /// Stopped: the process exited or was killed (for a sandbox: not ready).
+        Stopped = "stopped",
+        /// Removed from the runtime.
+        Deleted = "deleted",
+    }
 }
 
 impl ContainerEventKind {
@@ -115,16 +303,6 @@ impl ContainerEventKind {
             2 => Some(ContainerEventKind::Stopped),
             3 => Some(ContainerEventKind::Deleted),
             _ => None,
-        }
-    }
-
-    /// Lower-case name, for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContainerEventKind::Created => "created",
-            ContainerEventKind::Started => "started",
-            ContainerEventKind::Stopped => "stopped",
-            ContainerEventKind::Deleted => "deleted",
         }
     }
 }
@@ -156,20 +334,57 @@ pub struct ContainerEvent {
     pub containers: Vec<Container>,
 }
 
-/// Counters kept by a runtime adapter: calls by method, and values received
-/// from the runtime that we did not recognise.
+/// How an RPC ended: a gRPC code (`OK` included) or the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RpcOutcome {
+    /// The runtime answered with this code.
+    Code(tonic::Code),
+    /// No answer within the deadline.
+    Timeout,
+}
+
+impl RpcOutcome {
+    /// `OK`, `NotFound`, `Timeout`: as in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcOutcome::Code(code) => cri::code_name(code),
+            RpcOutcome::Timeout => "Timeout",
+        }
+    }
+}
+
+impl EncodeLabelValue for RpcOutcome {
+    fn encode(
+        &self,
+        encoder: &mut LabelValueEncoder<'_>,
+    ) -> std::result::Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// `method` and `code` of `pleg_cri_requests_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CriLabels {
+    /// The RPC.
+    pub method: CriMethod,
+    /// How it ended.
+    pub code: RpcOutcome,
+}
+
+/// Counters kept by a runtime adapter: RPCs by method and outcome, and
+/// values received from the runtime that we did not recognise or could not
+/// use.
 #[derive(Debug, Default)]
 pub struct RuntimeStats {
-    calls: Mutex<BTreeMap<&'static str, u64>>,
-    outcomes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    unknown_values: AtomicU64,
-    skipped_records: AtomicU64,
+    requests: Family<CriLabels, Count>,
+    unknown_values: Count,
+    skipped_records: Count,
 }
 
 impl RuntimeStats {
     fn unknown(&self, what: &'static str, raw: i32) -> ContainerState {
         // Warn on the first unknown value only; the counter tells the rest.
-        if self.unknown_values.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.unknown_values.get() == 0 {
             tracing::warn!(
                 value = raw,
                 "runtime sent an unknown {what} state; treating it as unknown (counted from now on)"
@@ -177,58 +392,73 @@ impl RuntimeStats {
         } else {
             tracing::debug!(value = raw, "runtime sent an unknown {what} state");
         }
+        self.unknown_values.inc();
         ContainerState::Unknown
     }
-}
 
-impl RuntimeStats {
-    /// Counts one call of `method`.
-    pub fn count_call(&self, method: &'static str) {
-        *self.calls.lock().entry(method).or_default() += 1;
+    /// Counts one RPC that ended.
+    pub fn count_request(&self, method: CriMethod, outcome: RpcOutcome) {
+        self.requests
+            .get_or_create(&CriLabels {
+                method,
+                code: outcome,
+            })
+            .inc();
     }
 
-    /// Counts how a call of `method` ended: a gRPC code name such as `OK` or
-    /// `NotFound`, or `Timeout`.
-    pub fn count_outcome(&self, method: &'static str, code: &'static str) {
-        *self.outcomes.lock().entry((method, code)).or_default() += 1;
+    /// RPCs of one method that ended, whatever their outcome.
+    pub fn calls_of(&self, method: CriMethod) -> u64 {
+        RPC_OUTCOMES
+            .iter()
+            .map(|&outcome| self.outcome_count(method, outcome))
+            .sum()
     }
 
-    /// Calls that ended so far, by method and outcome.
-    pub fn outcomes(&self) -> BTreeMap<(&'static str, &'static str), u64> {
-        self.outcomes.lock().clone()
+    /// RPCs of one method that ended with this outcome.
+    pub fn outcome_count(&self, method: CriMethod, outcome: RpcOutcome) -> u64 {
+        self.requests
+            .get(&CriLabels {
+                method,
+                code: outcome,
+            })
+            .map_or(0, |c| c.get())
     }
 
-    /// Calls made so far, by method.
-    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
-        self.calls.lock().clone()
-    }
-
-    /// Calls of one method made so far.
-    pub fn calls_of(&self, method: &str) -> u64 {
-        self.calls.lock().get(method).copied().unwrap_or(0)
+    /// The requests family, for registration.
+    pub(crate) fn requests(&self) -> &Family<CriLabels, Count> {
+        &self.requests
     }
 
     /// Values outside the enums we know, received so far.
     pub fn unknown_values(&self) -> u64 {
-        self.unknown_values.load(Ordering::Relaxed)
+        self.unknown_values.get()
+    }
+
+    pub(crate) fn unknown_values_count(&self) -> &Count {
+        &self.unknown_values
     }
 
     /// Counts a record the runtime sent that cannot be used (an empty ID, a
     /// sandbox without metadata, a container whose pod is unknown) and was
     /// left out. The first one is logged as a warning, the rest at debug level.
     pub fn skip_record(&self, what: &str, why: &str) {
-        if self.skipped_records.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.skipped_records.get() == 0 {
             tracing::warn!(
                 "runtime sent a {what} that cannot be used ({why}); skipped it (counted from now on)"
             );
         } else {
             tracing::debug!("runtime sent a {what} that cannot be used ({why}); skipped it");
         }
+        self.skipped_records.inc();
     }
 
     /// Records the runtime sent that could not be used and were left out.
     pub fn skipped_records(&self) -> u64 {
-        self.skipped_records.load(Ordering::Relaxed)
+        self.skipped_records.get()
+    }
+
+    pub(crate) fn skipped_records_count(&self) -> &Count {
+        &self.skipped_records
     }
 
     /// Decodes a CRI container state number; a value outside the enum becomes
@@ -244,17 +474,176 @@ impl RuntimeStats {
     }
 }
 
+/// Every outcome an RPC can have.
+const RPC_OUTCOMES: [RpcOutcome; 18] = {
+    use tonic::Code::*;
+    [
+        RpcOutcome::Code(Ok),
+        RpcOutcome::Code(Cancelled),
+        RpcOutcome::Code(Unknown),
+        RpcOutcome::Code(InvalidArgument),
+        RpcOutcome::Code(DeadlineExceeded),
+        RpcOutcome::Code(NotFound),
+        RpcOutcome::Code(AlreadyExists),
+        RpcOutcome::Code(PermissionDenied),
+        RpcOutcome::Code(ResourceExhausted),
+        RpcOutcome::Code(FailedPrecondition),
+        RpcOutcome::Code(Aborted),
+        RpcOutcome::Code(OutOfRange),
+        RpcOutcome::Code(Unimplemented),
+        RpcOutcome::Code(Internal),
+        RpcOutcome::Code(Unavailable),
+        RpcOutcome::Code(DataLoss),
+        RpcOutcome::Code(Unauthenticated),
+        RpcOutcome::Timeout,
+    ]
+};
+
 /// Runs a runtime call with a deadline.
 pub async fn bounded<T>(
-    call: &'static str,
+    call: impl Into<Call>,
     timeout: Duration,
     request: impl Future<Output = Result<T>>,
 ) -> Result<T> {
     match tokio::time::timeout(timeout, request).await {
         Ok(answer) => answer,
         Err(_) => Err(Error::Timeout {
-            call,
+            call: call.into(),
             after: timeout,
         }),
+    }
+}
+
+/// `operation` and `outcome` of `pleg_runtime_operations_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The call.
+    pub operation: Operation,
+    /// How it ended: `OK`, a gRPC code, or `Timeout`.
+    pub outcome: RpcOutcome,
+}
+
+/// `operation` of `pleg_runtime_operation_duration_seconds`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OperationOnly {
+    /// The call.
+    pub operation: Operation,
+}
+
+/// What [`Instrumented`] counts and times.
+#[derive(Debug)]
+pub struct OperationMetrics {
+    pub(crate) calls: Family<OperationLabels, Count>,
+    pub(crate) durations: Family<OperationOnly, Histogram>,
+}
+
+impl Default for OperationMetrics {
+    /// Every operation's duration series, present (empty) from the start.
+    fn default() -> Self {
+        let metrics = OperationMetrics {
+            calls: Family::default(),
+            durations: Family::default(),
+        };
+        for &operation in Operation::ALL {
+            drop(
+                metrics
+                    .durations
+                    .get_or_create(&OperationOnly { operation }),
+            );
+        }
+        metrics
+    }
+}
+
+impl OperationMetrics {
+    /// Calls of one operation that ended with this outcome.
+    pub fn count(&self, operation: Operation, outcome: RpcOutcome) -> u64 {
+        self.calls
+            .get(&OperationLabels { operation, outcome })
+            .map_or(0, |c| c.get())
+    }
+
+    fn record<T>(&self, operation: Operation, started: Instant, result: &Result<T>) {
+        let outcome = match result {
+            Ok(_) => RpcOutcome::Code(tonic::Code::Ok),
+            Err(Error::Timeout { .. }) => RpcOutcome::Timeout,
+            Err(e) => RpcOutcome::Code(e.code()),
+        };
+        self.calls
+            .get_or_create(&OperationLabels { operation, outcome })
+            .inc();
+        self.durations
+            .get_or_create(&OperationOnly { operation })
+            .observe(started.elapsed());
+    }
+}
+
+/// A runtime whose every call is bounded by the request timeout, counted
+/// by operation and outcome, and timed. Opening the event stream has no
+/// deadline of its own: containerd answers that call with its first event
+/// (see [`cri`]).
+#[derive(Debug)]
+pub struct Instrumented<R> {
+    inner: R,
+    request_timeout: Duration,
+    metrics: OperationMetrics,
+}
+
+impl<R: Runtime> Instrumented<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, request_timeout: Duration) -> Self {
+        Instrumented {
+            inner,
+            request_timeout,
+            metrics: OperationMetrics::default(),
+        }
+    }
+
+    /// The wrapped runtime.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+
+    /// What was counted and timed.
+    pub fn operations(&self) -> &OperationMetrics {
+        &self.metrics
+    }
+
+    async fn measured<T>(
+        &self,
+        operation: Operation,
+        bound: bool,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let result = if bound {
+            bounded(operation, self.request_timeout, call).await
+        } else {
+            call.await
+        };
+        self.metrics.record(operation, started, &result);
+        result
+    }
+}
+
+impl<R: Runtime> Runtime for Instrumented<R> {
+    fn list_pods(&self) -> BoxFuture<'_, Result<Listing>> {
+        Box::pin(self.measured(Operation::ListPods, true, self.inner.list_pods()))
+    }
+
+    fn pod_status<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<PodStatus>> {
+        Box::pin(self.measured(Operation::PodStatus, true, self.inner.pod_status(pod)))
+    }
+
+    fn stats(&self) -> &RuntimeStats {
+        self.inner.stats()
+    }
+
+    fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(self.measured(
+            Operation::ContainerEvents,
+            false,
+            self.inner.container_events(),
+        ))
     }
 }

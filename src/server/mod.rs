@@ -1,24 +1,55 @@
 //! What the `pleg run` daemon serves: the health probe and Prometheus
 //! metrics over HTTP ([`http`]), and the subscription API over gRPC on a
-//! unix socket ([`grpc`]). Both read one [`EventedPleg`]; neither changes it.
+//! unix socket ([`grpc`]). Both read one [`Pleg`]; neither changes it.
 
 use std::sync::Arc;
 
-use crate::evented::EventedPleg;
+use prometheus_client::registry::Registry;
+
+use crate::Pleg;
 
 pub mod grpc;
 pub mod http;
 
-/// What the servers read.
+/// What the servers read. Cheap to clone.
 #[derive(Clone)]
 pub struct Daemon {
     /// The generator.
-    pub pleg: Arc<EventedPleg>,
+    pub pleg: Pleg,
     /// The runtime endpoint, as configured (for health messages).
     pub runtime_endpoint: String,
-    /// Prefix for every metric name (empty by default; `kubelet_` gives the
-    /// kubelet's full names).
-    pub metrics_prefix: String,
+    /// Every metric family, registered once with its prefix.
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("pleg", &self.pleg)
+            .field("runtime_endpoint", &self.runtime_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// The daemon over `pleg`. Every metric name gets `metrics_prefix`
+    /// (empty by default; `kubelet_` gives the kubelet's full names); a CLI
+    /// checks it with [`http::metrics_prefix_is_valid`] first, and invalid
+    /// characters are replaced with `_`.
+    pub fn new(pleg: Pleg, runtime_endpoint: impl Into<String>, metrics_prefix: &str) -> Self {
+        let mut registry = Registry::default();
+        pleg.register_metrics(&mut registry, &http::sanitize_prefix(metrics_prefix));
+        Daemon {
+            pleg,
+            runtime_endpoint: runtime_endpoint.into(),
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The metric families.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
 }
 
 /// One named health check and its outcome.
@@ -76,7 +107,7 @@ impl Daemon {
             failure: pleg.healthy().err().map(|e| e.to_string()),
             detail: format!(
                 "last relist within {}",
-                crate::health::go_duration(pleg.relist_duration().relist_threshold)
+                crate::duration::format(pleg.relist_duration().relist_threshold)
             ),
         };
         let runtime = Check {

@@ -7,8 +7,7 @@ use std::time::Duration;
 use pleg::model::{Container, ContainerState, Pod, PodMeta};
 use pleg::runtime::fake::FakeRuntime;
 use pleg::{
-    Delivery, EventType, Filter, GenericConfig, GenericPleg, RelistDuration, SubscribeOptions,
-    Subscription,
+    Config, Delivery, EventType, Filter, Pleg, RelistDuration, SubscribeOptions, Subscription,
 };
 
 /// A pod with these containers (no sandbox).
@@ -29,17 +28,16 @@ pub fn sandbox_pod(uid: &str, sandboxes: &[(&str, ContainerState)]) -> Pod {
 
 /// A generator over a fake runtime, relisting every hour (tests relist by
 /// hand) with the kubelet's 3-minute threshold.
-pub fn generator() -> (Arc<FakeRuntime>, GenericPleg) {
+pub fn generator() -> (Arc<FakeRuntime>, Pleg) {
     let runtime = FakeRuntime::new();
-    let pleg = GenericPleg::new(
+    let pleg = Pleg::new(
         runtime.clone(),
-        GenericConfig {
-            relist: RelistDuration {
+        Config::generic()
+            .with_relist(RelistDuration {
                 relist_period: Duration::from_secs(3600),
                 relist_threshold: Duration::from_secs(180),
-            },
-            runtime_request_timeout: Duration::from_secs(120),
-        },
+            })
+            .with_request_timeout(Duration::from_secs(120)),
     )
     .expect("valid config");
     (runtime, pleg)
@@ -79,7 +77,7 @@ pub fn expect(events: &[(&str, EventType, &str)]) -> Vec<(String, EventType, Str
 }
 
 /// A subscription that also receives `ContainerChanged`.
-pub fn subscribe_with_changed(pleg: &GenericPleg) -> Subscription {
+pub fn subscribe_with_changed(pleg: &Pleg) -> Subscription {
     pleg.subscribe_with(SubscribeOptions {
         filter: Filter {
             include_container_changed: true,

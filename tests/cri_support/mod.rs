@@ -12,8 +12,8 @@ use std::time::Duration;
 use pleg::model::{Container, ContainerState, PodUid};
 use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{
-    Delivery, EventType, Filter, GenericConfig, GenericPleg, PodLifecycleEvent, RelistDuration,
-    SubscribeOptions, Subscription,
+    Config, Delivery, EventType, Filter, Pleg, PodLifecycleEvent, RelistDuration, SubscribeOptions,
+    Subscription,
 };
 use pleg_testkit::driver::{ContainerSpec, Driver, PodSpec};
 
@@ -55,16 +55,13 @@ pub fn driver() -> Arc<Driver> {
 
 /// A generator over the runtime that relists only when told to (period 1 h),
 /// with the kubelet's 3-minute threshold.
-pub fn generator(runtime: Arc<CriRuntime>) -> GenericPleg {
-    GenericPleg::new(
+pub fn generator(runtime: Arc<CriRuntime>) -> Pleg {
+    Pleg::new(
         runtime,
-        GenericConfig {
-            relist: RelistDuration {
-                relist_period: Duration::from_secs(3600),
-                relist_threshold: Duration::from_secs(180),
-            },
-            ..GenericConfig::default()
-        },
+        Config::generic().with_relist(RelistDuration {
+            relist_period: Duration::from_secs(3600),
+            relist_threshold: Duration::from_secs(180),
+        }),
     )
     .expect("valid config")
 }
@@ -84,12 +81,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Subscribes to the events of these pods, `ContainerChanged` included.
-pub fn subscribe_pods(pleg: &GenericPleg, uids: &[&str]) -> Subscription {
+pub fn subscribe_pods(pleg: &Pleg, uids: &[&str]) -> Subscription {
     subscribe_pods_with(pleg, uids, true)
 }
 
 /// Subscribes to the events of these pods, with or without `ContainerChanged`.
-pub fn subscribe_pods_with(pleg: &GenericPleg, uids: &[&str], changed: bool) -> Subscription {
+pub fn subscribe_pods_with(pleg: &Pleg, uids: &[&str], changed: bool) -> Subscription {
     pleg.subscribe_with(SubscribeOptions {
         filter: Filter {
             pod_uids: Some(uids.iter().map(PodUid::new).collect::<HashSet<_>>()),

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use pleg::runtime::cri::{DEFAULT_ENDPOINT, RuntimeEndpoint};
-use pleg::{Delivery, GenericPleg, Subscription};
+use pleg::{Delivery, Pleg, Subscription};
 
 #[path = "pleg-demo/cri.rs"]
 mod cri;
@@ -164,7 +164,7 @@ fn print_events(mut events: Subscription) -> tokio::task::JoinHandle<()> {
 }
 
 /// Prints the generator's health.
-fn report_health(pleg: &GenericPleg) {
+fn report_health(pleg: &Pleg) {
     match pleg.healthy() {
         Ok(()) => println!("health: ok"),
         Err(reason) => println!("health: {reason}"),

@@ -18,7 +18,7 @@ use super::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT, RpcFailure, describe_status,
 };
 use crate::backoff::Backoff;
-use crate::health::go_duration;
+use crate::duration::GoDuration;
 use crate::runtime::RuntimeStats;
 
 /// How to reach a CRI runtime.
@@ -59,6 +59,31 @@ impl CriConfig {
             endpoint: endpoint.into(),
             ..CriConfig::default()
         }
+    }
+
+    /// Sets the bound on every RPC.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the bound on connecting and on the `Version` handshake.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest message accepted from the runtime.
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets the HTTP/2 keep-alive interval and timeout.
+    pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        self
     }
 }
 
@@ -179,7 +204,7 @@ pub enum ConnectError {
     },
     /// No answer to `Version` in time.
     #[error(
-        "runtime endpoint {endpoint}: no answer to runtime.v1.RuntimeService/Version within {}; is it a CRI runtime?", go_duration(*after)
+        "runtime endpoint {endpoint}: no answer to runtime.v1.RuntimeService/Version within {}; is it a CRI runtime?", GoDuration(*after)
     )]
     Timeout {
         /// The endpoint.
@@ -190,6 +215,20 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// The gRPC code that fits: `Unavailable` for a runtime that is not
+    /// there, `DeadlineExceeded` for one that does not answer, and so on.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ConnectError::InvalidEndpoint { .. } => tonic::Code::InvalidArgument,
+            ConnectError::NoSocket { .. }
+            | ConnectError::NotASocket { .. }
+            | ConnectError::Unreachable { .. } => tonic::Code::Unavailable,
+            ConnectError::NotCri { .. } => tonic::Code::Unimplemented,
+            ConnectError::UnsupportedApi { .. } => tonic::Code::FailedPrecondition,
+            ConnectError::Timeout { .. } => tonic::Code::DeadlineExceeded,
+        }
+    }
+
     /// Whether trying again later may succeed (everything but a malformed
     /// endpoint: a runtime may start, restart or be replaced).
     pub fn is_retryable(&self) -> bool {
@@ -242,7 +281,7 @@ impl CriRuntime {
                     tracing::warn!(
                         error = %e,
                         attempt = backoff.failures(),
-                        retry_in = %go_duration(delay),
+                        retry_in = %GoDuration(delay),
                         "runtime not available yet; retrying"
                     );
                     tokio::time::sleep(delay).await;
@@ -313,9 +352,11 @@ impl CriRuntime {
             version: CRI_API_VERSION.to_string(),
         };
         let answer = self
-            .rpc("Version", self.connect_timeout, |mut c| async move {
-                c.version(request).await
-            })
+            .rpc(
+                super::CriMethod::Version,
+                self.connect_timeout,
+                |mut c| async move { c.version(request).await },
+            )
             .await;
         let v = match answer {
             Ok(v) => v,

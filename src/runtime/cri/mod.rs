@@ -47,8 +47,11 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::sync::OnceCell;
 use tonic::transport::Channel;
 
-use super::{BoxFuture, Error, EventStream, Result, Runtime, RuntimeStats};
-use crate::model::{Container, ContainerState, Listing, Pod, PodStatus};
+use super::{
+    BoxFuture, Call, CriMethod, Error, EventStream, PodControl, Result, RpcOutcome, Runtime,
+    RuntimeStats,
+};
+use crate::model::{Container, ContainerId, ContainerState, Listing, Pod, PodStatus};
 
 mod convert;
 mod endpoint;
@@ -116,7 +119,7 @@ impl CriRuntime {
     /// Runs one RPC with a deadline, counting it by method and outcome.
     async fn rpc<T, F, Fut>(
         &self,
-        method: &'static str,
+        method: CriMethod,
         timeout: Duration,
         call: F,
     ) -> std::result::Result<T, RpcFailure>
@@ -124,25 +127,11 @@ impl CriRuntime {
         F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.stats.count_call(method);
-        match tokio::time::timeout(timeout, call(self.client.clone())).await {
-            Ok(Ok(response)) => {
-                self.stats.count_outcome(method, "OK");
-                Ok(response.into_inner())
-            }
-            Ok(Err(status)) => {
-                self.stats.count_outcome(method, code_name(status.code()));
-                Err(RpcFailure::Status(status))
-            }
-            Err(_) => {
-                self.stats.count_outcome(method, "Timeout");
-                Err(RpcFailure::Timeout(timeout))
-            }
-        }
+        rpc(&self.client, &self.stats, method, timeout, call).await
     }
 
     /// An RPC bounded by the request timeout, its failure as a runtime error.
-    async fn call<T, F, Fut>(&self, method: &'static str, call: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, method: CriMethod, call: F) -> Result<T>
     where
         F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -152,23 +141,8 @@ impl CriRuntime {
             .map_err(|failure| self.error(method, failure))
     }
 
-    fn error(&self, call: &'static str, failure: RpcFailure) -> Error {
-        match failure {
-            RpcFailure::Timeout(after) => Error::Timeout { call, after },
-            RpcFailure::Status(status) => {
-                let message =
-                    if status.code() == tonic::Code::Unavailable && !self.endpoint.exists() {
-                        format!("runtime endpoint {}: no such socket", self.endpoint)
-                    } else {
-                        format!(
-                            "runtime endpoint {}: {}",
-                            self.endpoint,
-                            describe_status(&status)
-                        )
-                    };
-                Error::Failed { call, message }
-            }
-        }
+    fn error(&self, method: CriMethod, failure: RpcFailure) -> Error {
+        rpc_error(&self.endpoint, method, failure)
     }
 
     /// Makes sure the version was checked before the first real call.
@@ -176,8 +150,10 @@ impl CriRuntime {
         match self.verify().await {
             Ok(_) => Ok(()),
             Err(e) => Err(Error::Failed {
-                call: "Version",
+                call: Call::Cri(CriMethod::Version),
+                code: e.code(),
                 message: e.to_string(),
+                source: Some(Arc::new(e)),
             }),
         }
     }
@@ -185,14 +161,14 @@ impl CriRuntime {
     async fn list(&self) -> Result<Listing> {
         self.ready().await?;
         let sandboxes = self
-            .call("ListPodSandbox", |mut c| async move {
+            .call(CriMethod::ListPodSandbox, |mut c| async move {
                 c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
                     .await
             })
             .await?
             .items;
         let containers = self
-            .call("ListContainers", |mut c| async move {
+            .call(CriMethod::ListContainers, |mut c| async move {
                 c.list_containers(cri::ListContainersRequest { filter: None })
                     .await
             })
@@ -217,7 +193,7 @@ impl CriRuntime {
             };
             let answer = self
                 .rpc(
-                    "PodSandboxStatus",
+                    CriMethod::PodSandboxStatus,
                     self.request_timeout,
                     |mut c| async move { c.pod_sandbox_status(request).await },
                 )
@@ -226,7 +202,7 @@ impl CriRuntime {
                 Ok(answer) => answer.status,
                 // Removed since the listing: the next relist reports it gone.
                 Err(RpcFailure::Status(e)) if e.code() == tonic::Code::NotFound => continue,
-                Err(failure) => return Err(self.error("PodSandboxStatus", failure)),
+                Err(failure) => return Err(self.error(CriMethod::PodSandboxStatus, failure)),
             }) else {
                 continue;
             };
@@ -246,7 +222,7 @@ impl CriRuntime {
             };
             let answer = self
                 .rpc(
-                    "ContainerStatus",
+                    CriMethod::ContainerStatus,
                     self.request_timeout,
                     |mut c| async move { c.container_status(request).await },
                 )
@@ -260,7 +236,7 @@ impl CriRuntime {
                     }
                 }
                 Err(RpcFailure::Status(e)) if e.code() == tonic::Code::NotFound => continue,
-                Err(failure) => return Err(self.error("ContainerStatus", failure)),
+                Err(failure) => return Err(self.error(CriMethod::ContainerStatus, failure)),
             }
         }
         Ok(status)
@@ -270,10 +246,11 @@ impl CriRuntime {
 
     /// Stops a pod sandbox and its containers (crictl `stopp`).
     pub async fn stop_pod(&self, sandbox_id: &str) -> Result<()> {
+        self.ready().await?;
         let request = cri::StopPodSandboxRequest {
             pod_sandbox_id: sandbox_id.to_string(),
         };
-        self.call("StopPodSandbox", |mut c| async move {
+        self.call(CriMethod::StopPodSandbox, |mut c| async move {
             c.stop_pod_sandbox(request).await
         })
         .await
@@ -282,10 +259,11 @@ impl CriRuntime {
 
     /// Removes a pod sandbox and its containers (crictl `rmp`).
     pub async fn remove_pod(&self, sandbox_id: &str) -> Result<()> {
+        self.ready().await?;
         let request = cri::RemovePodSandboxRequest {
             pod_sandbox_id: sandbox_id.to_string(),
         };
-        self.call("RemovePodSandbox", |mut c| async move {
+        self.call(CriMethod::RemovePodSandbox, |mut c| async move {
             c.remove_pod_sandbox(request).await
         })
         .await
@@ -308,6 +286,61 @@ impl Runtime for CriRuntime {
 
     fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(events::open(self))
+    }
+}
+
+/// Runs one RPC with a deadline, counting it by method and outcome.
+async fn rpc<T, F, Fut>(
+    client: &RuntimeServiceClient<Channel>,
+    stats: &RuntimeStats,
+    method: CriMethod,
+    timeout: Duration,
+    call: F,
+) -> std::result::Result<T, RpcFailure>
+where
+    F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let (outcome, answer) = match tokio::time::timeout(timeout, call(client.clone())).await {
+        Ok(Ok(response)) => (RpcOutcome::Code(tonic::Code::Ok), Ok(response.into_inner())),
+        Ok(Err(status)) => (
+            RpcOutcome::Code(status.code()),
+            Err(RpcFailure::Status(status)),
+        ),
+        Err(_) => (RpcOutcome::Timeout, Err(RpcFailure::Timeout(timeout))),
+    };
+    stats.count_request(method, outcome);
+    answer
+}
+
+/// A failed RPC as a runtime error, naming the endpoint.
+fn rpc_error(endpoint: &RuntimeEndpoint, method: CriMethod, failure: RpcFailure) -> Error {
+    let call = Call::Cri(method);
+    match failure {
+        RpcFailure::Timeout(after) => Error::Timeout { call, after },
+        RpcFailure::Status(status) => {
+            let message = if status.code() == tonic::Code::Unavailable && !endpoint.exists() {
+                format!("runtime endpoint {endpoint}: no such socket")
+            } else {
+                format!("runtime endpoint {endpoint}: {}", describe_status(&status))
+            };
+            Error::Failed {
+                call,
+                code: status.code(),
+                message,
+                source: Some(Arc::new(status)),
+            }
+        }
+    }
+}
+
+impl PodControl for CriRuntime {
+    fn stop_pod<'a>(&'a self, sandbox_id: &'a ContainerId) -> BoxFuture<'a, Result<()>> {
+        Box::pin(CriRuntime::stop_pod(self, sandbox_id.as_str()))
+    }
+
+    fn remove_pod<'a>(&'a self, sandbox_id: &'a ContainerId) -> BoxFuture<'a, Result<()>> {
+        Box::pin(CriRuntime::remove_pod(self, sandbox_id.as_str()))
     }
 }
 

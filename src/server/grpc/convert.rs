@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
 
 use super::{Health, HealthCheck, MAX_CAPACITY, PodListing, pb, sorted_last_events};
+use crate::cache::LastEvent;
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-use crate::evented::{Mode, StreamState};
-use crate::generic::LastEvent;
 use crate::hub::{DEFAULT_CAPACITY, Delivery, Filter, SubscribeOptions};
 use crate::model::{Container, ContainerState, EntryKind, PodMeta, PodStatus, PodUid};
+use crate::stream::{Mode, StreamState};
 
 // --- conversions: our model to protobuf ---
 
@@ -506,7 +506,12 @@ mod tests {
 
     fn event() -> PodLifecycleEvent {
         let pod = Arc::new(PodMeta::new("uid-1", "web", "shop").with_label("app", "web"));
-        let mut e = PodLifecycleEvent::new(pod, EventType::ContainerDied, EventSource::Stream);
+        let mut e = PodLifecycleEvent::new(
+            pod,
+            EventType::ContainerDied,
+            EventSource::Stream,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        );
         e.container = Some(ContainerRef {
             id: "ctr-1".into(),
             name: "nginx".into(),

@@ -38,22 +38,15 @@
 //!
 //! # Example
 //! ```
-//! use std::sync::Arc;
-//! use pleg::evented::{EventedConfig, EventedPleg};
 //! use pleg::runtime::fake::FakeRuntime;
 //! use pleg::server::Daemon;
 //! use pleg::server::grpc::{self, Client};
-//! use pleg::Filter;
+//! use pleg::{Config, Filter, Pleg};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let config = EventedConfig { stream: false, ..EventedConfig::default() };
-//! let pleg = EventedPleg::new(FakeRuntime::new(), config).expect("valid config");
-//! let daemon = Daemon {
-//!     pleg: Arc::new(pleg),
-//!     runtime_endpoint: "fake".into(),
-//!     metrics_prefix: String::new(),
-//! };
+//! let pleg = Pleg::new(FakeRuntime::new(), Config::generic()).expect("valid config");
+//! let daemon = Daemon::new(pleg, "fake", "");
 //! let socket = std::env::temp_dir().join(format!("pleg-doc-{}.sock", std::process::id()));
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn({
@@ -77,15 +70,18 @@
 
 use std::time::Duration;
 
-use crate::evented::{Mode, StreamState};
-use crate::generic::{GenericPleg, LastEvent};
+use crate::Pleg;
+use crate::cache::{CacheEntry, LastEvent};
 use crate::model::{PodStatus, PodUid};
 use crate::server::{Daemon, Probe};
+use crate::stream::{Mode, StreamState};
 
 mod client;
 mod convert;
 mod service;
 mod socket;
+#[cfg(test)]
+mod tests;
 
 pub use client::{Client, ClientError, WatchStream};
 pub use service::{PlegService, WatchResponseStream};
@@ -131,20 +127,17 @@ impl PodListing {
     }
 }
 
-/// Every cached pod of an embedded generator (an [`EventedPleg`](crate::evented::EventedPleg)
-/// dereferences to one), optionally only those in `namespace`, sorted by
-/// namespace, name and UID. What `ListPods` answers.
-pub fn pod_listings(pleg: &GenericPleg, namespace: Option<&str>) -> Vec<PodListing> {
+/// Every cached pod of an embedded generator, optionally only those in
+/// `namespace`, sorted by namespace, name and UID. What `ListPods` answers.
+/// Each pod is one cache entry, read whole: its status and its last events
+/// agree.
+pub fn pod_listings(pleg: &Pleg, namespace: Option<&str>) -> Vec<PodListing> {
     let mut listings: Vec<PodListing> = pleg
         .cache()
         .entries()
         .into_iter()
         .filter(|entry| namespace.is_none_or(|ns| entry.status.meta.namespace == ns))
-        .map(|entry| PodListing {
-            last_events: sorted_last_events(pleg.last_events(entry.status.uid())),
-            status: (*entry.status).clone(),
-            error: entry.error.map(|e| e.to_string()),
-        })
+        .map(PodListing::from)
         .collect();
     fn order(l: &PodListing) -> (&str, &str, &PodUid) {
         let m = &l.status.meta;
@@ -156,12 +149,19 @@ pub fn pod_listings(pleg: &GenericPleg, namespace: Option<&str>) -> Vec<PodListi
 
 /// One cached pod of an embedded generator; `None` when it is not cached.
 /// What `GetPodStatus` answers.
-pub fn pod_listing(pleg: &GenericPleg, uid: &PodUid) -> Option<PodListing> {
-    pleg.cache().get(uid).map(|entry| PodListing {
-        last_events: sorted_last_events(pleg.last_events(uid)),
-        status: (*entry.status).clone(),
-        error: entry.error.map(|e| e.to_string()),
-    })
+pub fn pod_listing(pleg: &Pleg, uid: &PodUid) -> Option<PodListing> {
+    pleg.cache().get(uid).map(PodListing::from)
+}
+
+impl From<CacheEntry> for PodListing {
+    fn from(entry: CacheEntry) -> Self {
+        PodListing {
+            // Already in ID order.
+            last_events: entry.last_events.to_vec(),
+            status: (*entry.status).clone(),
+            error: entry.error.map(|e| e.to_string()),
+        }
+    }
 }
 
 pub(super) fn sorted_last_events(mut events: Vec<LastEvent>) -> Vec<LastEvent> {

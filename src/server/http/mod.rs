@@ -51,6 +51,7 @@ use super::{Daemon, Probe};
 mod metrics;
 mod probes;
 
+pub(crate) use metrics::sanitize_prefix;
 pub use metrics::{metrics_prefix_is_valid, render_metrics};
 pub use probes::{ProbeOptions, render_check, render_probe};
 

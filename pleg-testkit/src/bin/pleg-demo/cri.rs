@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pleg::evented::{EventedConfig, EventedPleg};
 use pleg::model::ContainerState;
+use pleg::runtime::CriMethod;
 use pleg::runtime::cri::{CriConfig, CriRuntime};
-use pleg::{GenericPleg, PodUid, RelistDuration};
+use pleg::{Config, Pleg, PodUid, RelistDuration, StreamState};
 use pleg_testkit::driver::{ContainerSpec, Driver, PodSpec};
 
 use super::{DemoOptions, print_events, report_health};
@@ -60,11 +60,14 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
         relist_period: options.relist_period,
         relist_threshold: (options.relist_period * 30).max(Duration::from_secs(10)),
     };
-    let config = EventedConfig {
-        generic_relist: relist,
-        ..EventedConfig::default()
-    };
-    let pleg = EventedPleg::new(runtime.clone(), config).context("configuring the generator")?;
+    // Generic mode relists only; evented mode follows the event stream.
+    let config = if options.evented {
+        Config::evented()
+    } else {
+        Config::generic()
+    }
+    .with_relist(relist);
+    let pleg = Pleg::new(runtime.clone(), config).context("configuring the generator")?;
     // Only the demo's own pods: the node may run others.
     let run_id = run_id();
     let mut pods = Vec::new();
@@ -88,7 +91,7 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
                 options.pods
             );
         } else {
-            pleg.generic().start().context("starting the generator")?;
+            pleg.start().context("starting the generator")?;
             println!(
                 "pleg demo: generic mode, relisting every {:?}; {} pods in namespace pleg-demo",
                 options.relist_period, options.pods
@@ -113,12 +116,12 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
         println!(
             "pleg demo: {} relists, {} events, {} RPCs ({} ListPodSandbox, {} ListContainers, {} PodSandboxStatus, {} ContainerStatus)",
             stats.relists,
-            stats.events.iter().sum::<u64>(),
+            stats.events.iter().map(|&(_, _, n)| n).sum::<u64>(),
             runtime_calls(&runtime, &driver, None),
-            runtime_calls(&runtime, &driver, Some("ListPodSandbox")),
-            runtime_calls(&runtime, &driver, Some("ListContainers")),
-            runtime_calls(&runtime, &driver, Some("PodSandboxStatus")),
-            runtime_calls(&runtime, &driver, Some("ContainerStatus")),
+            runtime_calls(&runtime, &driver, Some(CriMethod::ListPodSandbox)),
+            runtime_calls(&runtime, &driver, Some(CriMethod::ListContainers)),
+            runtime_calls(&runtime, &driver, Some(CriMethod::PodSandboxStatus)),
+            runtime_calls(&runtime, &driver, Some(CriMethod::ContainerStatus)),
         );
         pleg.stop().await;
         drop(printer);
@@ -131,27 +134,23 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
 }
 
 /// Waits (at most 5 s) for the stream to be open or given up.
-async fn wait_for_stream(pleg: &EventedPleg) {
-    use pleg::evented::StreamState;
-    for _ in 0..500 {
-        if matches!(
-            pleg.stream_status().state,
-            StreamState::Streaming | StreamState::Fallback
-        ) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_for_stream(pleg: &Pleg) {
+    let mut status = pleg.watch_stream_status();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| matches!(s.state, StreamState::Streaming | StreamState::Fallback)),
+    )
+    .await;
 }
 
 /// The RPCs made to the runtime, by pleg and by the workload's driver.
-fn runtime_calls(runtime: &CriRuntime, driver: &Driver, method: Option<&str>) -> u64 {
+fn runtime_calls(runtime: &CriRuntime, driver: &Driver, method: Option<CriMethod>) -> u64 {
     use pleg::Runtime;
     [runtime.stats(), driver.stats()]
         .into_iter()
         .map(|stats| match method {
             Some(m) => stats.calls_of(m),
-            None => stats.calls().values().sum(),
+            None => CriMethod::ALL.iter().map(|&m| stats.calls_of(m)).sum(),
         })
         .sum()
 }
@@ -164,7 +163,7 @@ async fn settle(options: &DemoOptions) {
 /// Where the demo reads health from.
 enum Health<'a> {
     /// The demo's own generator.
-    Embedded(&'a GenericPleg),
+    Embedded(&'a Pleg),
     /// A `pleg run` daemon's health address.
     Daemon(&'a str),
 }

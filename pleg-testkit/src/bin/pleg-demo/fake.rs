@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use pleg::model::{Container, ContainerState, Pod, PodMeta};
 use pleg::runtime::fake::FakeRuntime;
-use pleg::{GenericConfig, GenericPleg, PodUid, RelistDuration};
+use pleg::{Config, Pleg, PodUid, RelistDuration};
 
 use super::{DemoOptions, print_events, report_health};
 
@@ -33,14 +33,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         relist_period: options.relist_period,
         relist_threshold: options.relist_period * 30,
     };
-    let pleg = GenericPleg::new(
-        runtime.clone(),
-        GenericConfig {
-            relist,
-            ..GenericConfig::default()
-        },
-    )
-    .context("configuring the generator")?;
+    let pleg = Pleg::new(runtime.clone(), Config::generic().with_relist(relist))
+        .context("configuring the generator")?;
     let printer = print_events(pleg.subscribe());
     pleg.start().context("starting the generator")?;
     println!(
@@ -109,7 +103,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     println!(
         "pleg demo: {} relists, {} events, {} running pods, {} running containers, cache holds {} pods",
         stats.relists,
-        stats.events.iter().sum::<u64>(),
+        stats.events.iter().map(|&(_, _, n)| n).sum::<u64>(),
         counts.running_pods,
         counts.containers(ContainerState::Running),
         pleg.cache().len()

@@ -2,11 +2,15 @@
 //! the generator's internals (forcing a reinspection, rewinding a version).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use super::*;
-use crate::condition::running_container_condition;
-use crate::model::{Container, ContainerState::*, PodMeta};
+use parking_lot::Mutex;
+
+use crate::condition::{WatchCondition, running_container_condition};
+use crate::model::{Container, ContainerState, ContainerState::*, Pod, PodMeta, PodStatus, PodUid};
 use crate::runtime::fake::FakeRuntime;
+use crate::{Config, EventType, Pleg};
 
 fn entry(id: &str, state: ContainerState) -> Container {
     Container::new(id, id, state)
@@ -39,7 +43,7 @@ fn listed_pods() -> Vec<Pod> {
     ]
 }
 
-type Make = Box<dyn Fn(&GenericPleg) -> WatchCondition>;
+type Make = Box<dyn Fn(&Pleg) -> WatchCondition>;
 
 struct Case {
     name: &'static str,
@@ -242,16 +246,15 @@ async fn the_watch_condition_matrix() {
         let mut initial = listed_pods();
         initial.push(pod("terminated", &[("s", Exited)], &[]));
         let runtime = FakeRuntime::with_pods(initial);
-        let pleg =
-            GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("valid config");
+        let pleg = Pleg::new(runtime.clone(), Config::generic()).expect("valid config");
         let mut sub = pleg.subscribe();
         pleg.relist().await.expect("listing works");
         pleg.inner
-            .state
+            .shared
+            .core
             .lock()
             .await
-            .reinspect
-            .insert(PodUid::new("reinspect"));
+            .force_reinspect(PodUid::new("reinspect"));
         runtime.set_pods(listed_pods());
         while sub.try_recv().is_some() {}
 
@@ -337,7 +340,7 @@ async fn the_watch_condition_matrix() {
 #[tokio::test(start_paused = true)]
 async fn a_watched_pod_is_reinspected_on_every_relist_until_its_condition_is_met() {
     let runtime = FakeRuntime::with_pods(listed_pods());
-    let pleg = GenericPleg::new(runtime.clone(), GenericConfig::default()).expect("valid config");
+    let pleg = Pleg::new(runtime.clone(), Config::generic()).expect("valid config");
     pleg.relist().await.expect("listing works");
     let uid = PodUid::new("running");
     let calls_before = runtime.status_calls(&uid);

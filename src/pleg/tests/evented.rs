@@ -1,24 +1,45 @@
-//! The evented generator over the scripted runtime, with paused time: how
-//! stream events become lifecycle events, which are dropped as stale, and the
-//! reconnect, fallback and re-promotion schedule.
+//! The evented generator over the scripted runtime, with paused time and a
+//! clock of its own: how stream events become lifecycle events, which are
+//! dropped as stale, and the reconnect, fallback and re-promotion schedule.
+//! (Beside the code, since some cases apply events directly.)
 
-mod common;
-
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use common::pod;
-use pleg::evented::{EventedConfig, EventedPleg, Mode, StreamState};
-use pleg::generic::{Applied, StaleReason};
-use pleg::model::{Container, ContainerState, Pod, PodMeta, PodUid};
-use pleg::runtime::fake::FakeRuntime;
-use pleg::runtime::{ContainerEvent, ContainerEventKind, SandboxSnapshot};
-use pleg::{Delivery, EventSource, EventType, Filter, SubscribeOptions, Subscription};
+use super::pod;
+use crate::clock::{Clock, ManualClock};
+use crate::core::Applied;
+use crate::model::{Container, ContainerState, Pod, PodMeta, PodUid};
+use crate::runtime::fake::FakeRuntime;
+use crate::runtime::{ContainerEvent, ContainerEventKind, SandboxSnapshot};
+use crate::stream::{Mode, StaleReason, StreamState};
+use crate::{
+    Config, Delivery, EventSource, EventType, Filter, Pleg, SubscribeOptions, Subscription,
+};
 
 use ContainerState::*;
 
-fn generator(runtime: &Arc<FakeRuntime>) -> EventedPleg {
-    EventedPleg::new(runtime.clone(), EventedConfig::default()).expect("valid config")
+/// The wall clock of these tests: it moves a microsecond at every reading,
+/// so that an event stamped before a listing is older than it, whatever the
+/// machine's clock does.
+fn clock() -> Arc<ManualClock> {
+    static CLOCK: OnceLock<Arc<ManualClock>> = OnceLock::new();
+    CLOCK
+        .get_or_init(|| {
+            ManualClock::ticking(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                Duration::from_micros(1),
+            )
+        })
+        .clone()
+}
+
+fn now() -> SystemTime {
+    clock().now()
+}
+
+fn generator(runtime: &Arc<FakeRuntime>) -> Pleg {
+    Pleg::new(runtime.clone(), Config::default().with_clock(clock())).expect("valid config")
 }
 
 /// A pod `uid` with a ready sandbox `sb-<uid>` and these containers.
@@ -51,7 +72,7 @@ fn event(
     ContainerEvent {
         id: id.into(),
         kind,
-        created_at: Some(SystemTime::now()),
+        created_at: Some(now()),
         sandbox: Some(snapshot(Some(uid), &format!("sb-{uid}"), Running)),
         containers,
     }
@@ -61,7 +82,7 @@ fn exited(id: &str, code: i32, reason: &str) -> Container {
     Container::new(id, format!("{id}-name"), Exited).with_exit(code, reason)
 }
 
-fn subscribe(pleg: &EventedPleg) -> Subscription {
+fn subscribe(pleg: &Pleg) -> Subscription {
     pleg.subscribe_with(SubscribeOptions {
         filter: Filter {
             include_container_changed: true,
@@ -72,7 +93,7 @@ fn subscribe(pleg: &EventedPleg) -> Subscription {
     .expect("valid options")
 }
 
-fn drain(sub: &mut Subscription) -> Vec<Arc<pleg::PodLifecycleEvent>> {
+fn drain(sub: &mut Subscription) -> Vec<Arc<crate::PodLifecycleEvent>> {
     std::iter::from_fn(|| sub.try_recv())
         .filter_map(|d| match d {
             Delivery::Event(e) => Some(e),
@@ -81,7 +102,7 @@ fn drain(sub: &mut Subscription) -> Vec<Arc<pleg::PodLifecycleEvent>> {
         .collect()
 }
 
-fn kinds(events: &[Arc<pleg::PodLifecycleEvent>]) -> Vec<(EventType, String)> {
+fn kinds(events: &[Arc<crate::PodLifecycleEvent>]) -> Vec<(EventType, String)> {
     events
         .iter()
         .map(|e| {
@@ -93,22 +114,28 @@ fn kinds(events: &[Arc<pleg::PodLifecycleEvent>]) -> Vec<(EventType, String)> {
         .collect()
 }
 
-/// Lets the generator's tasks run until the stream state is `state`.
-async fn until_state(pleg: &EventedPleg, state: StreamState) {
-    for _ in 0..10_000 {
-        if pleg.stream_status().state == state {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("stream never reached {state:?}: {:?}", pleg.stream_status());
+/// Waits until the stream state is `state`.
+async fn until_state(pleg: &Pleg, state: StreamState) {
+    let mut status = pleg.watch_stream_status();
+    status
+        .wait_for(|s| s.state == state)
+        .await
+        .expect("the generator publishes its status while it lives");
 }
 
-/// Lets the generator's tasks run (paused time: no time passes).
-async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
+/// Stream events the driver has handled so far.
+fn handled(pleg: &Pleg) -> u64 {
+    pleg.stream_status().events_handled
+}
+
+/// Waits until the driver has handled `count` stream events in all, with
+/// the relists they brought.
+async fn until_handled(pleg: &Pleg, count: u64) {
+    let mut status = pleg.watch_stream_status();
+    status
+        .wait_for(|s| s.events_handled >= count)
+        .await
+        .expect("the generator publishes its status while it lives");
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,7 +147,7 @@ async fn stream_events_are_published_once_with_source_stream_and_the_runtime_tim
     until_state(&pleg, StreamState::Streaming).await;
     assert_eq!(pleg.mode(), Mode::Evented);
     // Until the stream's first event, relisting keeps the generic period.
-    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
+    assert_eq!(pleg.relist_duration(), crate::RelistDuration::GENERIC);
     // The catch-up relist at connection reported the pod.
     let first = drain(&mut sub);
     assert_eq!(
@@ -141,8 +168,9 @@ async fn stream_events_are_published_once_with_source_stream_and_the_runtime_tim
     );
     let at = stopped.created_at;
     runtime.set_pods(vec![pod_with_sandbox("p1", &[("c1", Exited)])]);
+    let seen = handled(&pleg);
     assert_eq!(runtime.push_event(stopped), 1);
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     let died = drain(&mut sub);
     assert_eq!(kinds(&died), [(EventType::ContainerDied, "c1".to_string())]);
     assert_eq!(died[0].source, EventSource::Stream);
@@ -169,11 +197,13 @@ async fn container_that_lives_between_relists_is_reported_from_the_stream() {
     until_state(&pleg, StreamState::Streaming).await;
     // The first event on a new stream is followed by a relist (see
     // first_event_on_a_new_stream_is_followed_by_a_relist); get it done.
+    let seen = handled(&pleg);
     runtime.push_event(event(ContainerEventKind::Started, "p1", "sb-p1", vec![]));
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     let mut sub = subscribe(&pleg);
 
     let running = Container::new("short", "short-name", Running);
+    let seen = handled(&pleg);
     for e in [
         event(
             ContainerEventKind::Created,
@@ -192,7 +222,7 @@ async fn container_that_lives_between_relists_is_reported_from_the_stream() {
     ] {
         runtime.push_event(e);
     }
-    settle().await;
+    until_handled(&pleg, seen + 4).await;
     let got = drain(&mut sub);
     assert_eq!(
         kinds(&got),
@@ -221,8 +251,9 @@ async fn deleted_running_container_is_reported_died_then_removed() {
     until_state(&pleg, StreamState::Streaming).await;
     let mut sub = subscribe(&pleg);
     runtime.set_pods(vec![pod_with_sandbox("p1", &[])]);
+    let seen = handled(&pleg);
     runtime.push_event(event(ContainerEventKind::Deleted, "p1", "c1", vec![]));
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     assert_eq!(
         kinds(&drain(&mut sub)),
         [
@@ -298,8 +329,9 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
         ]
     );
     // Counted by the stream driver when they come through the stream.
+    let seen = handled(&pleg);
     runtime.push_event(event(ContainerEventKind::Created, "p1", "running", vec![]));
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     let stats = pleg.stream_stats();
     assert_eq!(stats.stale(StaleReason::CreatedAfterStart), 1);
     assert_eq!(stats.events_received, 1);
@@ -321,13 +353,14 @@ async fn sandbox_deleted_without_metadata_is_resolved_through_the_records() {
     let deleted = ContainerEvent {
         id: "sb-p1".into(),
         kind: ContainerEventKind::Deleted,
-        created_at: Some(SystemTime::now()),
+        created_at: Some(now()),
         sandbox: None,
         containers: Vec::new(),
     };
     runtime.set_pods(Vec::new());
+    let seen = handled(&pleg);
     runtime.push_event(deleted);
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     assert_eq!(
         kinds(&drain(&mut sub)),
         [
@@ -340,14 +373,15 @@ async fn sandbox_deleted_without_metadata_is_resolved_through_the_records() {
     assert!(!pleg.is_recorded(&uid).await);
 
     // An ID nobody knows, without metadata: counted and skipped.
+    let seen = handled(&pleg);
     runtime.push_event(ContainerEvent {
         id: "never-seen".into(),
         kind: ContainerEventKind::Deleted,
-        created_at: Some(SystemTime::now()),
+        created_at: Some(now()),
         sandbox: None,
         containers: Vec::new(),
     });
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     assert_eq!(pleg.stream_stats().unresolved, 1);
     assert!(drain(&mut sub).is_empty());
     pleg.relist().await.expect("relist");
@@ -393,7 +427,7 @@ async fn five_failures_in_a_row_fall_back_and_a_working_stream_re_promotes() {
     until_state(&pleg, StreamState::Fallback).await;
     assert_eq!(runtime.event_opens().len(), 5);
     assert_eq!(pleg.mode(), Mode::Generic);
-    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
+    assert_eq!(pleg.relist_duration(), crate::RelistDuration::GENERIC);
     assert_eq!(pleg.stream_stats().fallbacks, 1);
     let status = pleg.stream_status();
     assert!(
@@ -415,16 +449,17 @@ async fn five_failures_in_a_row_fall_back_and_a_working_stream_re_promotes() {
     assert_eq!(pleg.mode(), Mode::Evented);
     assert_eq!(pleg.stream_stats().promotions, 1);
     // The first event on the new stream brings the evented relist period.
-    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::GENERIC);
+    assert_eq!(pleg.relist_duration(), crate::RelistDuration::GENERIC);
+    let seen = handled(&pleg);
     runtime.push_event(ContainerEvent {
         id: "nobody".into(),
         kind: ContainerEventKind::Deleted,
-        created_at: Some(SystemTime::now()),
+        created_at: Some(now()),
         sandbox: None,
         containers: Vec::new(),
     });
-    settle().await;
-    assert_eq!(pleg.relist_duration(), pleg::RelistDuration::EVENTED);
+    until_handled(&pleg, seen + 1).await;
+    assert_eq!(pleg.relist_duration(), crate::RelistDuration::EVENTED);
     pleg.stop().await;
 }
 
@@ -446,7 +481,9 @@ async fn unimplemented_stream_falls_back_at_once_without_a_retry_storm() {
     // Ten minutes: one probe every 30 s, and relisting every second finds
     // what happens.
     let lists_before = runtime.list_calls();
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    // (A millisecond more, so that the probe due at ten minutes sharp has
+    // been made whichever timer fires first.)
+    tokio::time::sleep(Duration::from_secs(600) + Duration::from_millis(1)).await;
     assert_eq!(runtime.event_opens().len(), 1 + 20);
     assert!(runtime.list_calls() - lists_before >= 590);
     let got = drain(&mut sub);
@@ -487,14 +524,15 @@ async fn global_cache_time_ticks_every_second_while_streaming() {
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
     // A first event: the relist period becomes the evented 300 s.
+    let seen = handled(&pleg);
     runtime.push_event(ContainerEvent {
         id: "nobody".into(),
         kind: ContainerEventKind::Deleted,
-        created_at: Some(SystemTime::now()),
+        created_at: Some(now()),
         sandbox: None,
         containers: Vec::new(),
     });
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     let lists = runtime.list_calls();
     let first = pleg.cache().global_time().expect("set by the first relist");
     tokio::time::sleep(Duration::from_millis(3_500)).await;
@@ -530,7 +568,6 @@ async fn first_event_on_a_new_stream_is_followed_by_a_relist() {
     let pleg = generator(&runtime);
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
-    settle().await;
     let mut sub = subscribe(&pleg);
     let lists = runtime.list_calls();
 
@@ -539,13 +576,14 @@ async fn first_event_on_a_new_stream_is_followed_by_a_relist() {
         "p1",
         &[("c1", Exited), ("c2", Exited)],
     )]);
+    let seen = handled(&pleg);
     runtime.push_event(event(
         ContainerEventKind::Stopped,
         "p1",
         "c2",
         vec![exited("c2", 1, "Error")],
     ));
-    settle().await;
+    until_handled(&pleg, seen + 1).await;
     assert_eq!(runtime.list_calls(), lists + 1, "one catch-up relist");
     let got = drain(&mut sub);
     assert_eq!(
@@ -562,7 +600,7 @@ async fn first_event_on_a_new_stream_is_followed_by_a_relist() {
 
     // Later events bring no extra relist.
     runtime.push_event(event(ContainerEventKind::Deleted, "p1", "c2", vec![]));
-    settle().await;
+    until_handled(&pleg, seen + 2).await;
     assert_eq!(runtime.list_calls(), lists + 1);
     pleg.stop().await;
 }
@@ -576,7 +614,7 @@ async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
     runtime.push_event(event(ContainerEventKind::Started, "p1", "sb-p1", vec![]));
-    settle().await; // the first event and its catch-up relist
+    until_handled(&pleg, 1).await; // the first event and its catch-up relist
     let lists = runtime.list_calls();
     let mut sub = subscribe(&pleg);
 
@@ -602,7 +640,7 @@ async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
         "c3",
         vec![Container::new("c3", "c3-name", Running)],
     ));
-    settle().await;
+    until_handled(&pleg, 2).await;
     assert_eq!(runtime.list_calls(), lists + 1, "one relist for the gap");
     assert_eq!(pleg.stream_stats().gaps, 1);
     let got = drain(&mut sub);
@@ -620,7 +658,7 @@ async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
         "c4",
         vec![Container::new("c4", "c4-name", Running)],
     ));
-    settle().await;
+    until_handled(&pleg, 3).await;
     assert_eq!(runtime.list_calls(), lists + 1);
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(runtime.list_calls(), lists + 2, "a tick relisted for it");

@@ -1,0 +1,428 @@
+//! Applying the runtime's container events: the stream's half of the core.
+//!
+//! An event is a partial relist of one sandbox: its subject (the container
+//! or sandbox it names) takes the state the event type says, and the sandbox
+//! and container statuses it carries update the pod's record where they move
+//! forward. The new record is diffed against the old one exactly as a relist
+//! would, the cache entry is merged from the event's statuses, and the
+//! events go out with source `stream` and the runtime's `created_at`.
+//!
+//! The work is four pure steps, each tested on its own table:
+//! - [`resolve`]: which pod the event is about (its sandbox's metadata, or
+//!   the records for a sandbox's own `DELETED`, which carries none);
+//! - [`classify`]: whether the event is stale, and why, and whether it shows
+//!   that the stream lost earlier events;
+//! - [`advance`]: the pod's record moved forward by the event;
+//! - [`merge`]: the pod's cached status moved forward by the event.
+//!
+//! # Stale events
+//! The stream can deliver old news: containerd hands a new subscriber the
+//! events it buffered while nobody listened, some minutes old, and a relist
+//! may already have reported what an event describes. An event is dropped,
+//! and counted, when (in this order):
+//! - it is older than the last listing (the records already reflect it);
+//! - it names an ID already reported removed;
+//! - it says CREATED for a container that has started or finished, or
+//!   STARTED for one that has finished;
+//! - it is older than the pod's cache entry.
+//!
+//! Within an event, a status that would move an entry backwards (exited to
+//! running, say) is ignored. The state of an entry only moves forward:
+//! created → running → exited → removed.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use super::{Core, Origin, Tombstones};
+use crate::diff::{Records, diff_pod};
+use crate::model::{Container, ContainerState, EntryKind, Pod, PodMeta, PodStatus, PodUid};
+use crate::runtime::{ContainerEvent, ContainerEventKind};
+use crate::stream::StaleReason;
+
+/// What became of one stream event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Applied to records and cache; this many lifecycle events were
+    /// published (0 when a relist had already reported the transition).
+    Published(usize),
+    /// Applied like [`Published`](Self::Published), but the event shows that
+    /// the stream lost earlier ones: STARTED for a container never seen
+    /// created, STOPPED for one never seen started, DELETED for one never
+    /// seen. (On containerd 1.7 another consumer of the event stream takes
+    /// some of the events.) A relist should look for what was lost.
+    PublishedAfterGap(usize),
+    /// Dropped as stale.
+    Stale(StaleReason),
+    /// Dropped: the event names no pod and its ID is in no record.
+    Unresolved,
+}
+
+/// The pod an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub(crate) uid: PodUid,
+    /// Its record, when it has one.
+    pub(crate) old: Option<Arc<Pod>>,
+    /// Its identity: the record's, or the event's for a pod never recorded.
+    pub(crate) meta: Arc<PodMeta>,
+}
+
+/// Finds the pod of an event: from its sandbox's metadata, or, when the
+/// runtime sent none (containerd 1.7 for a sandbox's own `DELETED`), from
+/// the records, by the event's ID or its sandbox's. `None`: nobody knows
+/// the pod.
+pub(crate) fn resolve(event: &ContainerEvent, records: &Records) -> Option<Resolved> {
+    let snapshot = event.sandbox.as_ref();
+    let given = snapshot.and_then(|s| s.pod.as_ref());
+    let uid = match given {
+        Some(meta) => meta.uid.clone(),
+        None => records
+            .owner_of(&event.id)
+            .or_else(|| snapshot.and_then(|s| records.owner_of(&s.sandbox.id)))?
+            .clone(),
+    };
+    let old = records.get(&uid).cloned();
+    let meta = match (&old, given) {
+        (Some(old), _) => old.meta.clone(),
+        (None, Some(meta)) => Arc::new(meta.clone()),
+        (None, None) => return None,
+    };
+    Some(Resolved { uid, old, meta })
+}
+
+/// What [`classify`] looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Facts {
+    pub(crate) kind: ContainerEventKind,
+    /// The event's `created_at`.
+    pub(crate) at: Option<SystemTime>,
+    /// When the last successful listing started.
+    pub(crate) listed_at: Option<SystemTime>,
+    /// Whether the event's ID was reported removed.
+    pub(crate) tombstoned: bool,
+    /// `None` when the pod could not be resolved.
+    pub(crate) pod: Option<PodFacts>,
+}
+
+/// What [`classify`] looks at of the event's pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PodFacts {
+    /// The subject's state in the pod's record (`None`: not recorded).
+    pub(crate) subject: Option<ContainerState>,
+    /// The runtime time of the pod's cached status.
+    pub(crate) cached_at: Option<SystemTime>,
+}
+
+/// The verdict on an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Dropped as stale.
+    Stale(StaleReason),
+    /// Dropped: its pod cannot be found.
+    Unresolved,
+    /// To be applied; `gap` when it shows lost predecessors.
+    Fresh { gap: bool },
+}
+
+/// Decides whether an event is stale (see the module docs for the rules and
+/// their order) and whether it shows that the stream lost events: every
+/// container's events come in order (created, started, stopped, deleted),
+/// so a missing predecessor means lost events.
+pub(crate) fn classify(facts: &Facts) -> Verdict {
+    if let (Some(at), Some(listed)) = (facts.at, facts.listed_at)
+        && at < listed
+    {
+        return Verdict::Stale(StaleReason::BeforeListing);
+    }
+    if facts.tombstoned {
+        return Verdict::Stale(StaleReason::AlreadyRemoved);
+    }
+    let Some(pod) = facts.pod else {
+        return Verdict::Unresolved;
+    };
+    use ContainerEventKind as Kind;
+    use ContainerState as State;
+    match (facts.kind, pod.subject) {
+        (Kind::Created, Some(State::Running | State::Exited)) => {
+            return Verdict::Stale(StaleReason::CreatedAfterStart);
+        }
+        (Kind::Started, Some(State::Exited)) => {
+            return Verdict::Stale(StaleReason::StartedAfterFinish);
+        }
+        _ => {}
+    }
+    let gap = matches!(
+        (facts.kind, pod.subject),
+        (Kind::Started, None)
+            | (Kind::Stopped, None | Some(State::Created))
+            | (Kind::Deleted, None)
+    );
+    if let (Some(at), Some(cached)) = (facts.at, pod.cached_at)
+        && at < cached
+    {
+        return Verdict::Stale(StaleReason::OlderThanCache);
+    }
+    Verdict::Fresh { gap }
+}
+
+/// The state an event gives its subject (`None`: removed).
+fn subject_state(kind: ContainerEventKind) -> Option<ContainerState> {
+    match kind {
+        ContainerEventKind::Created => Some(ContainerState::Created),
+        ContainerEventKind::Started => Some(ContainerState::Running),
+        ContainerEventKind::Stopped => Some(ContainerState::Exited),
+        ContainerEventKind::Deleted => None,
+    }
+}
+
+/// How far along its life an entry is; states only move forward.
+fn rank(state: ContainerState) -> u8 {
+    match state {
+        ContainerState::Created => 0,
+        ContainerState::Running | ContainerState::Unknown => 1,
+        ContainerState::Exited => 2,
+    }
+}
+
+/// Sets an entry's state from a status, unless that would move it backwards.
+/// `entries` is in ID order and stays so (a pod can hold many containers,
+/// and containerd sends the status of every one with each event).
+fn upsert(entries: &mut Vec<Container>, mut status: Container) {
+    match entries.binary_search_by(|c| c.id.cmp(&status.id)) {
+        Ok(i) => {
+            let existing = &mut entries[i];
+            if rank(status.state) >= rank(existing.state) {
+                if status.name.is_empty() {
+                    status.name = std::mem::take(&mut existing.name);
+                }
+                *existing = status;
+            }
+        }
+        Err(i) => entries.insert(i, status),
+    }
+}
+
+/// Puts entries in ID order (cheap when they already are).
+fn by_id(entries: &mut [Container]) {
+    if !entries.is_sorted_by(|a, b| a.id <= b.id) {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+}
+
+/// A status the event carries, with the subject's state forced to what the
+/// event type says.
+fn with_subject_state(event: &ContainerEvent, c: &Container) -> Container {
+    let mut c = c.clone();
+    if c.id == event.id
+        && let Some(state) = subject_state(event.kind)
+    {
+        c.state = state;
+    }
+    c
+}
+
+/// A pod's record after an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Advanced {
+    /// The new record.
+    pub(crate) pod: Pod,
+    /// Whether the event's subject is a sandbox.
+    pub(crate) is_sandbox: bool,
+    /// Whether the event removed the pod's last sandbox: then the pod is gone.
+    pub(crate) gone: bool,
+}
+
+/// The pod's record moved forward by the event: the statuses it carries
+/// update their entries where they move forward (removed IDs stay removed),
+/// and its subject takes the event type's state, or leaves for `DELETED`.
+pub(crate) fn advance(
+    old: Option<&Pod>,
+    meta: &Arc<PodMeta>,
+    event: &ContainerEvent,
+    tombstones: &Tombstones,
+) -> Advanced {
+    let snapshot = event.sandbox.as_ref();
+    let subject = old.and_then(|p| p.find(&event.id));
+    let is_sandbox = snapshot.is_some_and(|s| s.sandbox.id == event.id)
+        || subject.is_some_and(|(_, kind)| kind == EntryKind::Sandbox);
+    let mut pod = match old {
+        Some(old) => old.clone(),
+        None => Pod::new(PodMeta::clone(meta)),
+    };
+    pod.meta = meta.clone();
+    by_id(&mut pod.sandboxes);
+    by_id(&mut pod.containers);
+    if let Some(s) = snapshot.filter(|s| !tombstones.contains(&s.sandbox.id)) {
+        upsert(&mut pod.sandboxes, with_subject_state(event, &s.sandbox));
+    }
+    for c in event
+        .containers
+        .iter()
+        .filter(|c| !tombstones.contains(&c.id))
+    {
+        upsert(&mut pod.containers, with_subject_state(event, c));
+    }
+    let forced = subject_state(event.kind);
+    match forced {
+        None => {
+            pod.sandboxes.retain(|c| c.id != event.id);
+            pod.containers.retain(|c| c.id != event.id);
+        }
+        Some(state) => {
+            let entries = if is_sandbox {
+                &mut pod.sandboxes
+            } else {
+                &mut pod.containers
+            };
+            match entries.binary_search_by(|c| c.id.cmp(&event.id)) {
+                Ok(i) => {
+                    if rank(state) >= rank(entries[i].state) {
+                        entries[i].state = state;
+                    }
+                }
+                Err(i) => {
+                    let name = subject.map(|(c, _)| c.name.clone()).unwrap_or_default();
+                    entries.insert(i, Container::new(event.id.clone(), name, state));
+                }
+            }
+        }
+    }
+    let gone = forced.is_none() && is_sandbox && pod.sandboxes.is_empty();
+    Advanced {
+        pod,
+        is_sandbox,
+        gone,
+    }
+}
+
+/// The pod's cached status moved forward by the event: the statuses it
+/// carries (and the sandbox's IPs) update their entries where they move
+/// forward, its subject takes the event type's state (or leaves), and the
+/// status is as of the event's time. `new` is the advanced record, which
+/// describes a subject the event carried no status for.
+pub(crate) fn merge(
+    cached: Option<&PodStatus>,
+    meta: &Arc<PodMeta>,
+    event: &ContainerEvent,
+    new: &Pod,
+    is_sandbox: bool,
+) -> PodStatus {
+    let mut status = cached
+        .cloned()
+        .unwrap_or_else(|| PodStatus::new(meta.clone()));
+    status.meta = meta.clone();
+    by_id(&mut status.sandboxes);
+    by_id(&mut status.containers);
+    if let Some(s) = &event.sandbox {
+        upsert(&mut status.sandboxes, with_subject_state(event, &s.sandbox));
+        if !s.ips.is_empty() {
+            status.ips.clone_from(&s.ips);
+        }
+    }
+    for c in &event.containers {
+        upsert(&mut status.containers, with_subject_state(event, c));
+    }
+    match subject_state(event.kind) {
+        None => {
+            status.sandboxes.retain(|c| c.id != event.id);
+            status.containers.retain(|c| c.id != event.id);
+        }
+        Some(state) => {
+            let list = if is_sandbox {
+                &mut status.sandboxes
+            } else {
+                &mut status.containers
+            };
+            if let Err(i) = list.binary_search_by(|c| c.id.cmp(&event.id))
+                && let Some(entry) = new.find(&event.id).map(|(c, _)| c.clone())
+            {
+                list.insert(i, Container { state, ..entry });
+            }
+        }
+    }
+    status
+        .sandboxes
+        .sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    status.timestamp = event.created_at.or(status.timestamp);
+    status
+}
+
+impl Core {
+    /// Applies one event from the runtime's event stream: updates records and
+    /// cache and publishes what changed, unless the event is stale.
+    pub(crate) fn apply_event(&mut self, event: &ContainerEvent) -> Applied {
+        let resolved = resolve(event, &self.records);
+        let cached = resolved.as_ref().and_then(|r| self.cache.get(&r.uid));
+        let facts = Facts {
+            kind: event.kind,
+            at: event.created_at,
+            listed_at: self.listed_at,
+            tombstoned: self.tombstones.contains(&event.id),
+            pod: resolved.as_ref().map(|r| PodFacts {
+                subject: r
+                    .old
+                    .as_deref()
+                    .and_then(|p| p.find(&event.id))
+                    .map(|(c, _)| c.state),
+                cached_at: cached.as_ref().and_then(|e| e.status.timestamp),
+            }),
+        };
+        let gap = match classify(&facts) {
+            Verdict::Stale(reason) => return Applied::Stale(reason),
+            Verdict::Unresolved => return Applied::Unresolved,
+            Verdict::Fresh { gap } => gap,
+        };
+        let Some(Resolved { uid, old, meta }) = resolved else {
+            return Applied::Unresolved;
+        };
+        let outcome = |published| {
+            if gap {
+                Applied::PublishedAfterGap(published)
+            } else {
+                Applied::Published(published)
+            }
+        };
+        let origin = Origin::Stream {
+            at: event.created_at,
+        };
+        let advanced = advance(old.as_deref(), &meta, event, &self.tombstones);
+
+        if advanced.gone {
+            // The pod's last sandbox is gone: so is the pod.
+            let events = diff_pod(&uid, old.as_ref(), None);
+            self.tombstones.bury(&events);
+            for id in advanced.pod.containers.iter().map(|c| &c.id) {
+                self.tombstones.insert(id);
+            }
+            self.conditions.retain_pods(|u| *u != uid);
+            self.recount(old.as_deref(), None);
+            return outcome(self.forget(&uid, old.as_ref(), &events, origin));
+        }
+
+        let new = Arc::new(advanced.pod);
+        let events = diff_pod(&uid, old.as_ref(), Some(&new));
+        self.tombstones.bury(&events);
+        self.recount(old.as_deref(), Some(&new));
+        let status = merge(
+            cached.as_ref().map(|e| &*e.status),
+            &meta,
+            event,
+            &new,
+            advanced.is_sandbox,
+        );
+        outcome(self.accept(
+            &new,
+            old.as_ref(),
+            &events,
+            status,
+            Instant::now(),
+            origin,
+            false,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

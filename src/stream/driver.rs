@@ -1,0 +1,260 @@
+//! The stream's driver: it waits for what the state calls for (the stream
+//! to open, its next event or the cache tick, a deadline), hands events to
+//! the core, carries out the actions [`step`] returns, and publishes the
+//! status after each step.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Action, Failure, Input, Notice, Standing, State, StreamConfig, step};
+use super::{StreamState, StreamStatus};
+use crate::backoff::Backoff;
+use crate::core::Applied;
+use crate::duration::GoDuration;
+use crate::pleg::Shared;
+use crate::relist;
+use crate::runtime::{self, ContainerEvent, EventStream, Runtime as _};
+
+/// Runs the stream until `cancel`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    config: StreamConfig,
+    cache_tick: Duration,
+    backoff: Backoff,
+    cancel: CancellationToken,
+) {
+    let mut driver = Driver {
+        shared,
+        config,
+        handled: 0,
+        state_since: Instant::now(),
+        published: None,
+    };
+    let mut tick = tokio::time::interval(cache_tick);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut state: State<EventStream> = State::Connecting {
+        standing: Standing::new(backoff),
+        probing: false,
+    };
+    loop {
+        driver.publish(&state);
+        let input = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            input = driver.wait(&mut state, &mut tick) => input,
+        };
+        let event = matches!(input, Input::Event { .. });
+        let transition = step(state, input, &driver.config, Instant::now());
+        state = transition.next;
+        for action in transition.actions {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = driver.perform(action) => {}
+            }
+        }
+        if event {
+            driver.handled += 1;
+        }
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    config: StreamConfig,
+    /// Stream events handled so far.
+    handled: u64,
+    /// When the current state (by name) was entered.
+    state_since: Instant,
+    /// The state (by name) last published.
+    published: Option<StreamState>,
+}
+
+impl Driver {
+    /// The status of `state`, on the watch channel and in the metrics.
+    fn publish<S>(&mut self, state: &State<S>) {
+        let kind = state.kind();
+        if self.published != Some(kind) {
+            self.published = Some(kind);
+            self.state_since = Instant::now();
+        }
+        let Standing {
+            mode,
+            failures,
+            last_error,
+            ..
+        } = state.standing();
+        let status = StreamStatus {
+            mode: *mode,
+            state: kind,
+            failures: *failures,
+            last_error: last_error.clone(),
+            since: self.state_since,
+            events_handled: self.handled,
+        };
+        let metrics = &self.shared.metrics.stream;
+        metrics.set_mode(status.mode);
+        metrics.set_state(status.state);
+        self.shared.stream_status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+
+    /// Waits for what `state` waits for.
+    async fn wait(
+        &self,
+        state: &mut State<EventStream>,
+        tick: &mut Interval,
+    ) -> Input<EventStream> {
+        match state {
+            State::Connecting { .. } => match self.shared.runtime.container_events().await {
+                Ok(stream) => Input::Opened(stream),
+                Err(e) => Input::OpenFailed(failure(&e)),
+            },
+            State::Streaming { stream, .. } => {
+                tokio::select! {
+                    item = poll_fn(|cx| stream.as_mut().poll_next(cx)) => match item {
+                        Some(Ok(event)) => Input::Event { gap: self.handle(&event).await },
+                        Some(Err(e)) => Input::Ended(failure(&e)),
+                        None => Input::Ended(Failure {
+                            message: runtime::Error::stream_ended().to_string(),
+                            unimplemented: false,
+                        }),
+                    },
+                    _ = tick.tick() => Input::Tick,
+                }
+            }
+            State::Backoff { until, .. } => {
+                tokio::time::sleep_until(*until).await;
+                Input::Deadline
+            }
+            State::Fallback { next_probe, .. } => {
+                tokio::time::sleep_until(*next_probe).await;
+                Input::Deadline
+            }
+        }
+    }
+
+    /// Applies one event and counts what became of it; says whether it
+    /// showed lost predecessors.
+    async fn handle(&self, event: &ContainerEvent) -> bool {
+        let metrics = &self.shared.metrics.stream;
+        metrics.received.inc();
+        let applied = self.shared.core.lock().await.apply_event(event);
+        match applied {
+            Applied::Published(_) | Applied::PublishedAfterGap(_) => {
+                metrics.applied.inc();
+                if let Some(at) = event.created_at {
+                    let now: SystemTime = self.shared.clock.now();
+                    metrics
+                        .latency
+                        .observe(now.duration_since(at).unwrap_or_default());
+                }
+            }
+            Applied::Stale(reason) => {
+                metrics
+                    .stale
+                    .get_or_create(&crate::metrics::StaleLabels { reason })
+                    .inc();
+                tracing::debug!(id = %event.id, kind = event.kind.as_str(), reason = reason.as_str(), "dropped a stale container event");
+            }
+            Applied::Unresolved => {
+                metrics.unresolved.inc();
+                tracing::debug!(id = %event.id, kind = event.kind.as_str(), "container event for an unknown pod and ID; skipped");
+            }
+        }
+        let gap = matches!(applied, Applied::PublishedAfterGap(_));
+        if gap {
+            metrics.gaps.inc();
+            tracing::debug!(id = %event.id, kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
+        }
+        gap
+    }
+
+    async fn perform(&self, action: Action) {
+        let shared = &self.shared;
+        match action {
+            Action::Relist(why) => {
+                tracing::debug!(why = why.as_str(), "catch-up relist");
+                if let Err(e) = relist::relist(shared).await {
+                    tracing::warn!(error = %e, why = why.as_str(), "catch-up relist failed; the next relist retries");
+                }
+            }
+            Action::SetRelist(duration) => {
+                if let Err(e) = shared.control.update(duration) {
+                    tracing::error!(error = %e, "cannot switch the relist period");
+                }
+            }
+            Action::AdvanceCacheTime => {
+                shared.core.lock().await.cache_fresh_as_of(Instant::now());
+            }
+            Action::Notice(notice) => self.notice(notice),
+        }
+    }
+
+    fn notice(&self, notice: Notice) {
+        let metrics = &self.shared.metrics.stream;
+        let period = GoDuration(self.config.generic_relist.relist_period);
+        let probe = GoDuration(self.config.probe_interval);
+        match notice {
+            Notice::Connected { promoted } => {
+                metrics.connection_successes.inc();
+                if promoted {
+                    metrics.promotions.inc();
+                    tracing::info!("container event stream works again; back to evented mode");
+                } else {
+                    tracing::info!("container event stream open; evented mode");
+                }
+            }
+            Notice::Retrying {
+                failure,
+                failures,
+                retry_in,
+            } => {
+                metrics.connection_errors.inc();
+                tracing::warn!(
+                    error = %failure.message,
+                    failures,
+                    retry_in = %GoDuration(retry_in),
+                    "container event stream failed; reconnecting"
+                );
+            }
+            Notice::ProbeFailed { failure } => {
+                metrics.connection_errors.inc();
+                tracing::debug!(error = %failure.message, "event stream probe failed; staying in generic mode");
+            }
+            Notice::FellBack { failure, failures } => {
+                metrics.connection_errors.inc();
+                metrics.fallbacks.inc();
+                if failure.unimplemented {
+                    tracing::warn!(
+                        error = %failure.message,
+                        "runtime has no container event stream; relisting every {period} (generic mode), probing the stream every {probe}"
+                    );
+                } else {
+                    tracing::warn!(
+                        error = %failure.message,
+                        failures,
+                        "container event stream failed {failures} times in a row; relisting every {period} (generic mode), probing the stream every {probe}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn failure(error: &runtime::Error) -> Failure {
+    Failure {
+        message: error.to_string(),
+        unimplemented: error.is_unimplemented(),
+    }
+}

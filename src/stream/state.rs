@@ -1,0 +1,398 @@
+//! The stream's state machine: one enum, one `step`.
+//!
+//! [`step`] takes a state and what just happened, and returns the next
+//! state and the actions it wants (relist now, change the relist period,
+//! advance the cache's time, and notices for counters and logs). It does no
+//! I/O and reads no clock: the driver ([`super::driver`]) waits for the
+//! input the state calls for, carries the actions out, and publishes the
+//! status. So every transition is tested on its own, without a runtime.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Mode, StreamState};
+use crate::backoff::Backoff;
+use crate::health::RelistDuration;
+
+/// How the stream is driven (validated by the generator's configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamConfig {
+    /// Relist period and threshold while the stream works.
+    pub(crate) evented_relist: RelistDuration,
+    /// Relist period and threshold while relisting is in charge.
+    pub(crate) generic_relist: RelistDuration,
+    /// Failures in a row after which relisting takes over.
+    pub(crate) max_failures: u32,
+    /// How often the stream is probed while relisting is in charge.
+    pub(crate) probe_interval: Duration,
+    /// A stream that lived this long resets the failure count when it ends.
+    pub(crate) stable_after: Duration,
+    /// Gap relists are at most this often.
+    pub(crate) gap_relist_interval: Duration,
+}
+
+/// What every state carries along.
+#[derive(Clone, Debug)]
+pub(crate) struct Standing {
+    /// Which generator is in charge.
+    pub(crate) mode: Mode,
+    /// Failures in a row.
+    pub(crate) failures: u32,
+    /// The last stream error.
+    pub(crate) last_error: Option<String>,
+    /// The reconnection delays.
+    pub(crate) backoff: Backoff,
+}
+
+impl Standing {
+    /// Before the first connection: relisting in charge, no failure yet.
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Standing {
+            mode: Mode::Generic,
+            failures: 0,
+            last_error: None,
+            backoff,
+        }
+    }
+}
+
+/// Lost events waiting for a relist, which runs at most once per
+/// [`StreamConfig::gap_relist_interval`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Gap {
+    /// An event showed lost predecessors; no relist has looked since.
+    pub(crate) pending: bool,
+    /// When a gap last brought a relist.
+    pub(crate) last_relist: Option<Instant>,
+}
+
+/// The stream's states, each holding what it needs. `S` is the open
+/// stream (the driver's; `()` in tests).
+pub(crate) enum State<S> {
+    /// Opening the stream. `probing` when relisting is in charge after a
+    /// fallback: a failure then goes back to [`State::Fallback`] at once.
+    /// Success goes to [`State::Streaming`], after a relist (CRI has no
+    /// resume token: whatever happened while no stream was open is found by
+    /// diffing); a failure to [`State::Backoff`], or to [`State::Fallback`]
+    /// after `max_failures` in a row or at once for `Unimplemented`.
+    Connecting { standing: Standing, probing: bool },
+    /// Receiving events since `since`. Until the first event arrives,
+    /// relisting keeps the generic period; the first event brings one more
+    /// relist and the evented period: containerd 1.7 leaves the handler of a
+    /// closed stream waiting on its shared event channel until it has taken,
+    /// and lost, one more event, so the first events after a reconnection
+    /// may reach nobody. The stream's end or error goes to
+    /// [`State::Backoff`] (or [`State::Fallback`]).
+    Streaming {
+        standing: Standing,
+        stream: S,
+        since: Instant,
+        awaiting_first_event: bool,
+        gap: Gap,
+    },
+    /// Waiting until `until` before connecting again.
+    Backoff { standing: Standing, until: Instant },
+    /// Relisting at the generic period; the stream is probed at
+    /// `next_probe`. Unlike the kubelet's, the fallback is not for good.
+    Fallback {
+        standing: Standing,
+        next_probe: Instant,
+    },
+}
+
+impl<S> State<S> {
+    /// The state's name, for the status.
+    pub(crate) fn kind(&self) -> StreamState {
+        match self {
+            State::Connecting { .. } => StreamState::Connecting,
+            State::Streaming { .. } => StreamState::Streaming,
+            State::Backoff { .. } => StreamState::Backoff,
+            State::Fallback { .. } => StreamState::Fallback,
+        }
+    }
+
+    /// What the state carries along.
+    pub(crate) fn standing(&self) -> &Standing {
+        match self {
+            State::Connecting { standing, .. }
+            | State::Streaming { standing, .. }
+            | State::Backoff { standing, .. }
+            | State::Fallback { standing, .. } => standing,
+        }
+    }
+}
+
+/// Why opening or reading the stream failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// For the status and the logs.
+    pub(crate) message: String,
+    /// The runtime has no event stream (containerd 1.6).
+    pub(crate) unimplemented: bool,
+}
+
+/// What happened, for [`step`].
+pub(crate) enum Input<S> {
+    /// The stream is open.
+    Opened(S),
+    /// Opening the stream failed.
+    OpenFailed(Failure),
+    /// An event was applied; `gap` when it showed lost predecessors.
+    Event { gap: bool },
+    /// The stream broke or ended.
+    Ended(Failure),
+    /// The cache tick (while streaming).
+    Tick,
+    /// The state's deadline passed (backoff, probe).
+    Deadline,
+}
+
+/// Why a relist is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// A stream was opened: find what happened while none was.
+    Connected,
+    /// The first event on a new stream: find what reached another handler.
+    FirstEvent,
+    /// An event showed that the stream lost earlier ones.
+    LostEvents,
+}
+
+impl Why {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Why::Connected => "event stream connected",
+            Why::FirstEvent => "first event on a new stream",
+            Why::LostEvents => "the event stream lost events",
+        }
+    }
+}
+
+/// Something worth counting and saying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// A stream was opened; `promoted` when it ends a fallback.
+    Connected { promoted: bool },
+    /// Opening or reading the stream failed; the driver retries in
+    /// `retry_in`.
+    Retrying {
+        failure: Failure,
+        failures: u32,
+        retry_in: Duration,
+    },
+    /// A probe of the stream failed; relisting stays in charge.
+    ProbeFailed { failure: Failure },
+    /// Relisting takes over.
+    FellBack { failure: Failure, failures: u32 },
+}
+
+/// What the driver is to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Count and log.
+    Notice(Notice),
+    /// Relist now (and wait for it).
+    Relist(Why),
+    /// Set the relist period and threshold.
+    SetRelist(RelistDuration),
+    /// Declare the cache fresh as of now.
+    AdvanceCacheTime,
+}
+
+/// The next state and what to do on the way.
+pub(crate) struct Transition<S> {
+    pub(crate) next: State<S>,
+    pub(crate) actions: Vec<Action>,
+}
+
+/// One transition. Inputs a state does not expect leave it as it is.
+pub(crate) fn step<S>(
+    state: State<S>,
+    input: Input<S>,
+    config: &StreamConfig,
+    now: Instant,
+) -> Transition<S> {
+    match (state, input) {
+        (
+            State::Connecting {
+                mut standing,
+                probing,
+            },
+            Input::Opened(stream),
+        ) => {
+            standing.mode = Mode::Evented;
+            standing.failures = 0;
+            standing.backoff.reset();
+            Transition {
+                next: State::Streaming {
+                    standing,
+                    stream,
+                    since: now,
+                    awaiting_first_event: true,
+                    gap: Gap::default(),
+                },
+                // Until the stream's first event, relisting keeps the
+                // generic period (see `State::Streaming`).
+                actions: vec![
+                    Action::Notice(Notice::Connected { promoted: probing }),
+                    Action::SetRelist(config.generic_relist),
+                    Action::Relist(Why::Connected),
+                ],
+            }
+        }
+        (State::Connecting { standing, probing }, Input::OpenFailed(failure)) => {
+            failed(standing, failure, probing, config, now)
+        }
+        (
+            State::Streaming {
+                standing,
+                stream,
+                since,
+                awaiting_first_event,
+                mut gap,
+            },
+            Input::Event { gap: lost },
+        ) => {
+            gap.pending |= lost;
+            let mut actions = Vec::new();
+            relist_after_gap(&mut gap, config, now, &mut actions);
+            if awaiting_first_event {
+                actions.push(Action::Relist(Why::FirstEvent));
+                actions.push(Action::SetRelist(config.evented_relist));
+            }
+            Transition {
+                next: State::Streaming {
+                    standing,
+                    stream,
+                    since,
+                    awaiting_first_event: false,
+                    gap,
+                },
+                actions,
+            }
+        }
+        (
+            State::Streaming {
+                standing,
+                stream,
+                since,
+                awaiting_first_event,
+                mut gap,
+            },
+            Input::Tick,
+        ) => {
+            let mut actions = vec![Action::AdvanceCacheTime];
+            relist_after_gap(&mut gap, config, now, &mut actions);
+            Transition {
+                next: State::Streaming {
+                    standing,
+                    stream,
+                    since,
+                    awaiting_first_event,
+                    gap,
+                },
+                actions,
+            }
+        }
+        (
+            State::Streaming {
+                mut standing,
+                since,
+                ..
+            },
+            Input::Ended(failure),
+        ) => {
+            if now.saturating_duration_since(since) >= config.stable_after {
+                standing.failures = 0;
+                standing.backoff.reset();
+            }
+            failed(standing, failure, false, config, now)
+        }
+        (State::Backoff { standing, .. }, Input::Deadline) => Transition {
+            next: State::Connecting {
+                standing,
+                probing: false,
+            },
+            actions: Vec::new(),
+        },
+        (State::Fallback { standing, .. }, Input::Deadline) => Transition {
+            next: State::Connecting {
+                standing,
+                probing: true,
+            },
+            actions: Vec::new(),
+        },
+        (state, _) => Transition {
+            next: state,
+            actions: Vec::new(),
+        },
+    }
+}
+
+/// Relists when the stream lost events, at most once per
+/// `gap_relist_interval` (the cache tick retries a gap that came sooner).
+fn relist_after_gap(gap: &mut Gap, config: &StreamConfig, now: Instant, actions: &mut Vec<Action>) {
+    if !gap.pending
+        || gap
+            .last_relist
+            .is_some_and(|at| now.saturating_duration_since(at) < config.gap_relist_interval)
+    {
+        return;
+    }
+    gap.pending = false;
+    gap.last_relist = Some(now);
+    actions.push(Action::Relist(Why::LostEvents));
+}
+
+/// Opening or reading the stream failed: back off, or fall back.
+fn failed<S>(
+    mut standing: Standing,
+    failure: Failure,
+    probing: bool,
+    config: &StreamConfig,
+    now: Instant,
+) -> Transition<S> {
+    standing.failures = standing.failures.saturating_add(1);
+    standing.last_error = Some(failure.message.clone());
+    let next_probe = now + config.probe_interval;
+    if probing {
+        return Transition {
+            next: State::Fallback {
+                standing,
+                next_probe,
+            },
+            actions: vec![Action::Notice(Notice::ProbeFailed { failure })],
+        };
+    }
+    if failure.unimplemented || standing.failures >= config.max_failures {
+        standing.mode = Mode::Generic;
+        let failures = standing.failures;
+        return Transition {
+            next: State::Fallback {
+                standing,
+                next_probe,
+            },
+            actions: vec![
+                Action::Notice(Notice::FellBack { failure, failures }),
+                Action::SetRelist(config.generic_relist),
+            ],
+        };
+    }
+    let retry_in = standing.backoff.next_delay();
+    let failures = standing.failures;
+    Transition {
+        next: State::Backoff {
+            standing,
+            until: now + retry_in,
+        },
+        actions: vec![Action::Notice(Notice::Retrying {
+            failure,
+            failures,
+            retry_in,
+        })],
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -146,14 +146,11 @@ fn bench_containerd(c: &mut Criterion) {
     // containerd 1.7 a second one would take some of the events).
     let evented = Pleg::new(runtime.clone(), Config::evented()).expect("config");
     let mut started = evented
-        .subscribe_with(pleg::SubscribeOptions {
-            filter: pleg::Filter {
-                pod_uids: Some([pleg::PodUid::new(&spec.uid)].into()),
-                kinds: Some([pleg::EventType::ContainerStarted].into()),
-                ..pleg::Filter::default()
-            },
-            ..pleg::SubscribeOptions::default()
-        })
+        .subscribe_with(pleg::SubscribeOptions::filtered(
+            pleg::Filter::all()
+                .with_pod_uids([pleg::PodUid::new(&spec.uid)])
+                .with_kinds([pleg::EventType::ContainerStarted]),
+        ))
         .expect("subscribe");
     tokio.block_on(async {
         evented.start().expect("start");

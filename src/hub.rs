@@ -43,6 +43,7 @@ pub const DEFAULT_CAPACITY: usize = 1000;
 
 /// Errors of the hub.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// A subscription needs room for at least one event.
     #[error("subscription capacity must be at least 1, got 0")]
@@ -51,6 +52,7 @@ pub enum Error {
 
 /// What a subscription yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Delivery {
     /// An event.
     Event(Arc<PodLifecycleEvent>),
@@ -75,6 +77,7 @@ impl Delivery {
 /// Which events a subscriber wants. The default takes every event except
 /// `ContainerChanged`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Filter {
     /// Only these pods (`None`: every pod).
     pub pod_uids: Option<HashSet<PodUid>>,
@@ -153,6 +156,7 @@ impl Filter {
 
 /// How to subscribe.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscribeOptions {
     /// Queue capacity in events (default 1000).
     pub capacity: usize,

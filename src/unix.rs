@@ -31,6 +31,7 @@ pub type Result<T, E = BindError> = std::result::Result<T, E>;
 
 /// Why [`bind`] failed. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BindError {
     /// A server answers on the socket already.
     #[error("socket {}: another server is already listening there", path.display())]

@@ -330,10 +330,7 @@ async fn grpc_client_with_a_filter_sees_exactly_the_matching_events_and_sigterm_
     .await;
     assert!(socket.exists());
     let mut client = Client::connect(&socket).await.expect("connect");
-    let filter = Filter {
-        namespace: Some("shop".into()),
-        ..Filter::default()
-    };
+    let filter = Filter::all().with_namespace("shop");
     let mut stream = client.watch(&filter, 100).await.expect("watch");
     // What the daemon already reported is not replayed; new changes are.
     server.exit_container("sb2-app", 3); // namespace infra: filtered out

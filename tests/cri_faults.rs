@@ -45,13 +45,9 @@ fn manual(runtime: Arc<CriRuntime>) -> Pleg {
 }
 
 fn subscribe_all(pleg: &Pleg) -> Subscription {
-    pleg.subscribe_with(SubscribeOptions {
-        filter: Filter {
-            include_container_changed: true,
-            ..Filter::default()
-        },
-        ..SubscribeOptions::default()
-    })
+    pleg.subscribe_with(SubscribeOptions::filtered(
+        Filter::all().with_container_changed(true),
+    ))
     .expect("valid options")
 }
 
@@ -62,7 +58,7 @@ fn drain(sub: &mut Subscription) -> Vec<(EventType, String)> {
                 e.kind,
                 e.container_id().map(|c| c.to_string()).unwrap_or_default(),
             )),
-            Delivery::Resync { .. } => None,
+            _ => None,
         })
         .collect()
 }

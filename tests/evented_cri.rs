@@ -10,7 +10,7 @@ use k8s_cri::v1::{
 };
 use pleg::runtime::cri::{CriConfig, CriRuntime};
 use pleg::{
-    Config, Delivery, EventSource, EventType, Filter, Mode, Pleg, StaleReason, StreamState,
+    Config, Delivery, EventSource, EventType, Mode, Pleg, StaleReason, StreamState,
     SubscribeOptions, Subscription,
 };
 use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
@@ -295,16 +295,10 @@ async fn unimplemented_event_stream_falls_back_at_once_and_still_reports_by_reli
 async fn flood_of_events_with_a_stalled_subscriber_leaves_the_others_whole() {
     let (server, _runtime, pleg) = setup(quick()).await;
     let stalled = pleg
-        .subscribe_with(SubscribeOptions {
-            capacity: 10,
-            filter: Filter::default(),
-        })
+        .subscribe_with(SubscribeOptions::default().with_capacity(10))
         .expect("options");
     let mut reader = pleg
-        .subscribe_with(SubscribeOptions {
-            capacity: 100_000,
-            filter: Filter::default(),
-        })
+        .subscribe_with(SubscribeOptions::default().with_capacity(100_000))
         .expect("options");
     pleg.start().expect("start");
     until(&pleg, StreamState::Streaming).await;
@@ -359,6 +353,7 @@ async fn flood_of_events_with_a_stalled_subscriber_leaves_the_others_whole() {
         match d {
             Delivery::Event(_) => delivered += 1,
             Delivery::Resync { missed: m } => missed += m,
+            _ => {}
         }
     }
     assert_eq!(delivered, 10);

@@ -175,23 +175,12 @@ async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
 
     let filters = [
         Filter::default(),
-        Filter {
-            namespace: Some("shop".into()),
-            ..Filter::default()
-        },
-        Filter {
-            labels: [("app".to_string(), "web".to_string())].into(),
-            ..Filter::default()
-        },
-        Filter {
-            pod_uids: Some([PodUid::new("b"), PodUid::new("c")].into()),
-            ..Filter::default()
-        },
-        Filter {
-            kinds: Some([EventType::ContainerDied].into()),
-            namespace: Some("shop".into()),
-            ..Filter::default()
-        },
+        Filter::all().with_namespace("shop"),
+        Filter::all().with_label("app", "web"),
+        Filter::all().with_pod_uids([PodUid::new("b"), PodUid::new("c")]),
+        Filter::all()
+            .with_kinds([EventType::ContainerDied])
+            .with_namespace("shop"),
     ];
     let mut client = server.client().await;
     let mut watches = Vec::new();
@@ -205,10 +194,7 @@ async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
         embedded.push(
             daemon
                 .pleg
-                .subscribe_with(SubscribeOptions {
-                    filter: filter.clone(),
-                    ..SubscribeOptions::default()
-                })
+                .subscribe_with(SubscribeOptions::filtered(filter.clone()))
                 .expect("valid"),
         );
     }

@@ -12,10 +12,7 @@ async fn a_subscriber_that_stops_reading_misses_an_exact_count_and_gets_resync()
     let (runtime, pleg) = generator();
     let mut fast = pleg.subscribe();
     let mut slow = pleg
-        .subscribe_with(SubscribeOptions {
-            capacity: 5,
-            ..SubscribeOptions::default()
-        })
+        .subscribe_with(SubscribeOptions::default().with_capacity(5))
         .expect("valid options");
 
     // 20 pods start: 20 events, one per pod.
@@ -63,10 +60,7 @@ async fn a_subscriber_that_stops_reading_misses_an_exact_count_and_gets_resync()
 async fn events_published_after_an_overflow_follow_the_resync_marker() {
     let (runtime, pleg) = generator();
     let mut slow = pleg
-        .subscribe_with(SubscribeOptions {
-            capacity: 2,
-            ..SubscribeOptions::default()
-        })
+        .subscribe_with(SubscribeOptions::default().with_capacity(2))
         .expect("valid options");
     runtime.set_pods(
         (0..4)
@@ -94,13 +88,9 @@ async fn events_published_after_an_overflow_follow_the_resync_marker() {
 async fn filtered_subscribers_receive_only_their_pods() {
     let (runtime, pleg) = generator();
     let mut only_b = pleg
-        .subscribe_with(SubscribeOptions {
-            filter: Filter {
-                pod_uids: Some([PodUid::new("b")].into()),
-                ..Filter::default()
-            },
-            ..SubscribeOptions::default()
-        })
+        .subscribe_with(SubscribeOptions::filtered(
+            Filter::all().with_pod_uids([PodUid::new("b")]),
+        ))
         .expect("valid options");
     let mut everyone = pleg.subscribe();
     runtime.set_pods(vec![

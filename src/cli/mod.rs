@@ -1,6 +1,5 @@
 //! Flags, environment variables and shared plumbing of the `pleg` commands.
 
-use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -160,10 +159,7 @@ impl RuntimeArgs {
 
     /// The CRI client configuration.
     pub fn cri_config(&self) -> CriConfig {
-        CriConfig {
-            request_timeout: self.runtime_request_timeout,
-            ..CriConfig::new(&self.runtime_endpoint)
-        }
+        CriConfig::new(&self.runtime_endpoint).with_request_timeout(self.runtime_request_timeout)
     }
 
     /// The generator configuration, checked.
@@ -248,19 +244,22 @@ pub struct FilterArgs {
 impl FilterArgs {
     /// The library filter.
     pub fn filter(&self) -> Filter {
-        Filter {
-            pod_uids: (!self.pod_uids.is_empty()).then(|| {
-                self.pod_uids
-                    .iter()
-                    .map(PodUid::new)
-                    .collect::<HashSet<_>>()
-            }),
-            namespace: self.namespace.clone(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            kinds: (!self.kinds.is_empty()).then(|| self.kinds.iter().copied().collect()),
-            include_container_changed: self.include_changed
-                || self.kinds.contains(&EventType::ContainerChanged),
+        let mut filter = Filter::all().with_container_changed(
+            self.include_changed || self.kinds.contains(&EventType::ContainerChanged),
+        );
+        if !self.pod_uids.is_empty() {
+            filter = filter.with_pod_uids(self.pod_uids.iter().map(PodUid::new));
         }
+        if let Some(namespace) = &self.namespace {
+            filter = filter.with_namespace(namespace);
+        }
+        for (key, value) in &self.labels {
+            filter = filter.with_label(key, value);
+        }
+        if !self.kinds.is_empty() {
+            filter = filter.with_kinds(self.kinds.iter().copied());
+        }
+        filter
     }
 }
 

@@ -52,6 +52,8 @@ impl Printer {
                 "missed": missed,
             })
             .to_string(),
+            // A newer kind of delivery: say what it is rather than nothing.
+            (_, other) => format!("{other:?}"),
         };
         let mut out = self.out.lock();
         writeln!(out, "{line}")?;

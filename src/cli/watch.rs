@@ -35,10 +35,7 @@ pub async fn run(args: WatchArgs) -> Outcome {
     let runtime = source.runtime.connect(source.wait).await?;
     let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
     let sub = pleg
-        .subscribe_with(SubscribeOptions {
-            filter,
-            ..SubscribeOptions::default()
-        })
+        .subscribe_with(SubscribeOptions::filtered(filter))
         .map_err(|e| Failure::new(Exit::Usage, anyhow!(e)))?;
     pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
     let outcome = print_until_signal(sub, &mut printer).await;

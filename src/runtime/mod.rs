@@ -336,6 +336,7 @@ pub struct ContainerEvent {
 
 /// How an RPC ended: a gRPC code (`OK` included) or the deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RpcOutcome {
     /// The runtime answered with this code.
     Code(tonic::Code),

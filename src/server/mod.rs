@@ -80,6 +80,7 @@ impl Check {
 
 /// Which probe is asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Probe {
     /// `/healthz`: every check, like the kubelet's.
     Health,

@@ -59,7 +59,7 @@ pub fn drain_sorted(sub: &mut Subscription) -> Vec<(String, EventType, String)> 
                 e.kind,
                 e.container_id().map(|c| c.to_string()).unwrap_or_default(),
             )),
-            Delivery::Resync { .. } => None,
+            _ => None,
         })
         .collect();
     out.sort();
@@ -78,12 +78,8 @@ pub fn expect(events: &[(&str, EventType, &str)]) -> Vec<(String, EventType, Str
 
 /// A subscription that also receives `ContainerChanged`.
 pub fn subscribe_with_changed(pleg: &Pleg) -> Subscription {
-    pleg.subscribe_with(SubscribeOptions {
-        filter: Filter {
-            include_container_changed: true,
-            ..Filter::default()
-        },
-        ..SubscribeOptions::default()
-    })
+    pleg.subscribe_with(SubscribeOptions::filtered(
+        Filter::all().with_container_changed(true),
+    ))
     .expect("valid options")
 }

@@ -3,7 +3,6 @@
 //! through the test kit's CRI driver, and per-pod event subscriptions.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -87,14 +86,11 @@ pub fn subscribe_pods(pleg: &Pleg, uids: &[&str]) -> Subscription {
 
 /// Subscribes to the events of these pods, with or without `ContainerChanged`.
 pub fn subscribe_pods_with(pleg: &Pleg, uids: &[&str], changed: bool) -> Subscription {
-    pleg.subscribe_with(SubscribeOptions {
-        filter: Filter {
-            pod_uids: Some(uids.iter().map(PodUid::new).collect::<HashSet<_>>()),
-            include_container_changed: changed,
-            ..Filter::default()
-        },
-        ..SubscribeOptions::default()
-    })
+    pleg.subscribe_with(SubscribeOptions::filtered(
+        Filter::all()
+            .with_pod_uids(uids.iter().map(PodUid::new))
+            .with_container_changed(changed),
+    ))
     .expect("valid options")
 }
 
@@ -104,6 +100,7 @@ pub fn events(sub: &mut Subscription) -> Vec<Arc<PodLifecycleEvent>> {
         .map(|d| match d {
             Delivery::Event(e) => e,
             Delivery::Resync { missed } => panic!("subscriber lagged and missed {missed} events"),
+            other => panic!("unexpected delivery {other:?}"),
         })
         .collect()
 }

@@ -153,6 +153,7 @@ fn print_events(mut events: Subscription) -> tokio::task::JoinHandle<()> {
                     "{}  RESYNC: missed {missed} events; state may have changed unseen",
                     time_of_day(SystemTime::now())
                 ),
+                other => format!("{other:?}"),
             };
             let mut out = std::io::stdout().lock();
             // A closed stdout (for example `| head`) ends the printer quietly.

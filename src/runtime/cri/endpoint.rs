@@ -23,6 +23,7 @@ use crate::runtime::RuntimeStats;
 
 /// How to reach a CRI runtime.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CriConfig {
     /// `unix:///path/to/socket` or a bare path, like crictl's `--runtime-endpoint`.
     pub endpoint: String,
@@ -149,6 +150,7 @@ impl std::fmt::Display for RuntimeEndpoint {
 
 /// Why a runtime could not be connected to.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The endpoint is not something we can connect to.
     #[error("runtime endpoint {endpoint:?} is invalid: {reason}")]

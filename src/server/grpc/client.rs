@@ -23,6 +23,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why talking to a pleg daemon failed. Every variant names the socket.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Nothing exists at the socket path (is the daemon running?).
     #[error("pleg daemon socket {}: no such socket (is `pleg run` running?)", socket.display())]

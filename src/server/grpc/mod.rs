@@ -171,6 +171,7 @@ pub(super) fn sorted_last_events(mut events: Vec<LastEvent>) -> Vec<LastEvent> {
 
 /// The daemon's health, as `Health` answers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Health {
     /// Whether every check passes.
     pub healthy: bool,

@@ -11,6 +11,7 @@ use crate::unix::{self, BindError};
 
 /// Why [`serve`] failed. Every variant names the socket.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// A server answers on the socket already.
     #[error("gRPC socket {}: another server is already listening there (a pleg daemon running?)", path.display())]

@@ -66,6 +66,7 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// Why the health and metrics listener could not be opened. Every message
 /// names the address.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BindError {
     /// The address is not `host:port`, or its host does not resolve.
     #[error("health address {address:?} is not valid: {reason}")]

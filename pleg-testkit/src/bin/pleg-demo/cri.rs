@@ -73,13 +73,9 @@ pub async fn run(options: DemoOptions, endpoint: String) -> Result<()> {
     let mut pods = Vec::new();
     let outcome = async {
         let sub = pleg
-            .subscribe_with(pleg::SubscribeOptions {
-                filter: pleg::Filter {
-                    labels: [("pleg.demo/run".to_string(), run_id.clone())].into(),
-                    ..pleg::Filter::default()
-                },
-                ..pleg::SubscribeOptions::default()
-            })
+            .subscribe_with(pleg::SubscribeOptions::filtered(
+                pleg::Filter::all().with_label("pleg.demo/run", run_id.clone()),
+            ))
             .context("subscribing")?;
         let printer = print_events(sub);
         if options.evented {

@@ -1,3 +1,6 @@
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 //! The diff core on 100, 1,000 and 10,000 pods (one sandbox and three
 //! containers each) at 0 %, 1 % and 10 % churn. IDs: `diff/<pods>/<churn %>`.

@@ -1,3 +1,6 @@
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 //! Around the diff core: what else a relist costs.
 //!

@@ -37,6 +37,7 @@ impl Backoff {
     }
 
     /// The growth factor between two delays (at least 1).
+    #[must_use]
     pub fn with_factor(mut self, factor: f64) -> Self {
         self.factor = if factor.is_finite() {
             factor.max(1.0)
@@ -47,6 +48,7 @@ impl Backoff {
     }
 
     /// The jitter as a fraction of the delay, from 0 (none) to 1.
+    #[must_use]
     pub fn with_jitter(mut self, jitter: f64) -> Self {
         self.jitter = if jitter.is_finite() {
             jitter.clamp(0.0, 1.0)

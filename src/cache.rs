@@ -226,7 +226,7 @@ mod tests {
 
     fn entry(uid: &str, ips: &[&str], modified: Instant) -> CacheEntry {
         let mut s = PodStatus::new(Arc::new(PodMeta::new(uid, uid, "ns")));
-        s.ips = ips.iter().map(|s| s.to_string()).collect();
+        s.ips = ips.iter().map(std::string::ToString::to_string).collect();
         s.sandboxes
             .push(Container::new("s", uid, ContainerState::Running));
         CacheEntry {

@@ -112,7 +112,10 @@ impl Conditions {
 
     /// Whether no pod has a condition.
     pub fn is_empty(&self) -> bool {
-        self.pods.lock().values().all(|c| c.is_empty())
+        self.pods
+            .lock()
+            .values()
+            .all(std::collections::HashMap::is_empty)
     }
 
     /// Drops the conditions of every pod for which `keep` is false, without

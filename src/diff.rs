@@ -188,7 +188,7 @@ impl Records {
         self.entries
             .iter()
             .find(|r| r.keys.as_slice().iter().any(|k| k.id == *id))
-            .map(|r| r.uid())
+            .map(Record::uid)
     }
 
     /// All records.
@@ -385,7 +385,7 @@ fn transition(
             kind,
             id: id.clone(),
             entry,
-        })
+        });
     };
     match new {
         Presence::Running => emit(EventType::ContainerStarted),

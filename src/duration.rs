@@ -102,6 +102,9 @@ pub enum ParseError {
 /// assert_eq!(pleg::duration::parse("1m30s"), Ok(Duration::from_secs(90)));
 /// assert!(pleg::duration::parse("5").is_err());
 /// ```
+///
+/// # Errors
+/// A [`ParseError`] naming the text: empty, a number without a unit, an unknown unit, zero or less, or more than a `Duration` holds.
 pub fn parse(raw: &str) -> Result<Duration, ParseError> {
     let raw = raw.trim();
     if raw.is_empty() {

@@ -71,7 +71,7 @@ pub struct PodLifecycleEvent {
     pub container: Option<ContainerRef>,
     /// Exit code, for `ContainerDied` when the runtime reported one.
     pub exit_code: Option<i32>,
-    /// The runtime's reason ("Completed", "Error", "OOMKilled"), when known.
+    /// The runtime's reason ("Completed", "Error", "`OOMKilled`"), when known.
     pub reason: Option<String>,
     /// Where the transition was seen.
     pub source: EventSource,

@@ -36,14 +36,14 @@ impl RelistDuration {
     /// three minutes.
     pub const GENERIC: RelistDuration = RelistDuration {
         relist_period: Duration::from_secs(1),
-        relist_threshold: Duration::from_secs(180),
+        relist_threshold: Duration::from_mins(3),
     };
 
     /// The kubelet's evented defaults, for relisting as a safety net while the
     /// event stream works: every five minutes, unhealthy after ten.
     pub const EVENTED: RelistDuration = RelistDuration {
-        relist_period: Duration::from_secs(300),
-        relist_threshold: Duration::from_secs(600),
+        relist_period: Duration::from_mins(5),
+        relist_threshold: Duration::from_mins(10),
     };
 }
 
@@ -54,6 +54,9 @@ impl RelistDuration {
     /// is relisted by hand has no use for the period, but a running generator
     /// configured so reports itself unhealthy between relists;
     /// [`threshold_covers_period`](Self::threshold_covers_period) tells.
+    ///
+    /// # Errors
+    /// A zero period or threshold.
     pub fn validate(&self) -> Result<(), InvalidRelistDuration> {
         if self.relist_period.is_zero() {
             return Err(InvalidRelistDuration::ZeroPeriod);
@@ -105,6 +108,9 @@ pub enum Unhealthy {
 }
 
 /// Judges health from the start time of the last successful relist.
+///
+/// # Errors
+/// [`Unhealthy`] when no relist has succeeded yet, or the last one started more than `threshold` before `now`.
 pub fn check(
     last_success: Option<Instant>,
     now: Instant,

@@ -98,12 +98,14 @@ impl Filter {
     }
 
     /// Only these pods.
+    #[must_use]
     pub fn with_pod_uids(mut self, uids: impl IntoIterator<Item = PodUid>) -> Self {
         self.pod_uids = Some(uids.into_iter().collect());
         self
     }
 
     /// Only pods in this namespace.
+    #[must_use]
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
@@ -111,18 +113,21 @@ impl Filter {
 
     /// Only pods carrying this label with this value (all such labels must
     /// match).
+    #[must_use]
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
     }
 
     /// Only these kinds.
+    #[must_use]
     pub fn with_kinds(mut self, kinds: impl IntoIterator<Item = EventType>) -> Self {
         self.kinds = Some(kinds.into_iter().collect());
         self
     }
 
     /// Also deliver `ContainerChanged`.
+    #[must_use]
     pub fn with_container_changed(mut self, include: bool) -> Self {
         self.include_container_changed = include;
         self
@@ -183,12 +188,14 @@ impl SubscribeOptions {
     }
 
     /// Sets the queue capacity, in events.
+    #[must_use]
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
     }
 
     /// Sets the filter.
+    #[must_use]
     pub fn with_filter(mut self, filter: Filter) -> Self {
         self.filter = filter;
         self
@@ -295,6 +302,9 @@ impl Hub {
     }
 
     /// Subscribes with a capacity and a filter.
+    ///
+    /// # Errors
+    /// [`Error::ZeroCapacity`] for a capacity of 0.
     pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
         if options.capacity == 0 {
             return Err(Error::ZeroCapacity);

@@ -14,7 +14,7 @@
 //! registration prefix restores), and so are pleg's own since the first
 //! daemon: every name, and its `# TYPE` line, is what the hand-written
 //! exposition served before. prometheus-client's `Counter` writes its
-//! samples as `<name>_total` under `# TYPE <name> counter`, the OpenMetrics
+//! samples as `<name>_total` under `# TYPE <name> counter`, the `OpenMetrics`
 //! way; pleg's counters are [`Count`]s instead, which write the sample under
 //! exactly the registered name, so `pleg_events_total`,
 //! `pleg_discard_events` and `evented_pleg_connection_success_count` read
@@ -413,6 +413,8 @@ pub struct HubMetrics {
 
 /// Every family pleg serves, in the order `/metrics` has always listed
 /// them, then the newer ones.
+// One registration per family, in the order /metrics lists them.
+#[allow(clippy::too_many_lines)]
 pub(crate) fn register_all(
     registry: &mut Registry,
     prefix: &str,

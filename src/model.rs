@@ -243,6 +243,7 @@ impl PodMeta {
     }
 
     /// Adds a label.
+    #[must_use]
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
@@ -271,7 +272,7 @@ pub struct Container {
     pub finished_at: Option<SystemTime>,
     /// Exit code, once exited.
     pub exit_code: Option<i32>,
-    /// The runtime's short reason ("Completed", "Error", "OOMKilled"), once exited.
+    /// The runtime's short reason ("Completed", "Error", "`OOMKilled`"), once exited.
     pub reason: Option<String>,
     /// Image reference (empty for sandboxes).
     pub image: String,
@@ -295,12 +296,14 @@ impl Container {
     }
 
     /// Sets the restart attempt.
+    #[must_use]
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;
         self
     }
 
     /// Sets the exit code and reason.
+    #[must_use]
     pub fn with_exit(mut self, exit_code: i32, reason: impl Into<String>) -> Self {
         self.exit_code = Some(exit_code);
         self.reason = Some(reason.into());
@@ -331,12 +334,14 @@ impl Pod {
     }
 
     /// Adds a sandbox.
+    #[must_use]
     pub fn with_sandbox(mut self, sandbox: Container) -> Self {
         self.sandboxes.push(sandbox);
         self
     }
 
     /// Adds a container.
+    #[must_use]
     pub fn with_container(mut self, container: Container) -> Self {
         self.containers.push(container);
         self
@@ -425,20 +430,17 @@ impl Listing {
             // A repeated UID sits among the pods with the same hash just before.
             let same_hash = keys.iter().rev().take_while(|(_, h)| *h == hash).count();
             let first = keys.len() - same_hash;
-            match keys[first..]
+            if let Some(offset) = keys[first..]
                 .iter()
                 .position(|(uid, _)| *uid == pod.meta.uid)
             {
-                Some(offset) => {
-                    duplicates_dropped += 1;
-                    let target = &mut merged[first + offset];
-                    target.sandboxes.extend(pod.sandboxes);
-                    target.containers.extend(pod.containers);
-                }
-                None => {
-                    keys.push((pod.meta.uid.clone(), hash));
-                    merged.push(pod);
-                }
+                duplicates_dropped += 1;
+                let target = &mut merged[first + offset];
+                target.sandboxes.extend(pod.sandboxes);
+                target.containers.extend(pod.containers);
+            } else {
+                keys.push((pod.meta.uid.clone(), hash));
+                merged.push(pod);
             }
         }
         // Repack every pod's entries into fresh vectors allocated in the

@@ -63,6 +63,8 @@ macro_rules! named_enum {
 pub(crate) use named_enum;
 
 #[cfg(test)]
+// The macro makes `ALL` and the methods `pub`, for a private test enum too.
+#[allow(unreachable_pub)]
 mod tests {
     named_enum! {
         /// A test enum.

@@ -79,7 +79,7 @@ impl Default for Config {
             mode: Mode::Evented,
             generic_relist: RelistDuration::GENERIC,
             evented_relist: RelistDuration::EVENTED,
-            runtime_request_timeout: Duration::from_secs(120),
+            runtime_request_timeout: Duration::from_mins(2),
             max_stream_failures: 5,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -106,24 +106,28 @@ impl Config {
     }
 
     /// Sets the mode.
+    #[must_use]
     pub fn with_mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
     }
 
     /// Sets the relist period and threshold while relisting is in charge.
+    #[must_use]
     pub fn with_relist(mut self, relist: RelistDuration) -> Self {
         self.generic_relist = relist;
         self
     }
 
     /// Sets the relist period and threshold while the stream works.
+    #[must_use]
     pub fn with_evented_relist(mut self, relist: RelistDuration) -> Self {
         self.evented_relist = relist;
         self
     }
 
     /// Sets the deadline of each runtime call.
+    #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.runtime_request_timeout = timeout;
         self
@@ -131,12 +135,14 @@ impl Config {
 
     /// Sets the number of stream failures in a row before relisting takes
     /// over.
+    #[must_use]
     pub fn with_max_stream_failures(mut self, failures: u32) -> Self {
         self.max_stream_failures = failures;
         self
     }
 
     /// Sets the reconnection delays.
+    #[must_use]
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max;
@@ -144,30 +150,37 @@ impl Config {
     }
 
     /// Sets how often the stream is probed while relisting is in charge.
+    #[must_use]
     pub fn with_probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
         self
     }
 
     /// Sets how often the cache's global time advances while streaming.
+    #[must_use]
     pub fn with_cache_tick(mut self, tick: Duration) -> Self {
         self.cache_tick = tick;
         self
     }
 
     /// Sets how long a stream must live to reset the failure count.
+    #[must_use]
     pub fn with_stable_after(mut self, after: Duration) -> Self {
         self.stable_after = after;
         self
     }
 
     /// Sets the wall clock.
+    #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
     /// Checks that the configuration can work.
+    ///
+    /// # Errors
+    /// The first setting that cannot work: a zero relist period or threshold, a zero request timeout, a zero backoff, probe interval or cache tick.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.generic_relist.validate()?;
         self.evented_relist.validate()?;
@@ -316,6 +329,9 @@ impl StatsSnapshot {
 impl Pleg {
     /// A stopped generator over `runtime`. Refuses a configuration that
     /// cannot work ([`Config::validate`]).
+    ///
+    /// # Errors
+    /// A configuration that cannot work ([`Config::validate`]).
     pub fn new(runtime: Arc<dyn Runtime>, config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
         let runtime = Arc::new(Instrumented::new(runtime, config.runtime_request_timeout));
@@ -369,6 +385,9 @@ impl Pleg {
     /// relists at the generic period. Starting a running generator does
     /// nothing. The tasks end with [`stop`](Self::stop) or when the last
     /// handle is dropped.
+    ///
+    /// # Errors
+    /// [`NoTokioRuntime`] when called outside a tokio runtime.
     pub fn start(&self) -> Result<(), NoTokioRuntime> {
         let inner = &self.inner;
         relist::warn_if_threshold_is_short(&self.relist_duration());
@@ -419,6 +438,9 @@ impl Pleg {
     /// the new period up at once (in evented mode, until the stream driver
     /// sets its own at its next transition). A period or threshold that
     /// cannot work is refused and the old values stay.
+    ///
+    /// # Errors
+    /// A zero period or threshold (the old values stay).
     pub fn update(&self, relist: RelistDuration) -> Result<(), ConfigError> {
         relist.validate()?;
         if self.is_running() {
@@ -434,6 +456,9 @@ impl Pleg {
     }
 
     /// Relists now and waits for it to finish.
+    ///
+    /// # Errors
+    /// The runtime error when the listing failed (or timed out); nothing was changed or published then. A pod whose status fetch fails is no error: it is retried at the next relist.
     pub async fn relist(&self) -> runtime::Result<RelistSummary> {
         relist::relist(&self.inner.shared).await
     }
@@ -457,6 +482,9 @@ impl Pleg {
 
     /// `Ok` while the last relist whose listing succeeded started within the
     /// threshold; otherwise the reason, worded like the kubelet's.
+    ///
+    /// # Errors
+    /// Why pleg is unhealthy, worded like the kubelet.
     pub fn healthy(&self) -> Result<(), Unhealthy> {
         relist::healthy(&self.inner.shared)
     }
@@ -482,6 +510,9 @@ impl Pleg {
     }
 
     /// Subscribes with a capacity and a filter.
+    ///
+    /// # Errors
+    /// A capacity of 0.
     pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription, hub::Error> {
         self.inner.shared.hub.subscribe_with(options)
     }

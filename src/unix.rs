@@ -91,6 +91,9 @@ pub struct SocketIdentity {
 
 impl SocketIdentity {
     /// The file `path` names now (the link itself, for a symbolic link).
+    ///
+    /// # Errors
+    /// The path cannot be examined.
     pub fn of(path: &Path) -> io::Result<SocketIdentity> {
         let meta = std::fs::symlink_metadata(path)?;
         Ok(SocketIdentity {
@@ -102,6 +105,9 @@ impl SocketIdentity {
     /// Removes `path` if it still names this file: `Ok(true)` when removed,
     /// `Ok(false)` when the path is gone or names another file now, and the
     /// error when removing failed.
+    ///
+    /// # Errors
+    /// The path could not be examined or removed.
     pub fn remove_if_unchanged(self, path: &Path) -> io::Result<bool> {
         match SocketIdentity::of(path) {
             Ok(now) if now == self => std::fs::remove_file(path).map(|()| true),
@@ -139,6 +145,9 @@ impl BoundSocket {
 /// connection within [`PROBE_TIMEOUT`], or the connection hangs), replaces a
 /// stale one, refuses any other kind of file, and sets mode 0600. Must be
 /// called inside a tokio runtime.
+///
+/// # Errors
+/// A [`BindError`] naming the path: a live server on it, a path that is not a socket, or a bind or `chmod` that failed.
 pub async fn bind(path: &Path) -> Result<BoundSocket> {
     let owned = || path.to_path_buf();
     match std::fs::symlink_metadata(path) {
@@ -282,11 +291,11 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_connections_come_out_of_the_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = pleg_testkit::temp::dir("unix");
         let path = dir.path().join("s.sock");
         let (listener, _, _) = bind(&path).await.expect("binds").into_parts();
         let mut incoming = Incoming::new(listener);
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut client = UnixStream::connect(&path).await.expect("connects");
         let mut accepted = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_next(cx))
             .await

@@ -1,5 +1,9 @@
 //! The pod-status cache as the generator keeps it.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,10 @@
 //! daemon's health probe, metrics, gRPC API and shutdown; `pleg watch` and
 //! `pleg pods`; and the errors people will hit, with their exit codes.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -5,6 +5,10 @@
 //! One test only: on containerd 1.7 each event reaches one stream, so a
 //! second daemon in the same binary would take some of the events.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod cri_support;
 
 use std::io::{BufRead, BufReader};

@@ -30,6 +30,10 @@
 //! env --version 1.6)"; cargo test --features containerd-tests --test
 //! containerd_evented`.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod cri_support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -72,14 +76,36 @@ async fn evented_with(runtime: &Arc<CriRuntime>, config: Config) -> Pleg {
 /// Starts the generator and waits until its stream is open and events reach
 /// it: runs a throwaway pod until the stream has received some (see the
 /// module docs).
+/// Waits, at most `within`, until the stream's status (published on its
+/// watch channel) satisfies `done`; whether it did.
+async fn stream_reaches(
+    pleg: &Pleg,
+    within: Duration,
+    mut done: impl FnMut(&pleg::StreamStatus) -> bool,
+) -> bool {
+    let mut status = pleg.watch_stream_status();
+    matches!(
+        tokio::time::timeout(within, status.wait_for(|s| done(s))).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Like [`stream_reaches`], failing the test with `what` on a timeout.
+async fn until_stream(pleg: &Pleg, what: &str, done: impl FnMut(&pleg::StreamStatus) -> bool) {
+    assert!(
+        stream_reaches(pleg, WAIT, done).await,
+        "timed out waiting for {what}: {:?} {:?}",
+        pleg.stream_status(),
+        pleg.stream_stats()
+    );
+}
+
 async fn start_streaming(pleg: &Pleg, runtime: &CriRuntime) {
     let driver = Driver::new(&runtime.endpoint().to_string()).expect("a valid endpoint");
     pleg.start().expect("start");
     let successes = pleg.stream_stats().connection_successes;
-    eventually("the event stream open", WAIT, || {
-        (pleg.stream_status().state == StreamState::Streaming
-            && pleg.stream_stats().connection_successes > successes)
-            .then_some(())
+    until_stream(pleg, "the event stream open", |s| {
+        s.state == StreamState::Streaming && pleg.stream_stats().connection_successes > successes
     })
     .await;
     let received = pleg.stream_stats().events_received;
@@ -784,8 +810,8 @@ async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_repo
     )
     .expect("valid config");
     pleg.start().expect("start");
-    eventually("fallback on containerd 1.6", WAIT, || {
-        (pleg.stream_status().state == StreamState::Fallback).then_some(())
+    until_stream(&pleg, "fallback on containerd 1.6", |s| {
+        s.state == StreamState::Fallback
     })
     .await;
     let status = pleg.stream_status();
@@ -951,8 +977,8 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
     assert!(pleg.healthy().is_ok());
 
     let mut outage = Outage::begin();
-    eventually("fallback to relisting after the stream broke", WAIT, || {
-        (pleg.mode() == Mode::Generic).then_some(())
+    until_stream(&pleg, "fallback to relisting after the stream broke", |s| {
+        s.mode == Mode::Generic
     })
     .await;
     assert_eq!(pleg.relist_duration(), generic_relist);
@@ -1015,10 +1041,8 @@ async fn containerd_killed_mid_run_turns_health_bad_then_deaths_during_the_outag
 
     // Back to the stream: a probe finds containerd up again.
     let successes = before.connection_successes;
-    eventually("the stream open again", WAIT, || {
-        (pleg.stream_stats().connection_successes > successes
-            && pleg.stream_status().state == StreamState::Streaming)
-            .then_some(())
+    until_stream(&pleg, "the stream open again", |s| {
+        pleg.stream_stats().connection_successes > successes && s.state == StreamState::Streaming
     })
     .await;
     let stats = pleg.stream_stats();
@@ -1084,11 +1108,10 @@ async fn evented_generator_on_a_quiet_containerd_is_streaming_within_3s_of_start
     drain_backlog(&runtime).await;
     let pleg = Pleg::new(runtime.clone(), Config::evented()).expect("valid config");
     pleg.start().expect("start");
-    let streaming = poll(Duration::from_secs(3), || {
-        (pleg.stream_status().state == StreamState::Streaming).then_some(())
+    let streaming = stream_reaches(&pleg, Duration::from_secs(3), |s| {
+        s.state == StreamState::Streaming
     })
-    .await
-    .is_some();
+    .await;
     let (status, stats) = (pleg.stream_status(), pleg.stream_stats());
     pleg.stop().await;
     assert!(
@@ -1128,18 +1151,16 @@ async fn container_that_dies_after_a_quiet_minute_is_reported_died_from_the_stre
 
     let before = pleg.stream_stats();
     let quiet_since = tokio::time::Instant::now();
-    let broke = poll(Duration::from_secs(60), || {
-        (pleg.stream_status().state != StreamState::Streaming
-            || pleg.stream_stats().connection_errors > before.connection_errors)
-            .then_some(())
+    let broke = stream_reaches(&pleg, Duration::from_secs(60), |s| {
+        s.state != StreamState::Streaming
+            || pleg.stream_stats().connection_errors > before.connection_errors
     })
-    .await
-    .is_some();
+    .await;
     let broke_after = quiet_since.elapsed();
     let last_error = pleg.stream_status().last_error;
     if broke {
-        eventually("streaming again", WAIT, || {
-            (pleg.stream_status().state == StreamState::Streaming).then_some(())
+        until_stream(&pleg, "streaming again", |s| {
+            s.state == StreamState::Streaming
         })
         .await;
     }
@@ -1201,8 +1222,8 @@ async fn container_that_dies_right_after_the_generator_restarts_is_reported_died
     let second = Pleg::new(runtime.clone(), Config::evented()).expect("valid config");
     let mut sub = subscribe_pods_with(&second, &[pod.uid()], false);
     second.start().expect("start");
-    eventually("the second generator streaming", WAIT, || {
-        (second.stream_status().state == StreamState::Streaming).then_some(())
+    until_stream(&second, "the second generator streaming", |s| {
+        s.state == StreamState::Streaming
     })
     .await;
     // Its catch-up relist found the pod as it is.

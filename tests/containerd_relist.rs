@@ -3,6 +3,10 @@
 //! the test kit's CRI driver, relists by hand, and asserts the exact events of its
 //! own pods (other tests run beside it on the same containerd).
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod cri_support;
 
 use std::collections::HashMap;

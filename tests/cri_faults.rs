@@ -1,6 +1,10 @@
 //! The CRI runtime against the fake CRI server: what goes over the wire, what
 //! it costs, and how pleg copes with a runtime that misbehaves.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

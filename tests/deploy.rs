@@ -2,6 +2,10 @@
 //! YAML with the shape Kubernetes expects, the systemd unit parses as a unit
 //! file, and the flags both give `pleg run` are accepted by the real binary.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,6 +1,10 @@
 //! The evented generator over the real CRI client against the fake CRI
 //! server: the event stream on the wire, its faults, and lagging subscribers.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -5,6 +5,10 @@
 //! (The slow-watcher flood publishes into the hub directly, which only the
 //! crate can do: it lives in `src/server/grpc/tests.rs`.)
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};

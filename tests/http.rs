@@ -4,6 +4,10 @@
 //! binding errors. The HTTP/1.1 client is the test kit's; the exposition
 //! parser lives here. Every wait is bounded.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,10 @@
 //! The relisting generator against a scripted runtime: the kubelet's generic
 //! PLEG scenarios with our own fixtures, and the cases the kubelet gets wrong.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod common;
 
 use std::time::Duration;

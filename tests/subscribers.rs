@@ -1,6 +1,10 @@
 //! Fan-out to many subscribers: slow ones never hold up the others, their
 //! losses are counted exactly, and they are told to resync.
 
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
 mod common;
 
 use common::{drain, generator, pod};

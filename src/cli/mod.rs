@@ -6,10 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pleg::runtime::cri::{CriConfig, CriRuntime, DEFAULT_ENDPOINT, RuntimeEndpoint};
 use pleg::{Config, EventType, Filter, Mode, PodUid, RelistDuration};
 
-pub mod output;
-pub mod pods;
-pub mod run;
-pub mod watch;
+pub(crate) mod output;
+pub(crate) mod pods;
+pub(crate) mod run;
+pub(crate) mod watch;
 
 /// The process exit codes, documented in `--help` and the README.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl From<Exit> for std::process::ExitCode {
 
 /// A command's failure: an exit code and what went wrong.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The process exit code.
     pub code: Exit,
     /// What went wrong.
@@ -47,7 +47,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure with this exit code.
-    pub fn new(code: Exit, error: impl Into<anyhow::Error>) -> Self {
+    pub(crate) fn new(code: Exit, error: impl Into<anyhow::Error>) -> Self {
         Failure {
             code,
             error: error.into(),
@@ -65,7 +65,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// What a command returns.
-pub type Outcome = Result<(), Failure>;
+pub(crate) type Outcome = Result<(), Failure>;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure while running, 2 bad command line, 3 health address
@@ -75,7 +75,7 @@ unavailable, 4 gRPC socket unavailable, 5 runtime unavailable (without --wait),
 /// pleg: a node-level Pod Lifecycle Event Generator.
 #[derive(Debug, Parser)]
 #[command(name = "pleg", version, about, after_help = AFTER_HELP, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -83,7 +83,7 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the node daemon: health probe and metrics over HTTP, event
     /// subscriptions over gRPC on a unix socket.
     Run(RunArgs),
@@ -95,7 +95,7 @@ pub enum Command {
 
 /// Generator mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     /// The runtime's event stream, with relisting as a safety net; falls back
     /// to relisting when the runtime has no stream, and back again.
     Evented,
@@ -105,8 +105,8 @@ pub enum ModeArg {
 
 /// How to reach and watch the runtime.
 #[derive(Debug, Args, Clone)]
-pub struct RuntimeArgs {
-    /// CRI runtime endpoint: unix:///path or a bare socket path.
+pub(crate) struct RuntimeArgs {
+    /// CRI runtime endpoint: <unix:///path> or a bare socket path.
     #[arg(long, env = "PLEG_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
     pub runtime_endpoint: String,
     /// evented (the runtime's event stream, relisting as a safety net) or
@@ -128,7 +128,7 @@ pub struct RuntimeArgs {
 
 impl ModeArg {
     /// Lower-case name, for logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ModeArg::Evented => "evented",
             ModeArg::Generic => "generic",
@@ -138,7 +138,7 @@ impl ModeArg {
 
 impl RuntimeArgs {
     /// Connects to the runtime; with `wait`, retries until it answers.
-    pub async fn connect(&self, wait: bool) -> Result<std::sync::Arc<CriRuntime>, Failure> {
+    pub(crate) async fn connect(&self, wait: bool) -> Result<std::sync::Arc<CriRuntime>, Failure> {
         let config = self.cri_config();
         let connected = if wait {
             CriRuntime::connect_retrying(config).await
@@ -158,12 +158,12 @@ impl RuntimeArgs {
     }
 
     /// The CRI client configuration.
-    pub fn cri_config(&self) -> CriConfig {
+    pub(crate) fn cri_config(&self) -> CriConfig {
         CriConfig::new(&self.runtime_endpoint).with_request_timeout(self.runtime_request_timeout)
     }
 
     /// The generator configuration, checked.
-    pub fn config(&self) -> Result<Config, Failure> {
+    pub(crate) fn config(&self) -> Result<Config, Failure> {
         let generic = RelistDuration::new(self.relist_period, self.relist_threshold);
         generic.validate().map_err(|e| {
             Failure::new(
@@ -184,7 +184,7 @@ impl RuntimeArgs {
 
 /// Log output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -193,7 +193,7 @@ pub enum LogFormat {
 
 /// Flags of `pleg run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The runtime.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -222,7 +222,7 @@ pub struct RunArgs {
 
 /// Which events to show.
 #[derive(Debug, Args, Clone)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Only pods in this namespace.
     #[arg(long, short = 'n', env = "PLEG_NAMESPACE")]
     pub namespace: Option<String>,
@@ -232,18 +232,18 @@ pub struct FilterArgs {
     /// Only pods with this label, key=value (repeatable; all must match).
     #[arg(long = "label", short = 'l', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Only these event types (repeatable): ContainerStarted, ContainerDied,
-    /// ContainerRemoved, PodSync, ContainerChanged, ConditionMet.
+    /// Only these event types (repeatable): `ContainerStarted`, `ContainerDied`,
+    /// `ContainerRemoved`, `PodSync`, `ContainerChanged`, `ConditionMet`.
     #[arg(long = "type", value_parser = parse_event_type)]
     pub kinds: Vec<EventType>,
-    /// Also show ContainerChanged (off by default, like the kubelet).
+    /// Also show `ContainerChanged` (off by default, like the kubelet).
     #[arg(long)]
     pub include_changed: bool,
 }
 
 impl FilterArgs {
     /// The library filter.
-    pub fn filter(&self) -> Filter {
+    pub(crate) fn filter(&self) -> Filter {
         let mut filter = Filter::all().with_container_changed(
             self.include_changed || self.kinds.contains(&EventType::ContainerChanged),
         );
@@ -265,7 +265,7 @@ impl FilterArgs {
 
 /// Where `watch` and `pods` read from, and how they print.
 #[derive(Debug, Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// The runtime (ignored with --daemon).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -291,14 +291,14 @@ pub struct SourceArgs {
 
 impl SourceArgs {
     /// The daemon's socket path, if one was given (`unix://` accepted).
-    pub fn daemon_socket(&self) -> Option<&std::path::Path> {
+    pub(crate) fn daemon_socket(&self) -> Option<&std::path::Path> {
         self.daemon
             .as_deref()
             .map(|s| std::path::Path::new(s.trim_start_matches("unix://")))
     }
 
     /// Connects to the daemon; with `--wait`, retries until it answers.
-    pub async fn connect_daemon(
+    pub(crate) async fn connect_daemon(
         &self,
         socket: &std::path::Path,
     ) -> Result<pleg::server::grpc::Client, Failure> {
@@ -317,7 +317,7 @@ impl SourceArgs {
 
 /// Flags of `pleg watch`.
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub(crate) struct WatchArgs {
     /// Runtime or daemon, output.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -328,7 +328,7 @@ pub struct WatchArgs {
 
 /// Flags of `pleg pods`.
 #[derive(Debug, Args)]
-pub struct PodsArgs {
+pub(crate) struct PodsArgs {
     /// Runtime or daemon, output.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -338,7 +338,7 @@ pub struct PodsArgs {
 }
 
 /// Sets up logging on stderr; `RUST_LOG` overrides the level.
-pub fn init_logging(level: &str, format: LogFormat) {
+pub(crate) fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -354,7 +354,7 @@ pub fn init_logging(level: &str, format: LogFormat) {
 }
 
 /// Parses `250ms`, `1s`, `1.5s`, `3m`, `1h`, `1m30s` ([`pleg::duration::parse`]).
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     pleg::duration::parse(raw).map_err(|e| e.to_string())
 }
 

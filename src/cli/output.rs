@@ -2,6 +2,7 @@
 //! only on a terminal), one JSON object per line for scripts, each line
 //! flushed at once so that `pleg watch --output json | jq` is live.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 /// The output format of `pleg watch` and `pleg pods`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Aligned text for people.
     Text,
     /// One JSON object per line.
@@ -21,7 +22,7 @@ pub enum Format {
 }
 
 /// Writes deliveries to stdout in one format.
-pub struct Printer {
+pub(crate) struct Printer {
     format: Format,
     colour: bool,
     out: std::io::Stdout,
@@ -29,7 +30,7 @@ pub struct Printer {
 
 impl Printer {
     /// A printer; `colour` only matters for text.
-    pub fn new(format: Format, colour: bool) -> Self {
+    pub(crate) fn new(format: Format, colour: bool) -> Self {
         Printer {
             format,
             colour,
@@ -38,7 +39,7 @@ impl Printer {
     }
 
     /// Prints one delivery and flushes.
-    pub fn print(&mut self, delivery: &Delivery) -> std::io::Result<()> {
+    pub(crate) fn print(&mut self, delivery: &Delivery) -> std::io::Result<()> {
         let line = match (self.format, delivery) {
             (Format::Text, Delivery::Event(e)) => text_line(e, self.colour),
             (Format::Text, Delivery::Resync { missed }) => format!(
@@ -76,12 +77,11 @@ fn clock(t: SystemTime) -> String {
 
 /// One aligned line: time, namespace/pod, container#attempt, event, exit
 /// code and reason, source.
-pub fn text_line(e: &Arc<PodLifecycleEvent>, colour: bool) -> String {
+pub(crate) fn text_line(e: &Arc<PodLifecycleEvent>, colour: bool) -> String {
     let container = e
         .container
         .as_ref()
-        .map(|c| format!("{}#{}", c.name, c.attempt))
-        .unwrap_or_else(|| "-".into());
+        .map_or_else(|| "-".into(), |c| format!("{}#{}", c.name, c.attempt));
     let exit = match (e.exit_code, &e.reason) {
         (Some(code), Some(reason)) => format!("exit={code} reason={reason}"),
         (Some(code), None) => format!("exit={code}"),
@@ -113,7 +113,7 @@ pub fn text_line(e: &Arc<PodLifecycleEvent>, colour: bool) -> String {
 
 /// The JSON object of one event (the fields `pleg watch --output json`
 /// documents; absent values are left out).
-pub fn json_event(e: &PodLifecycleEvent) -> Value {
+pub(crate) fn json_event(e: &PodLifecycleEvent) -> Value {
     let mut o = Map::new();
     o.insert("time".into(), rfc3339(e.observed_at).into());
     o.insert("type".into(), e.kind.as_str().into());
@@ -147,7 +147,7 @@ pub fn json_event(e: &PodLifecycleEvent) -> Value {
 }
 
 /// RFC 3339 in UTC with nanoseconds: `2026-11-22T00:21:22.649123456Z`.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
@@ -201,7 +201,7 @@ fn age(since: Option<SystemTime>) -> String {
 }
 
 /// The pods as a table, grouped by pod, like `crictl ps -a`.
-pub fn pods_table(pods: &[PodListing]) -> String {
+pub(crate) fn pods_table(pods: &[PodListing]) -> String {
     let mut out = String::new();
     if pods.is_empty() {
         out.push_str("no pods\n");
@@ -214,8 +214,9 @@ pub fn pods_table(pods: &[PodListing]) -> String {
         } else {
             "NotReady"
         };
-        out.push_str(&format!(
-            "{}/{}  uid={}  {}{}\n",
+        let _ = writeln!(
+            out,
+            "{}/{}  uid={}  {}{}",
             s.meta.namespace,
             s.meta.name,
             s.meta.uid,
@@ -225,14 +226,15 @@ pub fn pods_table(pods: &[PodListing]) -> String {
             } else {
                 format!("  ips={}", s.ips.join(","))
             }
-        ));
+        );
         if let Some(error) = &p.error {
-            out.push_str(&format!("  ! last status fetch failed: {error}\n"));
+            let _ = writeln!(out, "  ! last status fetch failed: {error}");
         }
-        out.push_str(&format!(
-            "  {:<13}  {:<20} {:>7}  {:<8} {:<17} {:>5}  {:<10} {}\n",
-            "CONTAINER", "NAME", "ATTEMPT", "STATE", "LAST EVENT", "EXIT", "REASON", "AGE"
-        ));
+        let _ = writeln!(
+            out,
+            "  {:<13}  {:<20} {:>7}  {:<8} {:<17} {:>5}  {:<10} AGE",
+            "CONTAINER", "NAME", "ATTEMPT", "STATE", "LAST EVENT", "EXIT", "REASON"
+        );
         let rows = s
             .sandboxes
             .iter()
@@ -243,8 +245,7 @@ pub fn pods_table(pods: &[PodListing]) -> String {
                 .last_events
                 .iter()
                 .find(|e| e.id == c.id)
-                .map(|e| e.kind.as_str())
-                .unwrap_or("-");
+                .map_or("-", |e| e.kind.as_str());
             let state = match (sandbox, c.state) {
                 (true, ContainerState::Running) => "ready",
                 (true, ContainerState::Exited) => "notready",
@@ -255,26 +256,25 @@ pub fn pods_table(pods: &[PodListing]) -> String {
             } else {
                 c.name.clone()
             };
-            out.push_str(&format!(
-                "  {:<13}  {:<20} {:>7}  {:<8} {:<17} {:>5}  {:<10} {}\n",
+            let _ = writeln!(
+                out,
+                "  {:<13}  {:<20} {:>7}  {:<8} {:<17} {:>5}  {:<10} {}",
                 short(c.id.as_str()),
                 name,
                 c.attempt,
                 state,
                 last,
-                c.exit_code
-                    .map(|x| x.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                c.exit_code.map_or_else(|| "-".into(), |x| x.to_string()),
                 c.reason.as_deref().unwrap_or("-"),
                 age(c.started_at.or(c.created_at)),
-            ));
+            );
         }
     }
     out
 }
 
 /// The pods as JSON (one array).
-pub fn pods_json(pods: &[PodListing]) -> Value {
+pub(crate) fn pods_json(pods: &[PodListing]) -> Value {
     let entry = |c: &pleg::model::Container, last: Option<&pleg::LastEvent>| {
         let mut o = Map::new();
         o.insert("id".into(), c.id.as_str().into());

@@ -8,27 +8,23 @@ use super::output::{Format, pods_json, pods_table};
 use super::{Exit, Failure, Outcome, PodsArgs, init_logging};
 
 /// Prints the table (or JSON) once.
-pub async fn run(args: PodsArgs) -> Outcome {
+pub(crate) async fn run(args: PodsArgs) -> Outcome {
     let source = &args.source;
     init_logging(&source.log_level, super::LogFormat::Text);
-    let mut pods: Vec<PodListing> = match source.daemon_socket() {
-        Some(socket) => {
-            let mut client = source.connect_daemon(socket).await?;
-            client
-                .list_pods(args.namespace.as_deref())
-                .await
-                .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?
-        }
-        None => {
-            let runtime = source.runtime.connect(source.wait).await?;
-            let config =
-                Config::generic().with_request_timeout(source.runtime.runtime_request_timeout);
-            let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
-            pleg.relist()
-                .await
-                .map_err(|e| Failure::new(Exit::RuntimeUnavailable, e))?;
-            pod_listings(&pleg, args.namespace.as_deref())
-        }
+    let mut pods: Vec<PodListing> = if let Some(socket) = source.daemon_socket() {
+        let mut client = source.connect_daemon(socket).await?;
+        client
+            .list_pods(args.namespace.as_deref())
+            .await
+            .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?
+    } else {
+        let runtime = source.runtime.connect(source.wait).await?;
+        let config = Config::generic().with_request_timeout(source.runtime.runtime_request_timeout);
+        let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
+        pleg.relist()
+            .await
+            .map_err(|e| Failure::new(Exit::RuntimeUnavailable, e))?;
+        pod_listings(&pleg, args.namespace.as_deref())
     };
     pods.sort_by(|a, b| {
         (&a.status.meta.namespace, &a.status.meta.name)

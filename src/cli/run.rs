@@ -23,7 +23,9 @@ use super::{Exit, Failure, Outcome, RunArgs, init_logging};
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(args: RunArgs) -> Outcome {
+// The daemon's start-up and shut-down, in order, read best as one piece.
+#[allow(clippy::too_many_lines)]
+pub(crate) async fn run(args: RunArgs) -> Outcome {
     let config = args.runtime.config()?;
     if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
         return Err(Failure::new(
@@ -132,19 +134,18 @@ pub async fn run(args: RunArgs) -> Outcome {
 }
 
 /// Waits for SIGTERM or SIGINT; returns its name.
-pub async fn wait_for_signal() -> &'static str {
+pub(crate) async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
+    if let (Ok(mut term), Ok(mut int)) = (term, int) {
+        tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            // Without signal handlers, Ctrl-C is all we can wait for.
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
         }
+    } else {
+        // Without signal handlers, Ctrl-C is all we can wait for.
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }

@@ -18,7 +18,7 @@ use super::run::wait_for_signal;
 use super::{Exit, Failure, Outcome, WatchArgs, init_logging};
 
 /// Runs until interrupted, or until the daemon's stream ends.
-pub async fn run(args: WatchArgs) -> Outcome {
+pub(crate) async fn run(args: WatchArgs) -> Outcome {
     let source = &args.source;
     let config = source.runtime.config()?;
     init_logging(&source.log_level, super::LogFormat::Text);

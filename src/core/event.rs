@@ -131,6 +131,8 @@ pub(crate) enum Verdict {
 /// container's events come in order (created, started, stopped, deleted),
 /// so a missing predecessor means lost events.
 pub(crate) fn classify(facts: &Facts) -> Verdict {
+    use ContainerEventKind as Kind;
+    use ContainerState as State;
     if let (Some(at), Some(listed)) = (facts.at, facts.listed_at)
         && at < listed
     {
@@ -142,8 +144,6 @@ pub(crate) fn classify(facts: &Facts) -> Verdict {
     let Some(pod) = facts.pod else {
         return Verdict::Unresolved;
     };
-    use ContainerEventKind as Kind;
-    use ContainerState as State;
     match (facts.kind, pod.subject) {
         (Kind::Created, Some(State::Running | State::Exited)) => {
             return Verdict::Stale(StaleReason::CreatedAfterStart);
@@ -155,9 +155,7 @@ pub(crate) fn classify(facts: &Facts) -> Verdict {
     }
     let gap = matches!(
         (facts.kind, pod.subject),
-        (Kind::Started, None)
-            | (Kind::Stopped, None | Some(State::Created))
-            | (Kind::Deleted, None)
+        (Kind::Started | Kind::Deleted, None) | (Kind::Stopped, None | Some(State::Created))
     );
     if let (Some(at), Some(cached)) = (facts.at, pod.cached_at)
         && at < cached

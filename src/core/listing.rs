@@ -198,12 +198,11 @@ impl Core {
 impl RelistSummary {
     fn record(&mut self, outcome: Option<usize>, failed: &mut HashSet<PodUid>, uid: &PodUid) {
         self.inspected += 1;
-        match outcome {
-            Some(events) => self.events += events,
-            None => {
-                self.failed += 1;
-                failed.insert(uid.clone());
-            }
+        if let Some(events) = outcome {
+            self.events += events;
+        } else {
+            self.failed += 1;
+            failed.insert(uid.clone());
         }
     }
 }

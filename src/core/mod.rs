@@ -247,7 +247,7 @@ impl Core {
             )));
         }
         self.records.apply(uid, Some(pod));
-        self.publish(batch)
+        self.publish(&batch)
     }
 
     /// Records that fetching a pod's status failed: the entry keeps the last
@@ -288,7 +288,7 @@ impl Core {
             return 0;
         };
         let observed_at = self.clock.now();
-        let batch = events
+        let batch: Vec<_> = events
             .iter()
             .map(|e| {
                 Arc::new(payload::build(
@@ -302,12 +302,12 @@ impl Core {
                 ))
             })
             .collect();
-        self.publish(batch)
+        self.publish(&batch)
     }
 
     /// Counts a pod's batch and hands it to the hub.
-    fn publish(&self, batch: Vec<Arc<PodLifecycleEvent>>) -> usize {
-        for event in &batch {
+    fn publish(&self, batch: &[Arc<PodLifecycleEvent>]) -> usize {
+        for event in batch {
             self.metrics.event(event.kind, event.source);
             if event.kind == EventType::ContainerDied
                 && let Some(container) = &event.container
@@ -322,7 +322,7 @@ impl Core {
                     .inc();
             }
         }
-        self.hub.publish(&batch);
+        self.hub.publish(batch);
         batch.len()
     }
 }

@@ -10,7 +10,7 @@ use crate::model::{Container, ContainerState, PodMeta};
 
 fn status(ips: &[&str], sandbox: ContainerState) -> PodStatus {
     let mut s = PodStatus::new(Arc::new(PodMeta::new("p", "p", "ns")));
-    s.ips = ips.iter().map(|s| s.to_string()).collect();
+    s.ips = ips.iter().map(std::string::ToString::to_string).collect();
     s.sandboxes.push(Container::new("s", "p", sandbox));
     s
 }

@@ -8,6 +8,7 @@
 //! through the same decoding as the real adapter.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,7 +208,7 @@ impl FakeRuntime {
         if let Some(answer) = script
             .status_answers
             .get_mut(&uid)
-            .and_then(|q| q.pop_front())
+            .and_then(std::collections::VecDeque::pop_front)
         {
             return (delay, answer.map_err(|m| failed(Operation::PodStatus, m)));
         }
@@ -219,7 +220,7 @@ impl FakeRuntime {
             None => PodStatus::from_pod(pod),
         };
         if let Some(ips) = script.ips.get(&uid) {
-            status.ips = ips.clone();
+            status.ips.clone_from(ips);
         }
         (delay, Ok(status))
     }
@@ -301,6 +302,8 @@ impl futures_core::Stream for ChannelStream {
 /// Scripting the event stream.
 impl FakeRuntime {
     /// Sends an event to every open stream; returns how many took it.
+    // The test hands the event over, as a runtime would.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn push_event(&self, event: ContainerEvent) -> usize {
         let mut script = self.events.lock();
         script.streams.retain(|s| !s.is_closed());
@@ -312,6 +315,8 @@ impl FakeRuntime {
     }
 
     /// Ends every open stream, with an error first if given.
+    // The test hands the message over, as a runtime would.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn end_event_streams(&self, error: Option<String>) {
         let mut script = self.events.lock();
         for stream in script.streams.drain(..) {
@@ -368,7 +373,7 @@ pub fn synthetic_pods(count: usize) -> Vec<Pod> {
     use crate::model::{Container, ContainerState, PodMeta};
     (0..count)
         .map(|i| {
-            let uid = format!("{:08x}-0000-4000-8000-{:012x}", i, i);
+            let uid = format!("{i:08x}-0000-4000-8000-{i:012x}");
             let mut pod = Pod::new(
                 PodMeta::new(uid.as_str(), format!("pod-{i}"), "bench")
                     .with_label("app", format!("app-{}", i % 50)),
@@ -397,7 +402,7 @@ pub fn runtime_id(pod: usize, entry: usize) -> String {
     let mut rng = fastrand::Rng::with_seed((pod as u64) << 8 | entry as u64);
     let mut id = String::with_capacity(64);
     for _ in 0..4 {
-        id.push_str(&format!("{:016x}", rng.u64(..)));
+        let _ = write!(id, "{:016x}", rng.u64(..));
     }
     id
 }

@@ -477,7 +477,11 @@ impl RuntimeStats {
 
 /// Every outcome an RPC can have.
 const RPC_OUTCOMES: [RpcOutcome; 18] = {
-    use tonic::Code::*;
+    use tonic::Code::{
+        Aborted, AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, FailedPrecondition,
+        Internal, InvalidArgument, NotFound, Ok, OutOfRange, PermissionDenied, ResourceExhausted,
+        Unauthenticated, Unavailable, Unimplemented, Unknown,
+    };
     [
         RpcOutcome::Code(Ok),
         RpcOutcome::Code(Cancelled),
@@ -501,6 +505,9 @@ const RPC_OUTCOMES: [RpcOutcome; 18] = {
 };
 
 /// Runs a runtime call with a deadline.
+///
+/// # Errors
+/// The call's own error, or [`Error::Timeout`] naming `call` when it takes longer than `timeout`.
 pub async fn bounded<T>(
     call: impl Into<Call>,
     timeout: Duration,

@@ -207,6 +207,8 @@ pub(crate) struct Transition<S> {
 }
 
 /// One transition. Inputs a state does not expect leave it as it is.
+// One arm per transition: the state machine is meant to be read whole.
+#[allow(clippy::too_many_lines)]
 pub(crate) fn step<S>(
     state: State<S>,
     input: Input<S>,

@@ -1,7 +1,7 @@
 //! Fixtures for the tests against a real containerd: the endpoint and image
 //! from the environment `scripts/containerd.sh env` prints, pods driven
 //! through the test kit's CRI driver, and per-pod event subscriptions.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -187,44 +187,7 @@ fn time_of_day(t: SystemTime) -> String {
 
 /// Parses `250ms`, `1s`, `1.5s`, `3m`, `1h`, `1m30s`, as `pleg` does.
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err("empty duration; use a number with a unit: 500ms, 1s, 3m, 1h".into());
-    }
-    let mut total = 0f64;
-    let mut rest = raw;
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{raw:?}: missing unit; use ms, s, m or h"))?;
-        let (number, tail) = rest.split_at(split);
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{raw:?}: expected a number followed by ms, s, m or h"))?;
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => {
-                return Err(format!(
-                    "{raw:?}: unknown unit {other:?}; use ms, s, m or h"
-                ));
-            }
-        };
-        total += value * scale;
-        rest = next;
-    }
-    if !(total.is_finite() && total > 0.0) {
-        return Err(format!("{raw:?}: must be greater than zero"));
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{raw:?}: out of range"))
+    pleg::duration::parse(raw).map_err(|e| e.to_string())
 }
 
 fn parse_endpoint(raw: &str) -> Result<String, String> {

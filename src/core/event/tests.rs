@@ -1,5 +1,13 @@
 //! The four pure steps of applying a stream event, each on its own table.
 
+// Tables read top to bottom, however long; the fixtures wrap what the
+// tables hold.
+#![allow(
+    clippy::too_many_lines,
+    clippy::unnecessary_wraps,
+    clippy::items_after_statements
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -533,7 +541,7 @@ fn merge_moves_the_cached_status_forward_and_stamps_it() {
         let mut e = event(kind, id, Some("p"), "sb");
         e.containers = carried;
         if let Some(s) = &mut e.sandbox {
-            s.ips = ips.iter().map(|s| s.to_string()).collect();
+            s.ips = ips.iter().map(std::string::ToString::to_string).collect();
         }
         let advanced = advance(
             Some(&pod_of(

@@ -108,7 +108,9 @@ fn kinds(events: &[Arc<crate::PodLifecycleEvent>]) -> Vec<(EventType, String)> {
         .map(|e| {
             (
                 e.kind,
-                e.container_id().map(|c| c.to_string()).unwrap_or_default(),
+                e.container_id()
+                    .map(std::string::ToString::to_string)
+                    .unwrap_or_default(),
             )
         })
         .collect()

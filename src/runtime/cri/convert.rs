@@ -79,8 +79,8 @@ pub(super) fn listing(
         }
         let uid = match pod_of_sandbox.get(&c.pod_sandbox_id) {
             Some(uid) => uid.clone(),
-            None => match c.labels.get(POD_UID_LABEL).filter(|u| !u.is_empty()) {
-                Some(uid) => {
+            None => {
+                if let Some(uid) = c.labels.get(POD_UID_LABEL).filter(|u| !u.is_empty()) {
                     let uid = PodUid::new(uid);
                     pods.entry(uid.clone()).or_insert_with(|| {
                         let label = |key: &str| c.labels.get(key).cloned().unwrap_or_default();
@@ -94,8 +94,7 @@ pub(super) fn listing(
                         }
                     });
                     uid
-                }
-                None => {
+                } else {
                     // Usually a sandbox created between the two list
                     // calls; the next relist sees both.
                     tracing::debug!(
@@ -104,7 +103,7 @@ pub(super) fn listing(
                     );
                     continue;
                 }
-            },
+            }
         };
         let entry = container_entry(stats, &c);
         if let Some(building) = pods.get_mut(&uid) {
@@ -141,11 +140,10 @@ pub fn container_from_status(
     s: &cri::ContainerStatus,
     listed: &Container,
 ) -> Container {
-    let (name, attempt) = s
-        .metadata
-        .as_ref()
-        .map(|m| (m.name.clone(), m.attempt))
-        .unwrap_or_else(|| (listed.name.clone(), listed.attempt));
+    let (name, attempt) = s.metadata.as_ref().map_or_else(
+        || (listed.name.clone(), listed.attempt),
+        |m| (m.name.clone(), m.attempt),
+    );
     let id = if s.id.is_empty() {
         listed.id.as_str()
     } else {
@@ -162,7 +160,7 @@ pub fn container_from_status(
     entry.reason = Some(s.reason.clone()).filter(|r| !r.is_empty());
     entry.image = image_name(s.image.as_ref(), &s.image_ref);
     if entry.image.is_empty() {
-        entry.image = listed.image.clone();
+        entry.image.clone_from(&listed.image);
     }
     entry
 }
@@ -175,11 +173,10 @@ pub(super) fn sandbox_from_status(
     listed: &Container,
 ) -> Container {
     let state = stats.decode_sandbox_state(s.state);
-    let (name, attempt) = s
-        .metadata
-        .as_ref()
-        .map(|m| (m.name.clone(), m.attempt))
-        .unwrap_or_else(|| (listed.name.clone(), listed.attempt));
+    let (name, attempt) = s.metadata.as_ref().map_or_else(
+        || (listed.name.clone(), listed.attempt),
+        |m| (m.name.clone(), m.attempt),
+    );
     let id = if s.id.is_empty() {
         listed.id.as_str()
     } else {
@@ -332,11 +329,11 @@ mod tests {
 
     #[test]
     fn container_and_sandbox_states_decode_and_unknown_values_are_counted() {
+        use ContainerState::*;
         let stats = RuntimeStats::default();
         let states: Vec<ContainerState> = (0..4)
             .map(|raw| container_entry(&stats, &container("c", "s", "app", raw)).state)
             .collect();
-        use ContainerState::*;
         assert_eq!(states, [Created, Running, Exited, Unknown]);
         assert_eq!(stats.unknown_values(), 0);
         assert_eq!(
@@ -420,7 +417,7 @@ mod tests {
         let network = cri::PodSandboxNetworkStatus {
             ip: "10.88.0.2".into(),
             additional_ips: vec![
-                cri::PodIp { ip: "".into() },
+                cri::PodIp { ip: String::new() },
                 cri::PodIp {
                     ip: "fd00::2".into(),
                 },

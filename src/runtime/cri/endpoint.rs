@@ -63,24 +63,28 @@ impl CriConfig {
     }
 
     /// Sets the bound on every RPC.
+    #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
     }
 
     /// Sets the bound on connecting and on the `Version` handshake.
+    #[must_use]
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets the largest message accepted from the runtime.
+    #[must_use]
     pub fn with_max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
     }
 
     /// Sets the HTTP/2 keep-alive interval and timeout.
+    #[must_use]
     pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keepalive_interval = interval;
         self.keepalive_timeout = timeout;
@@ -97,6 +101,9 @@ pub struct RuntimeEndpoint {
 impl RuntimeEndpoint {
     /// Parses `unix:///path`, `unix:path` or a bare path. Relative paths are
     /// taken from the current directory.
+    ///
+    /// # Errors
+    /// [`ConnectError::InvalidEndpoint`] for an empty endpoint, another scheme than `unix`, or no socket path.
     pub fn parse(endpoint: &str) -> Result<Self, ConnectError> {
         let invalid = |reason: &str| ConnectError::InvalidEndpoint {
             endpoint: endpoint.to_string(),
@@ -262,6 +269,9 @@ impl std::fmt::Display for RuntimeVersion {
 impl CriRuntime {
     /// Connects and checks that the endpoint is a CRI v1 runtime (one
     /// `Version` call). Fails at once with a clear error otherwise.
+    ///
+    /// # Errors
+    /// Why the endpoint is not a CRI v1 runtime that answers: see [`ConnectError`].
     pub async fn connect(config: CriConfig) -> Result<Arc<CriRuntime>, ConnectError> {
         let runtime = Self::connect_lazy(config)?;
         runtime.verify().await?;
@@ -272,6 +282,9 @@ impl CriRuntime {
     /// 100 ms to 5 s, while the error may go away (the socket is missing, the
     /// runtime does not answer yet). Each failure is logged. Returns at once
     /// for a malformed endpoint.
+    ///
+    /// # Errors
+    /// Only an error retrying cannot cure: a malformed endpoint.
     pub async fn connect_retrying(config: CriConfig) -> Result<Arc<CriRuntime>, ConnectError> {
         let runtime = Self::connect_lazy(config)?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -296,6 +309,11 @@ impl CriRuntime {
     /// A runtime that connects on first use; its first call also checks the
     /// version. Only a malformed endpoint fails here. Must be called inside a
     /// tokio runtime.
+    ///
+    /// # Errors
+    /// A malformed endpoint.
+    // By value like `connect` and `connect_retrying`, which hand it on.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn connect_lazy(config: CriConfig) -> Result<Arc<CriRuntime>, ConnectError> {
         let endpoint = RuntimeEndpoint::parse(&config.endpoint)?;
         let channel = Endpoint::from_shared(endpoint.to_string())
@@ -324,6 +342,9 @@ impl CriRuntime {
     }
 
     /// Asks the runtime's version (once) and checks that it speaks CRI v1.
+    ///
+    /// # Errors
+    /// Why the endpoint is not a CRI v1 runtime that answers: see [`ConnectError`].
     pub async fn verify(&self) -> Result<&RuntimeVersion, ConnectError> {
         self.version.get_or_try_init(|| self.ask_version()).await
     }

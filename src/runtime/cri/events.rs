@@ -26,7 +26,7 @@ use crate::runtime::{Call, ContainerEvent, CriMethod, Error, EventStream, Result
 
 /// How long a call to open the stream may stay unanswered before the stream
 /// counts as open.
-pub const OPEN_GRACE: Duration = Duration::from_millis(500);
+pub(super) const OPEN_GRACE: Duration = Duration::from_millis(500);
 
 type Opening = Pin<Box<dyn Future<Output = Result<CriEvents>> + Send>>;
 

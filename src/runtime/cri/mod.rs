@@ -64,7 +64,7 @@ pub use endpoint::{ConnectError, CriConfig, RuntimeEndpoint, RuntimeVersion};
 pub const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 
 /// The kubelet's default runtime request timeout.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(2);
 
 /// The largest message accepted from the runtime, as in the kubelet: a node
 /// with thousands of containers lists more than gRPC's default 4 MiB.
@@ -235,7 +235,7 @@ impl CriRuntime {
                             .push(container_from_status(&self.stats, &s, container));
                     }
                 }
-                Err(RpcFailure::Status(e)) if e.code() == tonic::Code::NotFound => continue,
+                Err(RpcFailure::Status(e)) if e.code() == tonic::Code::NotFound => {}
                 Err(failure) => return Err(self.error(CriMethod::ContainerStatus, failure)),
             }
         }
@@ -245,6 +245,9 @@ impl CriRuntime {
     // ---- Pod teardown: the calls crictl makes for `stopp` and `rmp`. ----
 
     /// Stops a pod sandbox and its containers (crictl `stopp`).
+    ///
+    /// # Errors
+    /// The runtime's error (its gRPC code is kept: `NotFound` for a sandbox that is gone), or a timeout.
     pub async fn stop_pod(&self, sandbox_id: &str) -> Result<()> {
         self.ready().await?;
         let request = cri::StopPodSandboxRequest {
@@ -258,6 +261,9 @@ impl CriRuntime {
     }
 
     /// Removes a pod sandbox and its containers (crictl `rmp`).
+    ///
+    /// # Errors
+    /// The runtime's error (its gRPC code is kept), or a timeout.
     pub async fn remove_pod(&self, sandbox_id: &str) -> Result<()> {
         self.ready().await?;
         let request = cri::RemovePodSandboxRequest {

@@ -106,6 +106,9 @@ impl Client {
     /// Connects to the daemon at `socket` and checks that it is one (it asks
     /// `Health`). Fails naming the socket when it is missing, is not a
     /// socket, nobody listens, or what listens is not a pleg daemon.
+    ///
+    /// # Errors
+    /// A [`ClientError`] naming the socket: missing, not a socket, nobody listening, or not a pleg daemon.
     pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
         let socket_buf = socket.to_path_buf();
         match std::fs::metadata(socket) {
@@ -160,6 +163,9 @@ impl Client {
     ///
     /// A filter that selects nothing (an empty `pod_uids` or `kinds` set, an
     /// empty namespace) cannot be sent and is refused.
+    ///
+    /// # Errors
+    /// A filter the wire cannot express, or the daemon's refusal.
     pub async fn watch(
         &mut self,
         filter: &Filter,
@@ -185,6 +191,9 @@ impl Client {
 
     /// Every pod in the daemon's cache (only those in `namespace`, if
     /// given), sorted by namespace, name and UID.
+    ///
+    /// # Errors
+    /// A failed call, or an answer this client cannot read.
     pub async fn list_pods(
         &mut self,
         namespace: Option<&str>,
@@ -207,6 +216,9 @@ impl Client {
 
     /// One pod from the daemon's cache; `None` when the daemon does not have
     /// it.
+    ///
+    /// # Errors
+    /// A failed call, or an answer this client cannot read.
     pub async fn pod_status(&mut self, uid: &PodUid) -> Result<Option<PodListing>, ClientError> {
         let request = pb::GetPodStatusRequest {
             uid: uid.to_string(),
@@ -221,6 +233,9 @@ impl Client {
     }
 
     /// The daemon's health.
+    ///
+    /// # Errors
+    /// A failed call, or an answer this client cannot read.
     pub async fn health(&mut self) -> Result<Health, ClientError> {
         let answer = self
             .inner

@@ -465,7 +465,7 @@ pub(super) fn watch_request(filter: &Filter, capacity: usize) -> Result<pb::Watc
         Some(uids) if uids.is_empty() => {
             return Err("filter.pod_uids is an empty set, which selects no pod".to_string());
         }
-        Some(uids) => uids.iter().map(|u| u.to_string()).collect(),
+        Some(uids) => uids.iter().map(std::string::ToString::to_string).collect(),
         None => Vec::new(),
     };
     pod_uids.sort();
@@ -633,7 +633,7 @@ mod tests {
             }
         );
         let nothing = Filter {
-            kinds: Some(Default::default()),
+            kinds: Some(std::collections::HashSet::default()),
             ..Filter::default()
         };
         assert!(watch_request(&nothing, 0).is_err());

@@ -132,6 +132,10 @@ impl PodListing {
 /// Each pod is one cache entry, read whole: its status and its last events
 /// agree.
 pub fn pod_listings(pleg: &Pleg, namespace: Option<&str>) -> Vec<PodListing> {
+    fn order(l: &PodListing) -> (&str, &str, &PodUid) {
+        let m = &l.status.meta;
+        (&m.namespace, &m.name, &m.uid)
+    }
     let mut listings: Vec<PodListing> = pleg
         .cache()
         .entries()
@@ -139,10 +143,6 @@ pub fn pod_listings(pleg: &Pleg, namespace: Option<&str>) -> Vec<PodListing> {
         .filter(|entry| namespace.is_none_or(|ns| entry.status.meta.namespace == ns))
         .map(PodListing::from)
         .collect();
-    fn order(l: &PodListing) -> (&str, &str, &PodUid) {
-        let m = &l.status.meta;
-        (&m.namespace, &m.name, &m.uid)
-    }
     listings.sort_by(|a, b| order(a).cmp(&order(b)));
     listings
 }

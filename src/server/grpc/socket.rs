@@ -71,6 +71,9 @@ pub enum ServeError {
 /// Serves the `pleg.v1.Pleg` API for `daemon` on the unix socket `socket`
 /// until `shutdown` completes. See the module docs for the socket's checks
 /// and what happens at shutdown.
+///
+/// # Errors
+/// The socket cannot be bound ([`bind`]), or the transport failed while serving.
 pub async fn serve(
     daemon: Daemon,
     socket: &Path,
@@ -97,11 +100,17 @@ pub use crate::unix::BoundSocket;
 
 /// Binds the API's socket (refusing a live one, replacing a stale one,
 /// mode 0600), so that a daemon can fail before it starts anything else.
+///
+/// # Errors
+/// A [`ServeError`] naming the socket: a live server on it, a path that is not a socket, or a bind that failed.
 pub async fn bind(socket: &Path) -> Result<BoundSocket, ServeError> {
     Ok(unix::bind(socket).await?)
 }
 
 /// Serves on a bound socket until `shutdown`, then removes the socket.
+///
+/// # Errors
+/// The transport failed while serving.
 pub async fn serve_bound(
     daemon: Daemon,
     bound: BoundSocket,

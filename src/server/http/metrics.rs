@@ -28,7 +28,7 @@ pub(crate) fn sanitize_prefix(prefix: &str) -> String {
 /// [`crate::metrics`] for the list), each name with the daemon's prefix.
 /// Counters are written under their exact names, so `# TYPE x_total
 /// counter` is followed by `x_total` samples, as the 0.0.4 format has it;
-/// there is no OpenMetrics `# EOF`.
+/// there is no `OpenMetrics` `# EOF`.
 pub fn render_metrics(daemon: &Daemon) -> String {
     let mut out = String::with_capacity(8 * 1024);
     // Writing into a String cannot fail.

@@ -122,6 +122,9 @@ impl BindError {
 /// Opens the listener for [`serve`] on `address`: `host:port`, with an IP
 /// address (`127.0.0.1:10258`, `[::1]:10258`, `0.0.0.0:10258` for every
 /// interface) or a host name (`localhost:10258`). Port 0 picks a free port.
+///
+/// # Errors
+/// A [`BindError`] naming the address: not `host:port`, in use, no permission, or not an address of this machine.
 pub async fn bind(address: &str) -> Result<TcpListener, BindError> {
     let candidates = resolve(address).await?;
     let mut last_error = None;
@@ -190,6 +193,9 @@ async fn resolve(address: &str) -> Result<Vec<SocketAddr>, BindError> {
 
 /// Serves the probes and `/metrics` on `listener` until `shutdown`
 /// completes, then lets requests in flight finish.
+///
+/// # Errors
+/// The listener failed.
 pub async fn serve(
     daemon: Daemon,
     listener: TcpListener,

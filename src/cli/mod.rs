@@ -126,12 +126,11 @@ pub(crate) struct RuntimeArgs {
     pub runtime_request_timeout: Duration,
 }
 
-impl ModeArg {
-    /// Lower-case name, for logs.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ModeArg::Evented => "evented",
-            ModeArg::Generic => "generic",
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Evented => Mode::Evented,
+            ModeArg::Generic => Mode::Generic,
         }
     }
 }
@@ -171,10 +170,7 @@ impl RuntimeArgs {
                 anyhow::anyhow!("--relist-period/--relist-threshold: {e}"),
             )
         })?;
-        let mode = match self.mode {
-            ModeArg::Evented => Mode::Evented,
-            ModeArg::Generic => Mode::Generic,
-        };
+        let mode = Mode::from(self.mode);
         Ok(Config::default()
             .with_mode(mode)
             .with_relist(generic)

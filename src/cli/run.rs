@@ -89,7 +89,7 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
     tracing::info!(
         endpoint = %runtime.endpoint(),
-        mode = args.runtime.mode.as_str(),
+        mode = pleg::Mode::from(args.runtime.mode).as_str(),
         health = %args.health_addr,
         grpc = %args.grpc_socket,
         "pleg running"

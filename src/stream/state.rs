@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::{Mode, StreamState};
 use crate::backoff::Backoff;
 use crate::health::RelistDuration;
+use crate::naming::named_enum;
 
 /// How the stream is driven (validated by the generator's configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,24 +149,16 @@ pub(crate) enum Input<S> {
     Deadline,
 }
 
-/// Why a relist is asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Why {
-    /// A stream was opened: find what happened while none was.
-    Connected,
-    /// The first event on a new stream: find what reached another handler.
-    FirstEvent,
-    /// An event showed that the stream lost earlier ones.
-    LostEvents,
-}
-
-impl Why {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Why::Connected => "event stream connected",
-            Why::FirstEvent => "first event on a new stream",
-            Why::LostEvents => "the event stream lost events",
-        }
+named_enum! {
+    /// Why a relist is asked for.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Why {
+        /// A stream was opened: find what happened while none was.
+        Connected = "event stream connected",
+        /// The first event on a new stream: find what reached another handler.
+        FirstEvent = "first event on a new stream",
+        /// An event showed that the stream lost earlier ones.
+        LostEvents = "the event stream lost events",
     }
 }
 

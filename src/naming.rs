@@ -25,17 +25,20 @@ macro_rules! named_enum {
 
         impl $name {
             /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            // (Some enums need only their names.)
+            #[allow(dead_code)]
+            $vis const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The value's name.
-            pub const fn as_str(self) -> &'static str {
+            $vis const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
                 }
             }
 
             /// The value with this name, ignoring ASCII case.
-            pub fn from_name(name: &str) -> Option<Self> {
+            #[allow(dead_code)]
+            $vis fn from_name(name: &str) -> Option<Self> {
                 Self::ALL
                     .iter()
                     .copied()
@@ -63,8 +66,6 @@ macro_rules! named_enum {
 pub(crate) use named_enum;
 
 #[cfg(test)]
-// The macro makes `ALL` and the methods `pub`, for a private test enum too.
-#[allow(unreachable_pub)]
 mod tests {
     named_enum! {
         /// A test enum.

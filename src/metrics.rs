@@ -680,6 +680,47 @@ mod tests {
     }
 
     #[test]
+    fn every_stream_state_mode_event_and_stale_reason_has_a_series_from_the_start() {
+        let metrics = Metrics::new();
+        let stream = &metrics.stream;
+        for &state in StreamState::ALL {
+            let value = stream
+                .state
+                .get(&StreamStateLabels { state })
+                .map(|g| g.get());
+            assert_eq!(
+                value,
+                Some(i64::from(state == StreamState::Stopped)),
+                "{state}"
+            );
+        }
+        for &mode in Mode::ALL {
+            let value = stream.mode.get(&ModeLabels { mode }).map(|g| g.get());
+            assert_eq!(value, Some(i64::from(mode == Mode::Generic)), "{mode}");
+        }
+        for &reason in StaleReason::ALL {
+            assert!(
+                stream.stale.get(&StaleLabels { reason }).is_some(),
+                "{reason}"
+            );
+        }
+        for &kind in EventType::ALL {
+            for &source in EventSource::ALL {
+                assert_eq!(metrics.events_of(kind, source), 0);
+                assert!(
+                    metrics
+                        .events
+                        .get(&EventLabels {
+                            r#type: kind,
+                            source
+                        })
+                        .is_some()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn free_text_label_values_are_escaped() {
         let mut registry = Registry::default();
         let family: Family<TerminatedLabels, Count> = Family::default();

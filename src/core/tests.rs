@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use super::*;
 use crate::event::EventSource;
 use crate::model::{Container, ContainerState, PodMeta};
@@ -80,4 +82,50 @@ fn last_events_forget_the_oldest_removed_entries_first() {
         "the oldest went"
     );
     assert!(last.is_sorted_by(|a, b| a.id <= b.id));
+}
+
+fn core_over(runtime: std::sync::Arc<crate::runtime::fake::FakeRuntime>) -> Core {
+    Core::new(Parts {
+        runtime,
+        clock: crate::clock::system(),
+        conditions: Arc::default(),
+        cache: Writer::new(),
+        hub: Hub::new(),
+        metrics: Arc::new(Metrics::new()),
+        counts: Arc::default(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_fetch_keeps_the_last_good_status_beside_its_error() {
+    let mut core = core_over(crate::runtime::fake::FakeRuntime::new());
+    let good = status(&["10.0.0.1"], ContainerState::Running);
+    let meta = good.meta.clone();
+    let uid = meta.uid.clone();
+    let t = Instant::now();
+    core.cache.set(
+        &uid,
+        CacheEntry {
+            status: Arc::new(good.clone()),
+            error: None,
+            modified: t,
+            last_events: Arc::from([]),
+        },
+    );
+    let error = || runtime::Error::failed(runtime::Operation::PodStatus, "boom");
+    core.fetch_failed(&meta, error(), t + Duration::from_secs(1));
+    let entry = core.cache.get(&uid).expect("cached");
+    assert_eq!(*entry.status, good);
+    assert!(entry.error.is_some());
+    core.fetch_failed(&meta, error(), t);
+    assert_eq!(
+        core.cache.get(&uid).map(|e| e.modified),
+        Some(t + Duration::from_secs(1)),
+        "older than the entry"
+    );
+    // A pod never fetched successfully gets an empty status with the error.
+    let other = Arc::new(PodMeta::new("q", "q", "ns"));
+    core.fetch_failed(&other, error(), t);
+    let entry = core.cache.get(&other.uid).expect("cached");
+    assert!(entry.status.containers.is_empty() && entry.error.is_some());
 }

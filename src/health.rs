@@ -56,13 +56,22 @@ impl RelistDuration {
     /// [`threshold_covers_period`](Self::threshold_covers_period) tells.
     ///
     /// # Errors
-    /// A zero period or threshold.
+    /// A zero period or threshold, or one longer than [`MAX_DURATION`]
+    /// (which no timer could wait out, and which would overflow the clock).
     pub fn validate(&self) -> Result<(), InvalidRelistDuration> {
         if self.relist_period.is_zero() {
             return Err(InvalidRelistDuration::ZeroPeriod);
         }
         if self.relist_threshold.is_zero() {
             return Err(InvalidRelistDuration::ZeroThreshold);
+        }
+        for (what, value) in [
+            ("relist period", self.relist_period),
+            ("relist threshold", self.relist_threshold),
+        ] {
+            if value > MAX_DURATION {
+                return Err(InvalidRelistDuration::TooLong { what, value });
+            }
         }
         Ok(())
     }
@@ -83,7 +92,20 @@ pub enum InvalidRelistDuration {
     /// A zero threshold would report every generator unhealthy.
     #[error("relist threshold must be greater than zero")]
     ZeroThreshold,
+    /// Longer than any timer should wait (and than the clock can add).
+    #[error("{what} {} is longer than the longest allowed, {}", GoDuration(*value), GoDuration(MAX_DURATION))]
+    TooLong {
+        /// Which one.
+        what: &'static str,
+        /// The value given.
+        value: Duration,
+    },
 }
+
+/// The longest period, threshold or interval a generator accepts: a week.
+/// Anything longer is a mistake, and far longer ones would overflow the
+/// clock when added to it.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for RelistDuration {
     fn default() -> Self {

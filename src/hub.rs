@@ -56,12 +56,52 @@ pub enum Error {
 pub enum Delivery {
     /// An event.
     Event(Arc<PodLifecycleEvent>),
-    /// The subscriber fell behind and `missed` events that matched its filter
-    /// were dropped. Re-read the cache to catch up.
+    /// Events that matched the filter were lost: the subscriber fell
+    /// behind, or the runtime's event stream lost some that no relist can
+    /// rebuild. Re-read the cache to catch up.
+    #[non_exhaustive]
     Resync {
-        /// How many events were dropped since the previous `Resync`.
+        /// How many events were lost since the previous `Resync` of this
+        /// reason: exact for [`ResyncReason::Lagged`], a lower bound for
+        /// [`ResyncReason::StreamGap`].
         missed: u64,
+        /// Why.
+        reason: ResyncReason,
     },
+}
+
+crate::naming::named_enum! {
+    /// Why a subscriber gets a [`Delivery::Resync`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum ResyncReason {
+        /// Its queue was full: the count is exact.
+        Lagged = "lagged",
+        /// The runtime's event stream lost events that a relist cannot
+        /// rebuild (a start, or an exit code, of a container that has
+        /// moved on since), most often to another consumer of the stream
+        /// (containerd 1.7 gives each event to one stream only), or pleg's
+        /// own stream buffer overflowed. The count is a lower bound.
+        StreamGap = "stream_gap",
+    }
+}
+
+impl Delivery {
+    /// A `Resync` for a lagging subscriber.
+    pub fn lagged(missed: u64) -> Self {
+        Delivery::Resync {
+            missed,
+            reason: ResyncReason::Lagged,
+        }
+    }
+
+    /// A `Resync` after a gap in the runtime's event stream.
+    pub fn stream_gap(missed: u64) -> Self {
+        Delivery::Resync {
+            missed,
+            reason: ResyncReason::StreamGap,
+        }
+    }
 }
 
 impl Delivery {
@@ -131,6 +171,23 @@ impl Filter {
     pub fn with_container_changed(mut self, include: bool) -> Self {
         self.include_container_changed = include;
         self
+    }
+
+    /// Whether events of this pod can pass the filter (its kinds aside).
+    pub fn matches_pod(&self, pod: &crate::model::PodMeta) -> bool {
+        if let Some(uids) = &self.pod_uids
+            && !uids.contains(&pod.uid)
+        {
+            return false;
+        }
+        if let Some(ns) = &self.namespace
+            && &pod.namespace != ns
+        {
+            return false;
+        }
+        self.labels
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 
     /// Whether the event passes the filter.
@@ -207,6 +264,8 @@ struct Queue {
     items: VecDeque<Delivery>,
     /// Dropped since the last `Resync` was queued or handed out.
     pending_missed: u64,
+    /// Lost in stream gaps since the last gap `Resync` (a lower bound).
+    pending_gap: u64,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -235,17 +294,15 @@ impl Slot {
             // never holds more than `capacity` deliveries, except that an
             // empty queue always takes a batch: a pod with more events than
             // the capacity must not starve a subscriber that keeps up.
-            let needed = matching + usize::from(q.pending_missed > 0);
+            let needed =
+                matching + usize::from(q.pending_missed > 0) + usize::from(q.pending_gap > 0);
             if !q.items.is_empty() && q.items.len() + needed > self.capacity {
                 q.pending_missed += matching as u64;
                 self.missed_total
                     .fetch_add(matching as u64, Ordering::Relaxed);
                 return matching as u64;
             }
-            if q.pending_missed > 0 {
-                let missed = std::mem::take(&mut q.pending_missed);
-                q.items.push_back(Delivery::Resync { missed });
-            }
+            flush_resyncs(&mut q);
             for event in batch.iter().filter(|e| self.filter.matches(e)) {
                 q.items.push_back(Delivery::Event(event.clone()));
             }
@@ -255,6 +312,22 @@ impl Slot {
             w.wake();
         }
         0
+    }
+
+    /// Notes events lost in a stream gap; the `Resync` is handed out after
+    /// what is queued already, before anything published later.
+    fn gap(&self, missed: u64) {
+        let waker = {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return;
+            }
+            q.pending_gap = q.pending_gap.saturating_add(missed);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     fn close(&self) {
@@ -350,6 +423,20 @@ impl Hub {
         }
     }
 
+    /// Tells the subscribers that may want events of `pod` (every
+    /// subscriber when the pod is not known) that at least `missed` of them
+    /// were lost in a gap of the runtime's event stream.
+    pub(crate) fn stream_gap(&self, pod: Option<&crate::model::PodMeta>, missed: u64) {
+        if missed == 0 {
+            return;
+        }
+        for slot in self.inner.slots.read().iter() {
+            if pod.is_none_or(|pod| slot.filter.matches_pod(pod)) {
+                slot.gap(missed);
+            }
+        }
+    }
+
     /// Number of live subscriptions.
     pub fn subscriber_count(&self) -> usize {
         self.inner.slots.read().len()
@@ -423,10 +510,24 @@ fn take_next(q: &mut Queue) -> Option<Delivery> {
         return Some(d);
     }
     if q.pending_missed > 0 {
-        let missed = std::mem::take(&mut q.pending_missed);
-        return Some(Delivery::Resync { missed });
+        return Some(Delivery::lagged(std::mem::take(&mut q.pending_missed)));
+    }
+    if q.pending_gap > 0 {
+        return Some(Delivery::stream_gap(std::mem::take(&mut q.pending_gap)));
     }
     None
+}
+
+/// Queues the pending `Resync`s, lag first.
+fn flush_resyncs(q: &mut Queue) {
+    if q.pending_missed > 0 {
+        let missed = std::mem::take(&mut q.pending_missed);
+        q.items.push_back(Delivery::lagged(missed));
+    }
+    if q.pending_gap > 0 {
+        let missed = std::mem::take(&mut q.pending_gap);
+        q.items.push_back(Delivery::stream_gap(missed));
+    }
 }
 
 impl futures_core::Stream for Subscription {
@@ -482,7 +583,7 @@ mod tests {
         // The third batch would fit, but not together with the marker that
         // must precede it, so it is dropped and counted as well.
         assert_eq!(got.len(), 3);
-        assert_eq!(got[2], Delivery::Resync { missed: 3 });
+        assert_eq!(got[2], Delivery::lagged(3));
         assert_eq!(sub.missed_total(), 3);
         assert_eq!(hub.discarded(), 3);
         hub.publish(std::slice::from_ref(&started));
@@ -545,7 +646,7 @@ mod tests {
         hub.publish(std::slice::from_ref(&died));
         let got: Vec<_> = std::iter::from_fn(|| sub.try_recv()).collect();
         assert_eq!(got.len(), 4, "three events, then the marker for the fourth");
-        assert_eq!(got[3], Delivery::Resync { missed: 1 });
+        assert_eq!(got[3], Delivery::lagged(1));
     }
 
     #[test]

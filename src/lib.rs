@@ -86,13 +86,13 @@ pub mod stream;
 mod task;
 pub mod unix;
 
-pub use crate::core::RelistSummary;
+pub use crate::core::{FailingPod, RelistSummary};
 pub use crate::pleg::{Config, ConfigError, Pleg, StatsSnapshot};
 pub use cache::{CacheEntry, LastEvent, Reader as CacheReader};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 pub use health::{InvalidRelistDuration, RelistDuration, Unhealthy};
-pub use hub::{Delivery, Filter, SubscribeOptions, Subscription};
+pub use hub::{Delivery, Filter, ResyncReason, SubscribeOptions, Subscription};
 pub use model::{ContainerId, PodUid, RuntimeCounts};
 pub use runtime::Runtime;
 pub use stream::{Mode, StaleReason, StreamState, StreamStats, StreamStatus};

@@ -304,6 +304,10 @@ pub(crate) struct Metrics {
     pub(crate) relist_failures: Count,
     pub(crate) status_failures: Count,
     pub(crate) duplicates_dropped: Count,
+    /// Pods whose status fetch fails now (their events are held back).
+    pub(crate) pods_status_failing: Gauge<i64>,
+    /// Wall-clock steps seen (the clock set forward or back).
+    pub(crate) clock_steps: Count,
     pub(crate) stream: StreamMetrics,
 }
 
@@ -318,6 +322,10 @@ pub(crate) struct StreamMetrics {
     pub(crate) stale: Family<StaleLabels, Count>,
     pub(crate) unresolved: Count,
     pub(crate) gaps: Count,
+    /// Events dropped because the stream's local buffer was full.
+    pub(crate) buffer_overflows: Count,
+    /// Liveness probes of the runtime that it did not answer.
+    pub(crate) probe_failures: Count,
     pub(crate) fallbacks: Count,
     pub(crate) promotions: Count,
     pub(crate) mode: Family<ModeLabels, Gauge<i64>>,
@@ -591,6 +599,26 @@ pub(crate) fn register_all(
         "pleg_runtime_operation_duration_seconds",
         "Duration in seconds of calls pleg made through its runtime seam, by operation.",
         Listed(operations.durations.clone()),
+    );
+    r!(
+        "pleg_pods_status_failing",
+        "Pods whose last status fetch failed: their events are held back until a fetch succeeds.",
+        metrics.pods_status_failing.clone(),
+    );
+    r!(
+        "pleg_clock_steps_total",
+        "Wall-clock steps seen (the system clock set forward or back by more than 2 s).",
+        metrics.clock_steps.clone(),
+    );
+    r!(
+        "pleg_stream_buffer_overflows_total",
+        "Container events dropped because the stream's local buffer was full (each brings a relist and a Resync).",
+        stream.buffer_overflows.clone(),
+    );
+    r!(
+        "pleg_runtime_probe_failures_total",
+        "Liveness probes of the runtime that it did not answer in time.",
+        stream.probe_failures.clone(),
     );
 }
 

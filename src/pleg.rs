@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::cache::{self, LastEvent};
 use crate::clock::{self, Clock};
 use crate::condition::{Conditions, WatchCondition};
-use crate::core::{Core, Parts, RelistSummary};
+use crate::core::{Core, FailingPod, Parts, RelistSummary};
 use crate::event::{EventSource, EventType};
 use crate::health::{InvalidRelistDuration, RelistDuration, Unhealthy};
 use crate::hub::{self, Hub, SubscribeOptions, Subscription};
@@ -53,7 +53,12 @@ pub struct Config {
     /// Relist period and threshold while relisting is in charge (generic
     /// mode, fallback): 1 s and 3 min.
     pub generic_relist: RelistDuration,
-    /// Relist period and threshold while the stream works: 300 s and 10 min.
+    /// Relist period and threshold while the stream works: 300 s and 3 min.
+    /// The threshold can be shorter than the period because, between these
+    /// safety-net relists, a liveness probe (CRI `Version`, every quarter
+    /// of the threshold, 1 s to 5 s) keeps health current: a runtime that
+    /// stops answering fails health within the threshold plus 5 s in
+    /// either mode.
     pub evented_relist: RelistDuration,
     /// Deadline of each runtime call (the kubelet's runtime-request-timeout).
     pub runtime_request_timeout: Duration,
@@ -78,7 +83,10 @@ impl Default for Config {
         Config {
             mode: Mode::Evented,
             generic_relist: RelistDuration::GENERIC,
-            evented_relist: RelistDuration::EVENTED,
+            evented_relist: RelistDuration::new(
+                RelistDuration::EVENTED.relist_period,
+                RelistDuration::GENERIC.relist_threshold,
+            ),
             runtime_request_timeout: Duration::from_mins(2),
             max_stream_failures: 5,
             backoff_min: Duration::from_millis(100),
@@ -180,7 +188,7 @@ impl Config {
     /// Checks that the configuration can work.
     ///
     /// # Errors
-    /// The first setting that cannot work: a zero relist period or threshold, a zero request timeout, a zero backoff, probe interval or cache tick.
+    /// The first setting that cannot work: a zero relist period or threshold, a zero request timeout, a zero backoff, probe interval or cache tick, a backoff whose minimum exceeds its maximum, or any of them longer than [`MAX_DURATION`](crate::health::MAX_DURATION).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.generic_relist.validate()?;
         self.evented_relist.validate()?;
@@ -195,6 +203,24 @@ impl Config {
             if value.is_zero() {
                 return Err(ConfigError::ZeroInterval(name));
             }
+        }
+        for (name, value) in [
+            ("runtime_request_timeout", self.runtime_request_timeout),
+            ("backoff_min", self.backoff_min),
+            ("backoff_max", self.backoff_max),
+            ("probe_interval", self.probe_interval),
+            ("cache_tick", self.cache_tick),
+            ("stable_after", self.stable_after),
+        ] {
+            if value > crate::health::MAX_DURATION {
+                return Err(ConfigError::TooLong { name, value });
+            }
+        }
+        if self.backoff_min > self.backoff_max {
+            return Err(ConfigError::BackoffInverted {
+                min: self.backoff_min,
+                max: self.backoff_max,
+            });
         }
         Ok(())
     }
@@ -224,6 +250,22 @@ pub enum ConfigError {
     /// A zero interval would spin.
     #[error("pleg config: {0} must be greater than zero")]
     ZeroInterval(&'static str),
+    /// Longer than any timer should wait.
+    #[error("pleg config: {name} {} is longer than the longest allowed, {}", crate::duration::GoDuration(*value), crate::duration::GoDuration(crate::health::MAX_DURATION))]
+    TooLong {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// The shortest reconnection delay exceeds the longest.
+    #[error("pleg config: backoff_min {} exceeds backoff_max {}", crate::duration::GoDuration(*min), crate::duration::GoDuration(*max))]
+    BackoffInverted {
+        /// The shortest delay.
+        min: Duration,
+        /// The longest delay.
+        max: Duration,
+    },
 }
 
 /// What the handle, the drivers and the core share.
@@ -240,13 +282,24 @@ pub(crate) struct Shared {
     pub(crate) conditions: Arc<Conditions>,
     pub(crate) counts: Arc<Mutex<RuntimeCounts>>,
     pub(crate) stream_status: watch::Sender<StreamStatus>,
+    /// Pods whose status fetches fail (written by the core).
+    pub(crate) failing_pods: Arc<Mutex<Vec<FailingPod>>>,
+    /// When the stream last showed lost events (the latest few).
+    pub(crate) gaps: Mutex<std::collections::VecDeque<Instant>>,
+    /// Told when a relist succeeds after failing: the stream driver then
+    /// reconnects at once.
+    pub(crate) runtime_back: tokio::sync::Notify,
 }
+
+/// Stream gaps remembered, for health.
+pub(crate) const GAPS_REMEMBERED: usize = 64;
 
 struct Inner {
     config: Config,
     shared: Arc<Shared>,
     relist_task: TaskSlot,
     stream_task: TaskSlot,
+    probe_task: TaskSlot,
 }
 
 /// The pod lifecycle event generator. Cloning gives another handle on the
@@ -341,6 +394,7 @@ impl Pleg {
         let reader = cache.reader();
         let hub = Hub::new();
         let counts = Arc::new(Mutex::new(RuntimeCounts::default()));
+        let failing_pods = Arc::new(Mutex::new(Vec::new()));
         let core = Core::new(Parts {
             runtime: runtime.clone(),
             clock: config.clock.clone(),
@@ -349,6 +403,7 @@ impl Pleg {
             hub: hub.clone(),
             metrics: metrics.clone(),
             counts: counts.clone(),
+            failing_pods: failing_pods.clone(),
         });
         let (stream_status, _) =
             watch::channel(StreamStatus::stopped(Mode::Generic, Instant::now()));
@@ -364,6 +419,9 @@ impl Pleg {
             conditions,
             counts,
             stream_status,
+            failing_pods,
+            gaps: Mutex::new(std::collections::VecDeque::new()),
+            runtime_back: tokio::sync::Notify::new(),
         });
         Ok(Pleg {
             inner: Arc::new(Inner {
@@ -371,6 +429,7 @@ impl Pleg {
                 shared,
                 relist_task: TaskSlot::new("relist loop"),
                 stream_task: TaskSlot::new("event stream driver"),
+                probe_task: TaskSlot::new("runtime liveness probe"),
             }),
         })
     }
@@ -405,6 +464,10 @@ impl Pleg {
             inner
                 .stream_task
                 .start(move |cancel| stream::driver::run(shared, config, tick, backoff, cancel))?;
+            let shared = inner.shared.clone();
+            inner
+                .probe_task
+                .start(move |cancel| stream::probe::run(shared, cancel))?;
         }
         Ok(())
     }
@@ -415,6 +478,7 @@ impl Pleg {
     pub async fn stop(&self) {
         let inner = &self.inner;
         inner.stream_task.stop().await;
+        inner.probe_task.stop().await;
         inner.relist_task.stop().await;
         inner.shared.stream_status.send_modify(|status| {
             if status.state != stream::StreamState::Stopped {
@@ -487,6 +551,30 @@ impl Pleg {
     /// Why pleg is unhealthy, worded like the kubelet.
     pub fn healthy(&self) -> Result<(), Unhealthy> {
         relist::healthy(&self.inner.shared)
+    }
+
+    /// Pods whose status fetches fail, oldest failure first: their events
+    /// are held back until a fetch succeeds.
+    pub fn failing_pods(&self) -> Vec<FailingPod> {
+        self.inner.shared.failing_pods.lock().clone()
+    }
+
+    /// Events that showed the stream lost earlier ones, within `window`:
+    /// how many (of the last 64), and the latest. On containerd 1.7 they
+    /// mean that another consumer of the event stream takes events.
+    pub fn recent_stream_gaps(&self, window: Duration) -> (usize, Option<Instant>) {
+        let gaps = self.inner.shared.gaps.lock();
+        let now = Instant::now();
+        let recent = gaps
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) <= window)
+            .count();
+        (recent, gaps.back().copied())
+    }
+
+    /// Whether the runtime answers, as learnt from every call pleg made.
+    pub fn runtime_liveness(&self) -> &runtime::Liveness {
+        self.inner.shared.runtime.liveness()
     }
 
     /// Start time of the last relist whose listing succeeded.

@@ -119,7 +119,17 @@ pub(crate) struct RelistHealth {
     previous_start: Option<Instant>,
     /// Duration of the last successful relist.
     pub(crate) last_duration: std::time::Duration,
+    /// Start of the last liveness probe the runtime answered (evented
+    /// mode, between the safety-net relists).
+    pub(crate) last_probe_ok: Option<Instant>,
+    /// Whether the last relist failed: the loop then retries within a
+    /// second, not a whole period later.
+    pub(crate) failing: bool,
 }
+
+/// How soon a failed relist is retried, at most (never later than the
+/// period).
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Relists now and waits for it to finish.
 pub(crate) async fn relist(shared: &Shared) -> runtime::Result<RelistSummary> {
@@ -134,7 +144,12 @@ pub(crate) async fn relist(shared: &Shared) -> runtime::Result<RelistSummary> {
     let listing = match listing {
         Ok(listing) => listing,
         Err(e) => {
-            shared.health.lock().last_error = Some(e.to_string());
+            {
+                let mut health = shared.health.lock();
+                health.last_error = Some(e.to_string());
+                health.failing = true;
+            }
+            shared.control.wake.notify_one();
             metrics.relist_failures.inc();
             tracing::error!(error = %e, "relist: unable to list pods; keeping previous records");
             return Err(e);
@@ -145,6 +160,9 @@ pub(crate) async fn relist(shared: &Shared) -> runtime::Result<RelistSummary> {
         health.last_success = Some(started);
         health.last_seen = Some(listed_at);
         health.last_error = None;
+        if std::mem::replace(&mut health.failing, false) {
+            shared.runtime_back.notify_one();
+        }
     }
     if let Ok(since_epoch) = listed_at.duration_since(std::time::UNIX_EPOCH) {
         metrics.last_seen.set(since_epoch.as_secs_f64());
@@ -184,7 +202,14 @@ pub(crate) async fn run(shared: std::sync::Arc<Shared>, cancel: CancellationToke
             if listed && !control.requested.lock().is_empty() {
                 break;
             }
-            let deadline = finished + control.duration().relist_period;
+            // A failed relist (this loop's, or a catch-up relist of the
+            // stream driver's) is retried soon, not a period later.
+            let period = control.duration().relist_period;
+            let deadline = if shared.health.lock().failing {
+                finished + period.min(RETRY_AFTER_FAILURE)
+            } else {
+                finished + period
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
@@ -206,10 +231,14 @@ pub(crate) fn warn_if_threshold_is_short(relist: &RelistDuration) {
     }
 }
 
-/// Health from the last successful relist.
+/// Health from the last successful relist, or the last liveness probe
+/// the runtime answered (evented mode, between the safety-net relists).
 pub(crate) fn healthy(shared: &Shared) -> Result<(), health::Unhealthy> {
+    let health = shared.health.lock();
+    let last_active = health.last_success.max(health.last_probe_ok);
+    drop(health);
     health::check(
-        shared.health.lock().last_success,
+        last_active,
         Instant::now(),
         shared.control.duration().relist_threshold,
     )

@@ -135,7 +135,9 @@ async fn next_events(sub: &mut Subscription, n: usize) -> Vec<Arc<PodLifecycleEv
     while got.len() < n {
         match tokio::time::timeout_at(deadline, sub.recv()).await {
             Ok(Some(Delivery::Event(e))) => got.push(e),
-            Ok(Some(Delivery::Resync { missed })) => panic!("subscriber missed {missed} events"),
+            Ok(Some(Delivery::Resync { missed, .. })) => {
+                panic!("subscriber missed {missed} events")
+            }
             Ok(Some(other)) => panic!("unexpected delivery {other:?}"),
             Ok(None) => panic!("subscription closed after {:?}", kinds(&got)),
             Err(_) => panic!(

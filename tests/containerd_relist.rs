@@ -330,7 +330,7 @@ async fn collect_until(
                 e.kind,
                 e.container_id().map(|c| c.to_string()).unwrap_or_default(),
             )),
-            Some(pleg::Delivery::Resync { missed }) => panic!("missed {missed} events"),
+            Some(pleg::Delivery::Resync { missed, .. }) => panic!("missed {missed} events"),
             Some(other) => panic!("unexpected delivery {other:?}"),
             None => panic!("subscription closed"),
         }

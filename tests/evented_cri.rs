@@ -139,7 +139,7 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
     // that follows it, so that no relist races the events below (the fake's
     // listing does not change with the events pushed here).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.relist_duration() != pleg::RelistDuration::EVENTED {
+    while pleg.relist_duration() != pleg.config().evented_relist {
         assert!(tokio::time::Instant::now() < deadline, "no catch-up relist");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -170,10 +170,10 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
         vec![container_status("c1", CriState::ContainerRunning, 0)],
     ));
     server.push_event(wire_event(
-        ContainerEventType::ContainerCreatedEvent,
-        "c2",
+        ContainerEventType::ContainerStoppedEvent,
+        "c1",
         t - 1_000,
-        vec![container_status("c2", CriState::ContainerCreated, 0)],
+        vec![container_status("c1", CriState::ContainerExited, 7)],
     ));
     // An event type from the future: counted by the runtime adapter, skipped.
     let mut future = wire_event(
@@ -200,6 +200,16 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
         t + 4,
         vec![],
     ));
+    // The anonymous DELETED is a container pleg never saw: every
+    // subscriber is told it may have missed something.
+    match tokio::time::timeout(Duration::from_secs(20), sub.recv()).await {
+        Ok(Some(Delivery::Resync {
+            missed: 1,
+            reason: pleg::ResyncReason::StreamGap,
+            ..
+        })) => {}
+        other => panic!("expected a stream-gap Resync, got {other:?}"),
+    }
     let removed = next_event(&mut sub).await;
     assert_eq!(removed.kind, EventType::ContainerRemoved);
 
@@ -316,7 +326,7 @@ async fn flood_of_events_with_a_stalled_subscriber_leaves_the_others_whole() {
         vec![container_status("c1", CriState::ContainerRunning, 0)],
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.relist_duration() != pleg::RelistDuration::EVENTED {
+    while pleg.relist_duration() != pleg.config().evented_relist {
         assert!(tokio::time::Instant::now() < deadline, "no catch-up relist");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -356,7 +366,7 @@ async fn flood_of_events_with_a_stalled_subscriber_leaves_the_others_whole() {
     while let Some(d) = stalled.try_recv() {
         match d {
             Delivery::Event(_) => delivered += 1,
-            Delivery::Resync { missed: m } => missed += m,
+            Delivery::Resync { missed: m, .. } => missed += m,
             _ => {}
         }
     }

@@ -405,7 +405,7 @@ async fn health_reports_the_checks_the_mode_and_the_stream() {
     assert_eq!(after, Health::of(&daemon));
     assert!(after.healthy, "{after:?}");
     let names: Vec<_> = after.checks.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["pleg", "runtime", "stream"]);
+    assert_eq!(names, ["pleg", "runtime", "stream", "pods"]);
     assert_eq!(
         (after.mode, after.stream_state),
         (Mode::Generic, StreamState::Stopped)

@@ -399,7 +399,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 31] = [
+const FAMILIES: [(&str, &str); 35] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),
@@ -431,6 +431,10 @@ const FAMILIES: [(&str, &str); 31] = [
     ("terminated_containers_total", "counter"),
     ("pleg_runtime_operations_total", "counter"),
     ("pleg_runtime_operation_duration_seconds", "histogram"),
+    ("pleg_pods_status_failing", "gauge"),
+    ("pleg_clock_steps_total", "counter"),
+    ("pleg_stream_buffer_overflows_total", "counter"),
+    ("pleg_runtime_probe_failures_total", "counter"),
 ];
 
 // ---------------------------------------------------------------------------
@@ -533,7 +537,8 @@ async fn verbose_lists_every_check_then_the_verdict() {
         assert_eq!(reply.status, 200, "{path}");
         assert_text(&reply);
         assert_eq!(
-            reply.body, "[+]pleg ok\n[+]runtime ok\n[+]stream ok\nhealthz check passed\n",
+            reply.body,
+            "[+]pleg ok\n[+]runtime ok\n[+]stream ok\n[+]pods ok\nhealthz check passed\n",
             "{path}"
         );
     }
@@ -547,7 +552,7 @@ async fn verbose_lists_every_check_then_the_verdict() {
     );
     assert_eq!(
         s.get("/healthz?verbose&exclude=stream").await.body,
-        "[+]pleg ok\n[+]runtime ok\n[+]stream excluded: ok\nhealthz check passed\n"
+        "[+]pleg ok\n[+]runtime ok\n[+]stream excluded: ok\n[+]pods ok\nhealthz check passed\n"
     );
 
     // A failing check in verbose form: every check, then the verdict.
@@ -558,11 +563,12 @@ async fn verbose_lists_every_check_then_the_verdict() {
     })
     .await;
     let lines: Vec<&str> = reply.body.lines().collect();
-    assert_eq!(lines.len(), 4, "{}", reply.body);
+    assert_eq!(lines.len(), 5, "{}", reply.body);
     assert!(lines[0].starts_with("[+]pleg ok") || lines[0].starts_with("[-]pleg failed: "));
     assert!(lines[1].starts_with("[-]runtime failed: ") && lines[1].contains("runtime gone"));
     assert_eq!(lines[2], "[+]stream ok");
-    assert_eq!(lines[3], "healthz check failed");
+    assert_eq!(lines[3], "[+]pods ok");
+    assert_eq!(lines[4], "healthz check failed");
 
     // A stopped generator is not live.
     s.daemon.pleg.stop().await;

@@ -39,7 +39,7 @@ async fn a_subscriber_that_stops_reading_misses_an_exact_count_and_gets_resync()
     let got = drain(&mut slow);
     assert_eq!(got.len(), 6);
     assert!(got[..5].iter().all(|d| matches!(d, Delivery::Event(_))));
-    assert_eq!(got[5], Delivery::Resync { missed: 15 });
+    assert_eq!(got[5], Delivery::lagged(15));
     assert_eq!(slow.missed_total(), 15);
     assert_eq!(pleg.hub().discarded(), 15);
 
@@ -83,7 +83,7 @@ async fn events_published_after_an_overflow_follow_the_resync_marker() {
     pleg.relist().await.expect("listing works");
     let rest = drain(&mut slow);
     assert!(matches!(rest[0], Delivery::Event(_)));
-    assert_eq!(rest[1], Delivery::Resync { missed: 6 });
+    assert_eq!(rest[1], Delivery::lagged(6));
     assert_eq!(rest.len(), 2);
     assert_eq!(slow.missed_total(), 6);
 }

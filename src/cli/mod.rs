@@ -114,14 +114,15 @@ pub(crate) struct RuntimeArgs {
     #[arg(long, env = "PLEG_MODE", value_enum, default_value = "evented")]
     pub mode: ModeArg,
     /// Relist period when relisting is in charge (generic mode or fallback),
-    /// such as 1s or 500ms.
+    /// such as 1s or 500ms; 100ms to 1h.
     #[arg(long, env = "PLEG_RELIST_PERIOD", default_value = "1s", value_parser = parse_duration)]
     pub relist_period: Duration,
-    /// How long without a successful relist before pleg reports unhealthy
-    /// (generic mode; evented mode uses 10m while the stream works).
+    /// How long the runtime may go without answering (a relist, or in
+    /// evented mode the liveness probe) before pleg reports unhealthy, in
+    /// both modes; 1s to 24h, and longer than --relist-period.
     #[arg(long, env = "PLEG_RELIST_THRESHOLD", default_value = "3m", value_parser = parse_duration)]
     pub relist_threshold: Duration,
-    /// Deadline of every call to the runtime.
+    /// Deadline of every call to the runtime; 1s to 1h.
     #[arg(long, env = "PLEG_RUNTIME_REQUEST_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub runtime_request_timeout: Duration,
 }
@@ -161,21 +162,66 @@ impl RuntimeArgs {
         CriConfig::new(&self.runtime_endpoint).with_request_timeout(self.runtime_request_timeout)
     }
 
-    /// The generator configuration, checked.
+    /// The generator configuration, checked: every bound `run` relies on,
+    /// so that `--check-config` accepts exactly what `run` accepts.
     pub(crate) fn config(&self) -> Result<Config, Failure> {
+        let usage = |e: String| Failure::new(Exit::Usage, anyhow::anyhow!(e));
+        in_range("--relist-period", self.relist_period, RELIST_PERIOD_RANGE).map_err(usage)?;
+        in_range(
+            "--relist-threshold",
+            self.relist_threshold,
+            RELIST_THRESHOLD_RANGE,
+        )
+        .map_err(usage)?;
+        in_range(
+            "--runtime-request-timeout",
+            self.runtime_request_timeout,
+            REQUEST_TIMEOUT_RANGE,
+        )
+        .map_err(usage)?;
+        if self.relist_threshold <= self.relist_period {
+            return Err(usage(format!(
+                "--relist-threshold {} must be longer than --relist-period {}: pleg would report unhealthy between relists",
+                pleg::duration::format(self.relist_threshold),
+                pleg::duration::format(self.relist_period)
+            )));
+        }
         let generic = RelistDuration::new(self.relist_period, self.relist_threshold);
-        generic.validate().map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                anyhow::anyhow!("--relist-period/--relist-threshold: {e}"),
-            )
-        })?;
-        let mode = Mode::from(self.mode);
-        Ok(Config::default()
-            .with_mode(mode)
+        // The threshold holds in evented mode too: between the safety-net
+        // relists, the liveness probe keeps health current.
+        let evented =
+            RelistDuration::new(RelistDuration::EVENTED.relist_period, self.relist_threshold);
+        let config = Config::default()
+            .with_mode(Mode::from(self.mode))
             .with_relist(generic)
-            .with_request_timeout(self.runtime_request_timeout))
+            .with_evented_relist(evented)
+            .with_request_timeout(self.runtime_request_timeout);
+        config.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(config)
     }
+}
+
+/// `--relist-period`: 100 ms to 1 h.
+const RELIST_PERIOD_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// `--relist-threshold`: 1 s to 24 h.
+const RELIST_THRESHOLD_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+/// `--runtime-request-timeout`: 1 s to 1 h.
+const REQUEST_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// Checks a duration flag against its range, naming the flag.
+fn in_range(flag: &str, value: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{flag} {}: out of range; it must be between {} and {}",
+            pleg::duration::format(value),
+            pleg::duration::format(min),
+            pleg::duration::format(max)
+        ));
+    }
+    Ok(())
 }
 
 /// Log output.

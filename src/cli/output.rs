@@ -42,15 +42,22 @@ impl Printer {
     pub(crate) fn print(&mut self, delivery: &Delivery) -> std::io::Result<()> {
         let line = match (self.format, delivery) {
             (Format::Text, Delivery::Event(e)) => text_line(e, self.colour),
-            (Format::Text, Delivery::Resync { missed }) => format!(
-                "{}  RESYNC: missed {missed} events; state may have changed unseen",
-                clock(SystemTime::now())
-            ),
+            (Format::Text, Delivery::Resync { missed, reason, .. }) => match reason {
+                pleg::ResyncReason::StreamGap => format!(
+                    "{}  RESYNC: the runtime's event stream lost at least {missed} events (another consumer of it?); state may have changed unseen",
+                    clock(SystemTime::now())
+                ),
+                _ => format!(
+                    "{}  RESYNC: missed {missed} events; state may have changed unseen",
+                    clock(SystemTime::now())
+                ),
+            },
             (Format::Json, Delivery::Event(e)) => json_event(e).to_string(),
-            (Format::Json, Delivery::Resync { missed }) => json!({
+            (Format::Json, Delivery::Resync { missed, reason, .. }) => json!({
                 "time": rfc3339(SystemTime::now()),
                 "type": "Resync",
                 "missed": missed,
+                "reason": reason.as_str(),
             })
             .to_string(),
             // A newer kind of delivery: say what it is rather than nothing.

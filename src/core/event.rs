@@ -50,13 +50,47 @@ pub(crate) enum Applied {
     /// Applied like [`Published`](Self::Published), but the event shows that
     /// the stream lost earlier ones: STARTED for a container never seen
     /// created, STOPPED for one never seen started, DELETED for one never
-    /// seen. (On containerd 1.7 another consumer of the event stream takes
-    /// some of the events.) A relist should look for what was lost.
-    PublishedAfterGap(usize),
+    /// seen or never seen stopped. (On containerd 1.7 another consumer of
+    /// the event stream takes some of the events.) A relist should look for
+    /// what was lost; `lost` transitions that no relist can rebuild were
+    /// told to the pod's subscribers as a `Resync`.
+    PublishedAfterGap { published: usize, lost: u64 },
     /// Dropped as stale.
     Stale(StaleReason),
-    /// Dropped: the event names no pod and its ID is in no record.
+    /// Dropped: the event names no pod and its ID is in no record. For a
+    /// DELETED, that is a container pleg never saw at all: a gap, told to
+    /// every subscriber.
     Unresolved,
+}
+
+/// A wall-clock step larger than this (against the monotonic clock) makes
+/// the core forget the wall-clock times it kept.
+pub(crate) const CLOCK_STEP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the wall clock stepped between two readings of both clocks: the
+/// wall clock moved more than [`CLOCK_STEP`] further, or less far, than
+/// the monotonic one.
+pub(crate) fn clock_stepped(before: (SystemTime, Instant), now: (SystemTime, Instant)) -> bool {
+    let mono = now.1.saturating_duration_since(before.1);
+    match now.0.duration_since(before.0) {
+        Ok(wall) => wall.abs_diff(mono) > CLOCK_STEP,
+        // The wall clock went back.
+        Err(back) => back.duration() + mono > CLOCK_STEP,
+    }
+}
+
+/// The transitions a gap lost that no relist can rebuild, at least: the
+/// start of a container first seen stopped, the start and removal of one
+/// first seen deleted, the exit code of one seen running and then deleted.
+/// A missed CREATED loses nothing: it publishes nothing.
+pub(crate) fn lost_to_gap(kind: ContainerEventKind, subject: Option<ContainerState>) -> u64 {
+    use ContainerEventKind as Kind;
+    use ContainerState as State;
+    match (kind, subject) {
+        (Kind::Stopped, None | Some(State::Created))
+        | (Kind::Deleted, None | Some(State::Running | State::Unknown)) => 1,
+        _ => 0,
+    }
 }
 
 /// The pod an event is about.
@@ -111,8 +145,8 @@ pub(crate) struct Facts {
 pub(crate) struct PodFacts {
     /// The subject's state in the pod's record (`None`: not recorded).
     pub(crate) subject: Option<ContainerState>,
-    /// The runtime time of the pod's cached status.
-    pub(crate) cached_at: Option<SystemTime>,
+    /// The runtime time of the last event applied for the subject.
+    pub(crate) subject_at: Option<SystemTime>,
 }
 
 /// The verdict on an event.
@@ -155,10 +189,12 @@ pub(crate) fn classify(facts: &Facts) -> Verdict {
     }
     let gap = matches!(
         (facts.kind, pod.subject),
-        (Kind::Started | Kind::Deleted, None) | (Kind::Stopped, None | Some(State::Created))
+        (Kind::Started | Kind::Deleted, None)
+            | (Kind::Stopped, None | Some(State::Created))
+            | (Kind::Deleted, Some(State::Running | State::Unknown))
     );
-    if let (Some(at), Some(cached)) = (facts.at, pod.cached_at)
-        && at < cached
+    if let (Some(at), Some(seen)) = (facts.at, pod.subject_at)
+        && at < seen
     {
         return Verdict::Stale(StaleReason::OlderThanCache);
     }
@@ -351,33 +387,52 @@ impl Core {
     /// Applies one event from the runtime's event stream: updates records and
     /// cache and publishes what changed, unless the event is stale.
     pub(crate) fn apply_event(&mut self, event: &ContainerEvent) -> Applied {
+        self.watch_the_clock();
         let resolved = resolve(event, &self.records);
         let cached = resolved.as_ref().and_then(|r| self.cache.get(&r.uid));
+        let subject = resolved.as_ref().and_then(|r| {
+            r.old
+                .as_deref()
+                .and_then(|p| p.find(&event.id))
+                .map(|(c, _)| c.state)
+        });
         let facts = Facts {
             kind: event.kind,
             at: event.created_at,
             listed_at: self.listed_at,
             tombstoned: self.tombstones.contains(&event.id),
-            pod: resolved.as_ref().map(|r| PodFacts {
-                subject: r
-                    .old
-                    .as_deref()
-                    .and_then(|p| p.find(&event.id))
-                    .map(|(c, _)| c.state),
-                cached_at: cached.as_ref().and_then(|e| e.status.timestamp),
+            pod: resolved.as_ref().map(|_| PodFacts {
+                subject,
+                subject_at: self.seen_at.get(&event.id).copied(),
             }),
         };
         let gap = match classify(&facts) {
             Verdict::Stale(reason) => return Applied::Stale(reason),
-            Verdict::Unresolved => return Applied::Unresolved,
+            Verdict::Unresolved => {
+                if event.kind == ContainerEventKind::Deleted {
+                    // A container pleg never saw, of a pod it never saw:
+                    // whatever it did reached another consumer.
+                    self.hub.stream_gap(None, 1);
+                }
+                return Applied::Unresolved;
+            }
             Verdict::Fresh { gap } => gap,
         };
         let Some(Resolved { uid, old, meta }) = resolved else {
             return Applied::Unresolved;
         };
-        let outcome = |published| {
+        let lost = if gap {
+            lost_to_gap(event.kind, subject)
+        } else {
+            0
+        };
+        if let Some(at) = event.created_at {
+            self.seen_at.insert(event.id.clone(), at);
+        }
+        let outcome = |core: &Self, published| {
             if gap {
-                Applied::PublishedAfterGap(published)
+                core.hub.stream_gap(Some(&meta), lost);
+                Applied::PublishedAfterGap { published, lost }
             } else {
                 Applied::Published(published)
             }
@@ -396,7 +451,14 @@ impl Core {
             }
             self.conditions.retain_pods(|u| *u != uid);
             self.recount(old.as_deref(), None);
-            return outcome(self.forget(&uid, old.as_ref(), &events, origin));
+            if let Some(old) = &old {
+                for c in old.sandboxes.iter().chain(&old.containers) {
+                    self.seen_at.remove(&c.id);
+                }
+            }
+            self.seen_at.remove(&event.id);
+            let published = self.forget(&uid, old.as_ref(), &events, origin);
+            return outcome(self, published);
         }
 
         let new = Arc::new(advanced.pod);
@@ -410,7 +472,10 @@ impl Core {
             &new,
             advanced.is_sandbox,
         );
-        outcome(self.accept(
+        if event.kind == ContainerEventKind::Deleted {
+            self.seen_at.remove(&event.id);
+        }
+        let published = self.accept(
             &new,
             old.as_ref(),
             &events,
@@ -418,7 +483,24 @@ impl Core {
             Instant::now(),
             origin,
             false,
-        ))
+        );
+        outcome(self, published)
+    }
+
+    /// Notices a wall-clock step since the last look, and forgets the
+    /// wall-clock times kept from before it (until the next listing).
+    pub(crate) fn watch_the_clock(&mut self) {
+        let now = (self.clock.now(), Instant::now());
+        if let Some(before) = self.clock_anchor.replace(now)
+            && clock_stepped(before, now)
+        {
+            self.metrics.clock_steps.inc();
+            tracing::warn!(
+                "the wall clock stepped; judging stream events by their order alone until the next relist"
+            );
+            self.listed_at = None;
+            self.seen_at.clear();
+        }
     }
 }
 

@@ -34,6 +34,21 @@ pub struct RelistSummary {
     pub events: usize,
 }
 
+/// A pod whose status fetch fails: its events are held back until a fetch
+/// succeeds, so health names it ([`crate::Pleg::failing_pods`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailingPod {
+    /// The pod.
+    pub meta: Arc<crate::model::PodMeta>,
+    /// Since when its fetches fail (the first failure in a row).
+    pub since: Instant,
+    /// Failed fetches in a row.
+    pub failures: u64,
+    /// The last error.
+    pub error: String,
+}
+
 /// A pod asked for by hand, and whether it is owed a `PodSync`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Asked {
@@ -53,6 +68,7 @@ impl Core {
         asked: &[Asked],
     ) -> RelistSummary {
         self.count_duplicates(&listing);
+        self.watch_the_clock();
         self.listed_at = Some(listed_at);
         // The diff's buffers are taken out for the relist and put back, so
         // that they keep their capacity.
@@ -74,14 +90,22 @@ impl Core {
         let mut failed: HashSet<PodUid> = HashSet::new();
         for change in diff.changes() {
             let events = diff.events_of(change);
-            let outcome = match &change.new {
-                Some(new) => {
-                    self.inspect(new, change.old.as_ref(), events, listed_at, asked)
-                        .await
+            let outcome = if let Some(new) = &change.new {
+                self.inspect(new, change.old.as_ref(), events, listed_at, asked)
+                    .await
+            } else {
+                if let Some(old) = &change.old {
+                    for c in old.sandboxes.iter().chain(&old.containers) {
+                        self.seen_at.remove(&c.id);
+                    }
                 }
-                None => Some(self.forget(&change.uid, change.old.as_ref(), events, Origin::Relist)),
+                Some(self.forget(&change.uid, change.old.as_ref(), events, Origin::Relist))
             };
             if outcome.is_some() {
+                // An ID listed again is alive after all (a listing that
+                // left it out by mistake made it look removed): events
+                // about it count again.
+                self.tombstones.exhume(events);
                 self.tombstones.bury(events);
             }
             summary.record(outcome, &mut failed, &change.uid);
@@ -119,6 +143,7 @@ impl Core {
         }
         drop(changed);
         self.diff = diff;
+        self.note_failing(&failed, started);
         self.reinspect = failed;
         self.cache.update_time(started);
         summary
@@ -165,6 +190,8 @@ impl Core {
                     pod = %uid, namespace = %pod.meta.namespace, name = %pod.meta.name, error = %e,
                     "relist: unable to get pod status; holding its events back until a fetch succeeds"
                 );
+                self.last_fetch_errors
+                    .insert(uid.clone(), (pod.meta.clone(), e.to_string()));
                 self.fetch_failed(&pod.meta, e, fetched_at);
                 return None;
             }
@@ -173,6 +200,39 @@ impl Core {
         status.timestamp = status.timestamp.or(Some(listed_at));
         let sync = self.sync_owed.remove(uid);
         Some(self.accept(pod, old, events, status, fetched_at, Origin::Relist, sync))
+    }
+
+    /// Keeps the pods whose fetch failed at this relist, with since when,
+    /// for health and the gauge.
+    fn note_failing(&mut self, failed: &HashSet<PodUid>, at: Instant) {
+        let errors = std::mem::take(&mut self.last_fetch_errors);
+        let mut previous = std::mem::take(&mut self.failing);
+        for uid in failed {
+            let Some((meta, error)) = errors.get(uid) else {
+                continue;
+            };
+            let entry = match previous.remove(uid) {
+                Some(mut was) => {
+                    was.failures += 1;
+                    was.error.clone_from(error);
+                    was.meta = meta.clone();
+                    was
+                }
+                None => FailingPod {
+                    meta: meta.clone(),
+                    since: at,
+                    failures: 1,
+                    error: error.clone(),
+                },
+            };
+            self.failing.insert(uid.clone(), entry);
+        }
+        self.metrics
+            .pods_status_failing
+            .set(super::gauge(self.failing.len()));
+        let mut snapshot: Vec<FailingPod> = self.failing.values().cloned().collect();
+        snapshot.sort_by_key(|p| p.since);
+        *self.failing_pods.lock() = snapshot;
     }
 
     /// Counts repeated pod UIDs and IDs folded away from a listing, warning

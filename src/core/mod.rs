@@ -33,7 +33,7 @@ mod event;
 mod listing;
 mod payload;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -52,7 +52,7 @@ use crate::runtime::{self, Runtime};
 
 pub(crate) use event::Applied;
 pub(crate) use listing::Asked;
-pub use listing::RelistSummary;
+pub use listing::{FailingPod, RelistSummary};
 pub(crate) use payload::Origin;
 
 /// Containers and sandboxes whose last event a pod keeps, before removed
@@ -74,12 +74,22 @@ pub(crate) struct Core {
     /// Pods asked for with `request_reinspect` that are still owed their
     /// `PodSync`.
     sync_owed: HashSet<PodUid>,
+    /// Pods whose fetches fail, with since when.
+    failing: HashMap<PodUid, FailingPod>,
+    /// The fetch errors of the relist in progress.
+    last_fetch_errors: HashMap<PodUid, (Arc<PodMeta>, String)>,
+    /// What readers see of `failing`.
+    failing_pods: Arc<Mutex<Vec<FailingPod>>>,
     /// Wall-clock start of the last successful listing: the records reflect
     /// the runtime as of then, so a stream event from before it is stale.
     listed_at: Option<SystemTime>,
     /// IDs recently reported removed, so that a late event cannot bring
     /// them back.
     tombstones: Tombstones,
+    /// The runtime time of the last stream event applied per ID.
+    seen_at: HashMap<ContainerId, SystemTime>,
+    /// The wall and monotonic clocks at the last look, to notice steps.
+    clock_anchor: Option<(SystemTime, Instant)>,
     /// Whether the last listing repeated pods or IDs (warned once per run).
     duplicates_seen: bool,
     conditions: Arc<Conditions>,
@@ -99,6 +109,7 @@ pub(crate) struct Parts {
     pub(crate) hub: Hub,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) counts: Arc<Mutex<RuntimeCounts>>,
+    pub(crate) failing_pods: Arc<Mutex<Vec<FailingPod>>>,
 }
 
 impl Core {
@@ -111,6 +122,7 @@ impl Core {
             hub,
             metrics,
             counts,
+            failing_pods,
         } = parts;
         Core {
             runtime,
@@ -119,8 +131,13 @@ impl Core {
             diff: Diff::new(),
             reinspect: HashSet::new(),
             sync_owed: HashSet::new(),
+            failing: HashMap::new(),
+            last_fetch_errors: HashMap::new(),
+            failing_pods,
             listed_at: None,
             tombstones: Tombstones::default(),
+            seen_at: HashMap::new(),
+            clock_anchor: None,
             duplicates_seen: false,
             conditions,
             cache,
@@ -405,6 +422,23 @@ impl Tombstones {
 
     fn contains(&self, id: &ContainerId) -> bool {
         self.set.contains(id)
+    }
+
+    /// Forgets the IDs that `events` show alive (any event but a removal).
+    fn exhume(&mut self, events: &[DiffEvent]) {
+        if self.set.is_empty() {
+            return;
+        }
+        let mut any = false;
+        for e in events {
+            if e.kind != EventType::ContainerRemoved && self.set.remove(&e.id) {
+                any = true;
+            }
+        }
+        if any {
+            let set = &self.set;
+            self.order.retain(|id| set.contains(id));
+        }
     }
 
     fn bury(&mut self, events: &[DiffEvent]) {

@@ -93,6 +93,7 @@ fn core_over(runtime: std::sync::Arc<crate::runtime::fake::FakeRuntime>) -> Core
         hub: Hub::new(),
         metrics: Arc::new(Metrics::new()),
         counts: Arc::default(),
+        failing_pods: Arc::default(),
     })
 }
 

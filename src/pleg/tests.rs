@@ -5,6 +5,7 @@
 mod conditions;
 mod evented;
 mod reinspect;
+mod reliability;
 
 use crate::model::{Container, ContainerState, Pod, PodMeta};
 

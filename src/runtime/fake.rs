@@ -44,6 +44,7 @@ pub struct FakeRuntime {
     events: Mutex<EventScript>,
     stats: RuntimeStats,
     list_calls: AtomicU64,
+    probe_calls: AtomicU64,
     stopped: Mutex<Vec<ContainerId>>,
     removed: Mutex<Vec<ContainerId>>,
 }
@@ -137,6 +138,11 @@ impl FakeRuntime {
     /// Delays every status call.
     pub fn set_status_delay(&self, delay: Duration) {
         self.script.lock().status_delay = delay;
+    }
+
+    /// Probes answered or attempted so far.
+    pub fn probe_calls(&self) -> u64 {
+        self.probe_calls.load(Ordering::Relaxed)
     }
 
     /// Listings answered or attempted so far.
@@ -240,6 +246,20 @@ async fn after<T>(delay: Duration, answer: T) -> T {
 impl Runtime for FakeRuntime {
     fn list_pods(&self) -> BoxFuture<'_, Result<Listing>> {
         let (delay, answer) = self.answer_list();
+        Box::pin(after(delay, answer))
+    }
+
+    /// Answers like a listing would (same delay, same standing failure),
+    /// without taking a scripted listing error.
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        self.probe_calls.fetch_add(1, Ordering::Relaxed);
+        let script = self.script.lock();
+        let delay = script.list_delay;
+        let answer = match &script.list_failure {
+            Some(message) => Err(failed(Operation::Probe, message.clone())),
+            None => Ok(()),
+        };
+        drop(script);
         Box::pin(after(delay, answer))
     }
 

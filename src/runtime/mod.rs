@@ -35,6 +35,9 @@ use crate::naming::named_enum;
 pub mod cri;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+mod liveness;
+
+pub use liveness::{Liveness, Silence};
 
 /// A boxed, sendable future, so that [`Runtime`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -57,6 +60,8 @@ named_enum! {
         StopPod = "StopPod",
         /// [`PodControl::remove_pod`].
         RemovePod = "RemovePod",
+        /// [`Runtime::probe`]: is the runtime answering?
+        Probe = "Probe",
     }
 }
 
@@ -232,6 +237,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// records it could not use, RPCs it made.
     fn stats(&self) -> &RuntimeStats;
 
+    /// Asks the runtime, as cheaply as it can, whether it answers: the
+    /// health probe while the event stream is in charge and relists are
+    /// rare. CRI runtimes answer `Version`; the default lists pods.
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { self.list_pods().await.map(drop) })
+    }
+
     /// Opens the runtime's container event stream (CRI `GetContainerEvents`).
     /// A runtime without one answers [`Error::Unimplemented`], which is the
     /// default.
@@ -256,6 +268,10 @@ impl<R: Runtime + ?Sized> Runtime for Arc<R> {
 
     fn stats(&self) -> &RuntimeStats {
         (**self).stats()
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        (**self).probe()
     }
 
     fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
@@ -595,6 +611,7 @@ pub struct Instrumented<R> {
     inner: R,
     request_timeout: Duration,
     metrics: OperationMetrics,
+    liveness: Liveness,
 }
 
 impl<R: Runtime> Instrumented<R> {
@@ -604,7 +621,28 @@ impl<R: Runtime> Instrumented<R> {
             inner,
             request_timeout,
             metrics: OperationMetrics::default(),
+            liveness: Liveness::default(),
         }
+    }
+
+    /// Whether the runtime answers, as learnt from every call.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// [`Runtime::probe`], bounded by `timeout` (shorter than the request
+    /// timeout: a probe that takes long is no answer).
+    ///
+    /// # Errors
+    /// The probe's error, or [`Error::Timeout`].
+    pub async fn probe_within(&self, timeout: Duration) -> Result<()> {
+        let timeout = timeout.min(self.request_timeout);
+        let in_flight = self.liveness.start(Operation::Probe);
+        let started = Instant::now();
+        let result = bounded(Operation::Probe, timeout, self.inner.probe()).await;
+        self.metrics.record(Operation::Probe, started, &result);
+        in_flight.finish(&result);
+        result
     }
 
     /// The wrapped runtime.
@@ -625,7 +663,10 @@ impl<R: Runtime> Instrumented<R> {
     ) -> Result<T> {
         let started = Instant::now();
         let result = if bound {
-            bounded(operation, self.request_timeout, call).await
+            let in_flight = self.liveness.start(operation);
+            let result = bounded(operation, self.request_timeout, call).await;
+            in_flight.finish(&result);
+            result
         } else {
             call.await
         };
@@ -645,6 +686,10 @@ impl<R: Runtime> Runtime for Instrumented<R> {
 
     fn stats(&self) -> &RuntimeStats {
         self.inner.stats()
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.measured(Operation::Probe, true, self.inner.probe()))
     }
 
     fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {

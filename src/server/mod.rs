@@ -55,7 +55,7 @@ impl Daemon {
 /// One named health check and its outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
-    /// `pleg`, `runtime`, `stream` or `generator`.
+    /// `pleg`, `runtime`, `stream`, `pods` or `generator`.
     pub name: &'static str,
     /// `None` when it passes; otherwise why it fails.
     pub failure: Option<String>,
@@ -93,11 +93,19 @@ pub enum Probe {
     Ready,
 }
 
+/// How far back stream gaps count against the `stream` check.
+pub const GAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Pods named in the `pods` check, at most.
+const PODS_NAMED: usize = 5;
+
 impl Daemon {
     /// The checks a probe runs, in a stable order.
     pub fn checks(&self, probe: Probe) -> Vec<Check> {
         let pleg = &self.pleg;
         let stats = pleg.stats();
+        let now = tokio::time::Instant::now();
+        let threshold = pleg.relist_duration().relist_threshold;
         let generator = Check {
             name: "generator",
             failure: (!pleg.is_running()).then(|| "the relisting loop is not running".to_string()),
@@ -106,30 +114,137 @@ impl Daemon {
         let relist = Check {
             name: "pleg",
             failure: pleg.healthy().err().map(|e| e.to_string()),
-            detail: format!(
-                "last relist within {}",
-                crate::duration::format(pleg.relist_duration().relist_threshold)
-            ),
+            detail: format!("last relist within {}", crate::duration::format(threshold)),
         };
         let runtime = Check {
             name: "runtime",
-            failure: stats.last_error.clone(),
+            failure: self.runtime_failure(stats.last_error.as_deref(), threshold, now),
             detail: format!("{} answers", self.runtime_endpoint),
         };
-        let status = pleg.stream_status();
-        let stream = Check {
-            name: "stream",
-            failure: None,
-            detail: format!(
-                "{} mode, stream {}",
-                status.mode.as_str(),
-                status.state.as_str()
-            ),
-        };
+        let stream = self.stream_check(now);
+        let pods = self.pods_check(threshold, now);
         match probe {
-            Probe::Health => vec![relist, runtime, stream],
+            Probe::Health => vec![relist, runtime, stream, pods],
             Probe::Live => vec![generator],
             Probe::Ready => vec![relist, runtime],
+        }
+    }
+
+    /// Why the runtime fails its check: the last relist's error, or a
+    /// silence longer than the threshold while pleg waits on it.
+    fn runtime_failure(
+        &self,
+        last_error: Option<&str>,
+        threshold: std::time::Duration,
+        now: tokio::time::Instant,
+    ) -> Option<String> {
+        if let Some(silence) = self.pleg.runtime_liveness().silence()
+            && silence.duration(now) > threshold
+        {
+            let how = if silence.pending {
+                "pending"
+            } else {
+                "unanswered"
+            };
+            let last = last_error.map_or_else(String::new, |e| format!("; last error: {e}"));
+            return Some(format!(
+                "runtime {} has not answered for {} ({} {how}; threshold is {}){last}",
+                self.runtime_endpoint,
+                crate::duration::format(silence.duration(now)),
+                silence.operation.as_str(),
+                crate::duration::format(threshold),
+            ));
+        }
+        last_error.map(str::to_string)
+    }
+
+    /// The event stream: confirmed by an answer of the runtime, and not
+    /// losing events to another consumer.
+    fn stream_check(&self, now: tokio::time::Instant) -> Check {
+        let pleg = &self.pleg;
+        let status = pleg.stream_status();
+        let detail = format!(
+            "{} mode, stream {}",
+            status.mode.as_str(),
+            status.state.as_str()
+        );
+        let mut failure = None;
+        if pleg.config().mode == crate::Mode::Evented {
+            let (gaps, last) = pleg.recent_stream_gaps(GAP_WINDOW);
+            if status.state == crate::StreamState::Streaming
+                && pleg.runtime_liveness().last_answer().is_none()
+            {
+                failure = Some(format!(
+                    "the event stream to {} is not confirmed: the runtime has never answered",
+                    self.runtime_endpoint
+                ));
+            } else if gaps > 0 {
+                let ago = last.map_or_else(String::new, |at| {
+                    format!(
+                        ", the last {} ago",
+                        crate::duration::format(now.saturating_duration_since(at))
+                    )
+                });
+                failure = Some(format!(
+                    "the runtime's event stream lost events {gaps} times in the last {}{ago}: another consumer of the stream takes some of them (containerd 1.7 gives each event to one stream only: another pleg, kubelet with evented PLEG, or crictl events?); relists recover the state and subscribers get a Resync",
+                    crate::duration::format(GAP_WINDOW),
+                ));
+            }
+        }
+        Check {
+            name: "stream",
+            failure,
+            detail,
+        }
+    }
+
+    /// Pods whose status fetches have failed for longer than the
+    /// threshold: their events are held back.
+    fn pods_check(&self, threshold: std::time::Duration, now: tokio::time::Instant) -> Check {
+        let failing = self.pleg.failing_pods();
+        let stuck: Vec<_> = failing
+            .iter()
+            .filter(|p| now.saturating_duration_since(p.since) > threshold)
+            .collect();
+        let failure = (!stuck.is_empty()).then(|| {
+            let named: Vec<String> = stuck
+                .iter()
+                .take(PODS_NAMED)
+                .map(|p| {
+                    format!(
+                        "{}/{} ({}) for {}: {}",
+                        p.meta.namespace,
+                        p.meta.name,
+                        p.meta.uid,
+                        crate::duration::format(now.saturating_duration_since(p.since)),
+                        p.error
+                    )
+                })
+                .collect();
+            let more = stuck.len().saturating_sub(PODS_NAMED);
+            let more = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "{} pods' status fetches have failed for longer than {}, holding their events back: {}{more}",
+                stuck.len(),
+                crate::duration::format(threshold),
+                named.join("; ")
+            )
+        });
+        Check {
+            name: "pods",
+            failure,
+            detail: if failing.is_empty() {
+                "every pod's status fetch works".into()
+            } else {
+                format!(
+                    "{} pods' status fetches failing, none for longer than the threshold",
+                    failing.len()
+                )
+            },
         }
     }
 }

@@ -5,8 +5,10 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +20,66 @@ use crate::duration::GoDuration;
 use crate::pleg::Shared;
 use crate::relist;
 use crate::runtime::{self, ContainerEvent, EventStream, Runtime as _};
+
+/// Events read from the runtime and not yet applied, at most: the stream is
+/// read in a task of its own, so that a relist (which holds the core) never
+/// leaves containerd's own buffer (1,000 events) to overflow. Past this,
+/// events are dropped, counted, and treated as a gap: a relist, and a
+/// `Resync` for every subscriber.
+pub(crate) const BUFFER: usize = 8192;
+
+/// The open stream, read by a task of its own into a bounded buffer. The
+/// task ends when this is dropped.
+pub(crate) struct Reader {
+    events: mpsc::Receiver<runtime::Result<ContainerEvent>>,
+    /// Events dropped because the buffer was full, not yet reported.
+    overflowed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reader {
+    fn spawn(mut stream: EventStream, shared: &Arc<Shared>) -> Self {
+        let (sender, events) = mpsc::channel(BUFFER);
+        let overflowed = Arc::new(AtomicU64::new(0));
+        let dropped = overflowed.clone();
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Some(item) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+                let end = item.is_err();
+                if !end {
+                    shared.runtime.liveness().answered();
+                }
+                match sender.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(item)) => {
+                        if end {
+                            // The end must get through: wait for room.
+                            let _ = sender.send(item).await;
+                        } else {
+                            shared.metrics.stream.buffer_overflows.inc();
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+                if end {
+                    return;
+                }
+            }
+        });
+        Reader {
+            events,
+            overflowed,
+            task,
+        }
+    }
+}
 
 /// Runs the stream until `cancel`.
 pub(crate) async fn run(
@@ -36,7 +98,7 @@ pub(crate) async fn run(
     };
     let mut tick = tokio::time::interval(cache_tick);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut state: State<EventStream> = State::Connecting {
+    let mut state: State<Reader> = State::Connecting {
         standing: Standing::new(backoff),
         probing: false,
     };
@@ -110,19 +172,21 @@ impl Driver {
     }
 
     /// Waits for what `state` waits for.
-    async fn wait(
-        &self,
-        state: &mut State<EventStream>,
-        tick: &mut Interval,
-    ) -> Input<EventStream> {
+    async fn wait(&self, state: &mut State<Reader>, tick: &mut Interval) -> Input<Reader> {
         match state {
             State::Connecting { .. } => match self.shared.runtime.container_events().await {
-                Ok(stream) => Input::Opened(stream),
+                Ok(stream) => Input::Opened(Reader::spawn(stream, &self.shared)),
                 Err(e) => Input::OpenFailed(failure(&e)),
             },
             State::Streaming { stream, .. } => {
+                let overflowed = stream.overflowed.swap(0, Ordering::Relaxed);
+                if overflowed > 0 {
+                    return Input::Event {
+                        gap: self.overflowed(overflowed),
+                    };
+                }
                 tokio::select! {
-                    item = poll_fn(|cx| stream.as_mut().poll_next(cx)) => match item {
+                    item = stream.events.recv() => match item {
                         Some(Ok(event)) => Input::Event { gap: self.handle(&event).await },
                         Some(Err(e)) => Input::Ended(failure(&e)),
                         None => Input::Ended(Failure {
@@ -134,14 +198,38 @@ impl Driver {
                 }
             }
             State::Backoff { until, .. } => {
-                tokio::time::sleep_until(*until).await;
-                Input::Deadline
+                tokio::select! {
+                    () = tokio::time::sleep_until(*until) => Input::Deadline,
+                    () = self.shared.runtime_back.notified() => Input::RuntimeBack,
+                }
             }
             State::Fallback { next_probe, .. } => {
-                tokio::time::sleep_until(*next_probe).await;
-                Input::Deadline
+                tokio::select! {
+                    () = tokio::time::sleep_until(*next_probe) => Input::Deadline,
+                    () = self.shared.runtime_back.notified() => Input::RuntimeBack,
+                }
             }
         }
+    }
+
+    /// The buffer overflowed: events were lost that nobody can name.
+    fn overflowed(&self, dropped: u64) -> bool {
+        tracing::warn!(
+            dropped,
+            "container event buffer full; events dropped: relisting, and telling every subscriber (Resync)"
+        );
+        self.shared.hub.stream_gap(None, 1);
+        self.note_gap();
+        true
+    }
+
+    /// Remembers a gap, for health.
+    fn note_gap(&self) {
+        let mut gaps = self.shared.gaps.lock();
+        if gaps.len() >= crate::pleg::GAPS_REMEMBERED {
+            gaps.pop_front();
+        }
+        gaps.push_back(Instant::now());
     }
 
     /// Applies one event and counts what became of it; says whether it
@@ -151,7 +239,7 @@ impl Driver {
         metrics.received.inc();
         let applied = self.shared.core.lock().await.apply_event(event);
         match applied {
-            Applied::Published(_) | Applied::PublishedAfterGap(_) => {
+            Applied::Published(_) | Applied::PublishedAfterGap { .. } => {
                 metrics.applied.inc();
                 if let Some(at) = event.created_at {
                     let now: SystemTime = self.shared.clock.now();
@@ -172,9 +260,10 @@ impl Driver {
                 tracing::debug!(id = %event.id, kind = event.kind.as_str(), "container event for an unknown pod and ID; skipped");
             }
         }
-        let gap = matches!(applied, Applied::PublishedAfterGap(_));
+        let gap = matches!(applied, Applied::PublishedAfterGap { .. });
         if gap {
             metrics.gaps.inc();
+            self.note_gap();
             tracing::debug!(id = %event.id, kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
         }
         gap
@@ -186,7 +275,7 @@ impl Driver {
             Action::Relist(why) => {
                 tracing::debug!(why = why.as_str(), "catch-up relist");
                 if let Err(e) = relist::relist(shared).await {
-                    tracing::warn!(error = %e, why = why.as_str(), "catch-up relist failed; the next relist retries");
+                    tracing::warn!(error = %e, why = why.as_str(), "catch-up relist failed; retrying within a second");
                 }
             }
             Action::SetRelist(duration) => {
@@ -211,8 +300,12 @@ impl Driver {
                 if promoted {
                     metrics.promotions.inc();
                     tracing::info!("container event stream works again; back to evented mode");
-                } else {
+                } else if self.shared.runtime.liveness().last_answer().is_some() {
                     tracing::info!("container event stream open; evented mode");
+                } else {
+                    tracing::info!(
+                        "container event stream requested; evented mode once the runtime answers"
+                    );
                 }
             }
             Notice::Retrying {

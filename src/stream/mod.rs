@@ -34,6 +34,7 @@
 //! threshold 3 min).
 
 pub(crate) mod driver;
+pub(crate) mod probe;
 pub(crate) mod state;
 
 use tokio::time::Instant;

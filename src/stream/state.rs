@@ -44,6 +44,8 @@ pub(crate) struct Standing {
     pub(crate) last_error: Option<String>,
     /// The reconnection delays.
     pub(crate) backoff: Backoff,
+    /// The runtime said it has no event stream (containerd 1.6).
+    pub(crate) unimplemented: bool,
 }
 
 impl Standing {
@@ -54,6 +56,7 @@ impl Standing {
             failures: 0,
             last_error: None,
             backoff,
+            unimplemented: false,
         }
     }
 }
@@ -147,6 +150,10 @@ pub(crate) enum Input<S> {
     Tick,
     /// The state's deadline passed (backoff, probe).
     Deadline,
+    /// The runtime answers again after failing (a relist succeeded): try
+    /// the stream now rather than at the deadline, unless the runtime has
+    /// none.
+    RuntimeBack,
 }
 
 named_enum! {
@@ -218,6 +225,7 @@ pub(crate) fn step<S>(
         ) => {
             standing.mode = Mode::Evented;
             standing.failures = 0;
+            standing.unimplemented = false;
             standing.backoff.reset();
             Transition {
                 next: State::Streaming {
@@ -304,7 +312,10 @@ pub(crate) fn step<S>(
             }
             failed(standing, failure, false, config, now)
         }
-        (State::Backoff { standing, .. }, Input::Deadline) => Transition {
+        // The backoff is over, or the runtime is back (say, restarted):
+        // reconnect; in the second case at once, so that no relist-only
+        // window follows a restart.
+        (State::Backoff { standing, .. }, Input::Deadline | Input::RuntimeBack) => Transition {
             next: State::Connecting {
                 standing,
                 probing: false,
@@ -318,6 +329,17 @@ pub(crate) fn step<S>(
             },
             actions: Vec::new(),
         },
+        // After a fallback for failures (not for a runtime without a
+        // stream), the runtime answering again is worth a probe at once.
+        (State::Fallback { standing, .. }, Input::RuntimeBack) if !standing.unimplemented => {
+            Transition {
+                next: State::Connecting {
+                    standing,
+                    probing: true,
+                },
+                actions: Vec::new(),
+            }
+        }
         (state, _) => Transition {
             next: state,
             actions: Vec::new(),
@@ -350,6 +372,7 @@ fn failed<S>(
 ) -> Transition<S> {
     standing.failures = standing.failures.saturating_add(1);
     standing.last_error = Some(failure.message.clone());
+    standing.unimplemented = failure.unimplemented;
     let next_probe = now + config.probe_interval;
     if probing {
         return Transition {

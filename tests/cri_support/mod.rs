@@ -99,7 +99,9 @@ pub fn events(sub: &mut Subscription) -> Vec<Arc<PodLifecycleEvent>> {
     std::iter::from_fn(|| sub.try_recv())
         .map(|d| match d {
             Delivery::Event(e) => e,
-            Delivery::Resync { missed } => panic!("subscriber lagged and missed {missed} events"),
+            Delivery::Resync { missed, .. } => {
+                panic!("subscriber lagged and missed {missed} events")
+            }
             other => panic!("unexpected delivery {other:?}"),
         })
         .collect()

@@ -149,7 +149,7 @@ fn print_events(mut events: Subscription) -> tokio::task::JoinHandle<()> {
         while let Some(delivery) = events.recv().await {
             let line = match &delivery {
                 Delivery::Event(e) => format!("{}  {e}", time_of_day(e.observed_at)),
-                Delivery::Resync { missed } => format!(
+                Delivery::Resync { missed, .. } => format!(
                     "{}  RESYNC: missed {missed} events; state may have changed unseen",
                     time_of_day(SystemTime::now())
                 ),

@@ -28,7 +28,7 @@ fn classify_follows_the_stale_rules_in_order() {
     let fresh_pod = |subject| {
         Some(PodFacts {
             subject,
-            cached_at: t(10),
+            subject_at: t(10),
         })
     };
     // (case, kind, at, listed_at, tombstoned, pod, verdict)
@@ -130,7 +130,7 @@ fn classify_follows_the_stale_rules_in_order() {
             false,
             Some(PodFacts {
                 subject: Some(Running),
-                cached_at: None,
+                subject_at: None,
             }),
             Verdict::Fresh { gap: false },
         ),
@@ -564,4 +564,47 @@ fn merge_moves_the_cached_status_forward_and_stamps_it() {
     e.containers = vec![Container::new("c", "c", Exited).with_exit(3, "Error")];
     let got = merge(Some(&cached), &meta, &e, &pod_of(&[], &[]), false);
     assert_eq!(got.find(&"c".into()).and_then(|c| c.exit_code), Some(3));
+}
+
+#[test]
+fn a_gap_loses_what_no_relist_can_rebuild() {
+    // (kind, the subject's recorded state, transitions lost at least)
+    let cases = [
+        (Started, None, 0, "a lost CREATED publishes nothing"),
+        (Stopped, None, 1, "its start"),
+        (Stopped, Some(Created), 1, "its start"),
+        (Stopped, Some(Running), 0, "no gap"),
+        (Deleted, None, 1, "a container never seen"),
+        (Deleted, Some(Running), 1, "its exit code"),
+        (Deleted, Some(Exited), 0, "no gap"),
+        (CREATED, None, 0, "no gap"),
+    ];
+    for (kind, subject, lost, case) in cases {
+        assert_eq!(
+            lost_to_gap(kind, subject),
+            lost,
+            "{kind:?} {subject:?}: {case}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_step_is_the_wall_clock_moving_unlike_the_monotonic_one() {
+    let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mono = Instant::now();
+    let later = mono + Duration::from_secs(10);
+    let cases = [
+        (wall + Duration::from_secs(10), false, "in step"),
+        (
+            wall + Duration::from_millis(11_500),
+            false,
+            "within the tolerance",
+        ),
+        (wall + Duration::from_secs(3610), true, "an hour forward"),
+        (wall - Duration::from_secs(3590), true, "an hour back"),
+        (wall + Duration::from_secs(7), true, "3 s back"),
+    ];
+    for (now, stepped, case) in cases {
+        assert_eq!(clock_stepped((wall, mono), (now, later)), stepped, "{case}");
+    }
 }

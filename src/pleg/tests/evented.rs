@@ -296,7 +296,8 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
         Applied::Stale(StaleReason::StartedAfterFinish)
     );
 
-    // Out of order: an event stamped before one already applied.
+    // Out of order between two containers of a pod: both count, since
+    // staleness is judged per container.
     let early = event(ContainerEventKind::Started, "p1", "late-news", vec![]);
     tokio::time::advance(Duration::from_millis(5)).await;
     let mut stop = event(
@@ -306,9 +307,25 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
         vec![exited("running", 1, "Error")],
     );
     stop.created_at = early.created_at.map(|t| t + Duration::from_millis(5));
+    let stop_at = stop.created_at;
     assert_eq!(apply(stop).await, Applied::Published(1));
     assert_eq!(
         apply(early).await,
+        Applied::PublishedAfterGap {
+            published: 1,
+            lost: 0
+        }
+    );
+    // Out of order for one container: the older event is stale.
+    let mut older = event(
+        ContainerEventKind::Stopped,
+        "p1",
+        "running",
+        vec![exited("running", 1, "Error")],
+    );
+    older.created_at = stop_at.map(|t| t - Duration::from_millis(1));
+    assert_eq!(
+        apply(older).await,
         Applied::Stale(StaleReason::OlderThanCache)
     );
 
@@ -327,6 +344,7 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
         kinds(&drain(&mut sub)),
         [
             (EventType::ContainerDied, "running".to_string()),
+            (EventType::ContainerStarted, "late-news".to_string()),
             (EventType::ContainerRemoved, "done".to_string()),
         ]
     );
@@ -461,7 +479,7 @@ async fn five_failures_in_a_row_fall_back_and_a_working_stream_re_promotes() {
         containers: Vec::new(),
     });
     until_handled(&pleg, seen + 1).await;
-    assert_eq!(pleg.relist_duration(), crate::RelistDuration::EVENTED);
+    assert_eq!(pleg.relist_duration(), Config::default().evented_relist);
     pleg.stop().await;
 }
 
@@ -634,7 +652,11 @@ async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
     );
     assert_eq!(
         pleg.apply_event(&started).await,
-        Applied::PublishedAfterGap(1)
+        Applied::PublishedAfterGap {
+            published: 1,
+            lost: 0
+        },
+        "a lost CREATED loses nothing published"
     );
     runtime.push_event(event(
         ContainerEventKind::Started,

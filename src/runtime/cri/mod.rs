@@ -290,6 +290,19 @@ impl Runtime for CriRuntime {
         &self.stats
     }
 
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            let request = cri::VersionRequest {
+                version: CRI_API_VERSION.to_string(),
+            };
+            self.call(CriMethod::Version, |mut c| async move {
+                c.version(request).await
+            })
+            .await
+            .map(drop)
+        })
+    }
+
     fn container_events(&self) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(events::open(self))
     }

@@ -11,7 +11,7 @@ use tonic::Status;
 use super::{Health, HealthCheck, MAX_CAPACITY, PodListing, pb, sorted_last_events};
 use crate::cache::LastEvent;
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-use crate::hub::{DEFAULT_CAPACITY, Delivery, Filter, SubscribeOptions};
+use crate::hub::{DEFAULT_CAPACITY, Delivery, Filter, ResyncReason, SubscribeOptions};
 use crate::model::{Container, ContainerState, EntryKind, PodMeta, PodStatus, PodUid};
 use crate::stream::{Mode, StreamState};
 
@@ -104,10 +104,20 @@ fn event_to_pb(event: &PodLifecycleEvent) -> pb::LifecycleEvent {
     }
 }
 
+fn resync_reason_to_pb(reason: ResyncReason) -> pb::ResyncReason {
+    match reason {
+        ResyncReason::StreamGap => pb::ResyncReason::StreamGap,
+        _ => pb::ResyncReason::Lagged,
+    }
+}
+
 pub(super) fn delivery_to_pb(delivery: &Delivery) -> pb::Event {
     let item = match delivery {
         Delivery::Event(event) => pb::event::Item::Lifecycle(event_to_pb(event)),
-        Delivery::Resync { missed } => pb::event::Item::Resync(pb::Resync { missed: *missed }),
+        Delivery::Resync { missed, reason } => pb::event::Item::Resync(pb::Resync {
+            missed: *missed,
+            reason: resync_reason_to_pb(*reason).into(),
+        }),
     };
     pb::Event { item: Some(item) }
 }
@@ -330,7 +340,20 @@ fn event_from_pb(event: pb::LifecycleEvent) -> Result<PodLifecycleEvent, String>
 pub(super) fn delivery_from_pb(event: pb::Event) -> Result<Delivery, String> {
     match event.item {
         Some(pb::event::Item::Lifecycle(e)) => Ok(Delivery::Event(Arc::new(event_from_pb(e)?))),
-        Some(pb::event::Item::Resync(r)) => Ok(Delivery::Resync { missed: r.missed }),
+        Some(pb::event::Item::Resync(r)) => {
+            // An older daemon sends no reason: its resyncs are all lags.
+            let reason = match pb::ResyncReason::try_from(r.reason) {
+                Ok(pb::ResyncReason::StreamGap) => ResyncReason::StreamGap,
+                Ok(pb::ResyncReason::Lagged | pb::ResyncReason::Unspecified) => {
+                    ResyncReason::Lagged
+                }
+                Err(_) => return Err(format!("resync.reason: unknown value {}", r.reason)),
+            };
+            Ok(match reason {
+                ResyncReason::StreamGap => Delivery::stream_gap(r.missed),
+                _ => Delivery::lagged(r.missed),
+            })
+        }
         None => Err("an Event with neither lifecycle nor resync set".to_string()),
     }
 }
@@ -529,7 +552,7 @@ mod tests {
         let original = Delivery::Event(Arc::new(event()));
         let back = delivery_from_pb(delivery_to_pb(&original)).expect("readable");
         assert_eq!(back, original);
-        let resync = Delivery::Resync { missed: 7 };
+        let resync = Delivery::lagged(7);
         assert_eq!(delivery_from_pb(delivery_to_pb(&resync)), Ok(resync));
     }
 

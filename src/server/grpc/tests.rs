@@ -149,7 +149,7 @@ async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
                     next += 1;
                     events += 1;
                 }
-                Delivery::Resync { missed: m } => {
+                Delivery::Resync { missed: m, .. } => {
                     assert!(m > 0);
                     next += m;
                     missed += m;

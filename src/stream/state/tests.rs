@@ -242,3 +242,59 @@ async fn unexpected_inputs_change_nothing() {
     assert_eq!(name(&next), StreamState::Backoff);
     assert!(actions.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_runtime_coming_back_ends_a_backoff_or_a_failure_fallback_at_once() {
+    let now = Instant::now();
+    let mut backoff = standing();
+    backoff.failures = 2;
+    let Transition { next, actions } = step(
+        State::<()>::Backoff {
+            standing: backoff,
+            until: now + Duration::from_secs(5),
+        },
+        Input::RuntimeBack,
+        &config(),
+        now,
+    );
+    assert_eq!(name(&next), StreamState::Connecting);
+    assert!(actions.is_empty());
+
+    // A fallback after failures: probe now.
+    let Transition { next, .. } = step(
+        State::<()>::Connecting {
+            standing: Standing {
+                failures: 2,
+                ..standing()
+            },
+            probing: false,
+        },
+        Input::OpenFailed(failure("connection refused")),
+        &config(),
+        now,
+    );
+    assert_eq!(name(&next), StreamState::Fallback);
+    let Transition { next, .. } = step(next, Input::RuntimeBack, &config(), now);
+    assert!(
+        matches!(next, State::Connecting { probing: true, .. }),
+        "probing at once"
+    );
+
+    // A runtime without a stream (containerd 1.6) keeps its probe schedule.
+    let Transition { next, .. } = step(
+        State::<()>::Connecting {
+            standing: standing(),
+            probing: false,
+        },
+        Input::OpenFailed(Failure {
+            message: "unimplemented".into(),
+            unimplemented: true,
+        }),
+        &config(),
+        now,
+    );
+    assert_eq!(name(&next), StreamState::Fallback);
+    let Transition { next, actions } = step(next, Input::RuntimeBack, &config(), now);
+    assert_eq!(name(&next), StreamState::Fallback);
+    assert!(actions.is_empty());
+}

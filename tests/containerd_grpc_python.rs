@@ -285,7 +285,13 @@ async fn grpcio_without_options_reads_a_daemon_over_the_fake_cri() {
         "shop",
         PodSandboxState::SandboxReady,
     ));
-    cri.put_container(container("app1", "sb1", "app", 0, CriState::ContainerRunning));
+    cri.put_container(container(
+        "app1",
+        "sb1",
+        "app",
+        0,
+        CriState::ContainerRunning,
+    ));
     let port = free_port();
     let _daemon = pleg_run(
         &cri.endpoint(),

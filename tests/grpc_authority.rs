@@ -106,7 +106,10 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 enum Answer {
     /// The stream ended with trailers, after these DATA payloads.
-    Completed { data: Vec<u8>, headers_frames: usize },
+    Completed {
+        data: Vec<u8>,
+        headers_frames: usize,
+    },
     /// The server reset the stream with this error code.
     Reset(u32),
     /// The server closed the connection (GOAWAY with this error code).
@@ -133,7 +136,10 @@ impl RawConnection {
 
     async fn read_frame(&mut self) -> (u8, u8, u32, Vec<u8>) {
         let mut head = [0u8; 9];
-        self.socket.read_exact(&mut head).await.expect("frame header");
+        self.socket
+            .read_exact(&mut head)
+            .await
+            .expect("frame header");
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; len];
@@ -304,8 +310,7 @@ async fn health_is_answered_whatever_the_client_sends_as_authority() {
             if fresh {
                 connection = RawConnection::open(&socket).await;
             }
-            let answer =
-                within("a raw Health call", connection.health(authority.as_bytes())).await;
+            let answer = within("a raw Health call", connection.health(authority.as_bytes())).await;
             match health_response(answer) {
                 Ok(response) => {
                     assert!(response.healthy, "`:authority: {authority}`: {response:?}");

@@ -2,7 +2,9 @@
 # The whole test suite of the workspace (pleg and pleg-testkit): unit,
 # integration and doc tests, plus the tests against a real containerd. It
 # brings up the project-local containerd 1.7 and 1.6 (scripts/containerd.sh;
-# installing them on first use) and takes down again whatever it started.
+# installing them on first use) and takes down again whatever it started,
+# and creates the project-local Python venv of the grpcio interoperability
+# tests (scripts/python-env.sh) if it is not there yet.
 # Extra arguments go to the first `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,9 @@ for version in 1.7 1.6; do
     started+=("$version")
   fi
 done
+# The Python (grpcio) client of the gRPC interoperability tests
+# (tests/containerd_grpc_python.rs): the venv .local/py, created on first use.
+scripts/python-env.sh
 eval "$(scripts/containerd.sh env --version 1.7)"
 eval "$(scripts/containerd.sh env --version 1.6)"
 

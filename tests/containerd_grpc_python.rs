@@ -1,0 +1,338 @@
+//! Interoperability of the gRPC API with grpcio, the Python (C-core) client:
+//! `tests/python/pleg_client.py`, its code generated from `proto/` at test
+//! time, opens `unix:<socket>` with no channel options, so it sends grpcio's
+//! own default `:authority`, derived from the socket's path (which h2 as
+//! published refuses: see `vendor/h2/PLEG-PATCH.md`). It calls a real
+//! `pleg run` daemon: over the project-local containerd 1.7 (Health,
+//! ListPods, and a Watch that sees a real container start and die), and over
+//! the test kit's fake CRI server.
+//!
+//! The interpreter is the project-local venv's (`scripts/python-env.sh`,
+//! which `scripts/test.sh` runs): `$PLEG_PY_DIR/bin/python`, by default
+//! `.local/py/bin/python`.
+//!
+//! One test against containerd only: on containerd 1.7 each event reaches
+//! one stream, so a second daemon in the same binary would take some of the
+//! events. The fake-CRI test shares nothing with it.
+
+// Test and benchmark code: an `expect` names what was expected, and the
+// pedantic lints, meant for the library, are not applied here.
+#![allow(clippy::expect_used, clippy::pedantic, unreachable_pub)]
+
+mod cri_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cri_support::*;
+use k8s_cri::v1::{ContainerState as CriState, PodSandboxState};
+use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
+use serde_json::Value;
+
+/// A child process killed when the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The project-local venv's interpreter.
+fn python() -> PathBuf {
+    let dir = std::env::var_os("PLEG_PY_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/py"));
+    let python = dir.join("bin/python");
+    assert!(
+        python.exists(),
+        "no Python venv at {}: run scripts/python-env.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    python
+}
+
+/// `pleg_client.py --socket <socket> <args>`.
+fn client(socket: &Path, args: &[&str]) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(python());
+    command
+        .arg(root.join("tests/python/pleg_client.py"))
+        .arg("--proto-dir")
+        .arg(root.join("proto"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("PYTHONPATH");
+    command
+}
+
+/// A one-shot call's JSON answer; fails the test on any error.
+fn call(socket: &Path, args: &[&str]) -> Value {
+    let out = client(socket, args).output().expect("run pleg_client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pleg_client.py {args:?} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A running `pleg_client.py watch`, its JSON lines, and its first one
+/// (`{"ready": true}`) already read: the daemon accepted the call.
+struct Watch {
+    _process: Running,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Watch {
+    async fn open(socket: &Path, args: &[&str]) -> Watch {
+        let mut process = Running(
+            client(socket, &[&["watch"], args].concat())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("pleg_client.py watch"),
+        );
+        let stdout = process.0.stdout.take().expect("stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut watch = Watch {
+            _process: process,
+            lines,
+        };
+        // Generating the code and starting the interpreter take a while.
+        let ready = watch.next_line(Duration::from_secs(60)).await;
+        assert_eq!(ready, serde_json::json!({"ready": true}));
+        watch
+    }
+
+    async fn next_line(&mut self, within: Duration) -> Value {
+        let line = tokio::time::timeout(within, self.lines.recv())
+            .await
+            .expect("a line from the Python watch in time")
+            .expect("the Python watch still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The next lifecycle event of pod `uid`.
+    async fn next_of(&mut self, uid: &str) -> Value {
+        loop {
+            let item = self.next_line(Duration::from_secs(30)).await;
+            assert!(item.get("resync").is_none(), "the watcher lagged: {item}");
+            let event = &item["lifecycle"];
+            if event["pod"]["uid"] == uid {
+                return event.clone();
+            }
+        }
+    }
+}
+
+/// `GET path` from the daemon's health port, or `None` while nothing answers
+/// there.
+async fn get(port: u16, path: &str) -> Option<pleg_testkit::http::Reply> {
+    pleg_testkit::http::get(format!("127.0.0.1:{port}"), path)
+        .await
+        .ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `pleg run` against `endpoint`, serving gRPC on `socket`.
+fn pleg_run(endpoint: &str, port: u16, socket: &Path, extra: &[&str]) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_pleg"))
+            .args(["run", "--runtime-endpoint", endpoint])
+            .args(["--health-addr", &format!("127.0.0.1:{port}")])
+            .arg("--grpc-socket")
+            .arg(socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pleg run"),
+    )
+}
+
+/// The names and verdicts of a `HealthResponse`'s checks.
+fn checks(health: &Value) -> Vec<(String, bool)> {
+    health["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().expect("name").to_string(),
+                // protobuf's JSON mapping leaves out a false `ok`.
+                c["ok"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_without_options_follows_a_container_on_containerd() {
+    let dir = pleg_testkit::temp::dir("cd-grpc-py");
+    let socket = dir.path().join("pleg.sock");
+    let port = free_port();
+    let _daemon = pleg_run(&endpoint(), port, &socket, &[]);
+    // Healthy, with its socket, and its event stream open and caught up (see
+    // tests/containerd_cli.rs).
+    let socket_there = socket.as_path();
+    pleg_testkit::wait::eventually_async(
+        "the daemon healthy, with its socket and its stream open",
+        Duration::from_secs(30),
+        || async move {
+            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
+            let streaming = get(port, "/metrics")
+                .await
+                .is_some_and(|r| r.body.contains("pleg_stream_state{state=\"streaming\"} 1"));
+            (healthy && streaming && socket_there.exists()).then_some(())
+        },
+    )
+    .await;
+
+    let health = call(&socket, &["health"]);
+    assert_eq!(health["healthy"], true, "{health}");
+    assert_eq!(health["mode"], "MODE_EVENTED", "{health}");
+    assert_eq!(health["stream_state"], "STREAM_STATE_STREAMING", "{health}");
+    assert_eq!(
+        checks(&health),
+        [
+            ("pleg".to_string(), true),
+            ("runtime".to_string(), true),
+            ("stream".to_string(), true)
+        ]
+    );
+
+    let mut watch = Watch::open(&socket, &["--namespace", NAMESPACE]).await;
+    let driver = driver();
+    let pod = TestPod::run(&driver, "grpc-py").await;
+    let app = pod
+        .start(
+            &driver,
+            "app",
+            0,
+            vec!["/bin/sh".into(), "-c".into(), "sleep 1; exit 3".into()],
+        )
+        .await;
+
+    let sandbox_started = watch.next_of(pod.uid()).await;
+    assert_eq!(sandbox_started["type"], "EVENT_TYPE_CONTAINER_STARTED");
+    assert_eq!(sandbox_started["container"]["id"], pod.sandbox_id.as_str());
+    assert_eq!(sandbox_started["container"]["kind"], "ENTRY_KIND_SANDBOX");
+    let started = watch.next_of(pod.uid()).await;
+    assert_eq!(started["type"], "EVENT_TYPE_CONTAINER_STARTED", "{started}");
+    assert_eq!(started["container"]["id"], app.as_str());
+    assert_eq!(started["container"]["name"], "app");
+    assert_eq!(started["container"]["kind"], "ENTRY_KIND_CONTAINER");
+    assert_eq!(started["pod"]["name"], pod.spec.name.as_str());
+    assert_eq!(started["pod"]["namespace"], NAMESPACE);
+    let died = watch.next_of(pod.uid()).await;
+    assert_eq!(died["type"], "EVENT_TYPE_CONTAINER_DIED", "{died}");
+    assert_eq!(died["container"]["id"], app.as_str());
+    assert_eq!(died["exit_code"], 3);
+    assert_eq!(died["reason"], "Error");
+    assert_eq!(died["source"], "SOURCE_STREAM", "the daemon runs evented");
+
+    let listing = call(&socket, &["list-pods", "--namespace", NAMESPACE]);
+    let ours = listing["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["pod"]["uid"] == pod.uid())
+        .unwrap_or_else(|| panic!("our pod is listed: {listing}"));
+    assert_eq!(ours["pod"]["name"], pod.spec.name.as_str());
+    assert_eq!(ours["sandboxes"][0]["id"], pod.sandbox_id.as_str());
+    assert_eq!(ours["sandboxes"][0]["state"], "CONTAINER_STATE_RUNNING");
+    let container = &ours["containers"][0];
+    assert_eq!(container["id"], app.as_str());
+    assert_eq!(container["state"], "CONTAINER_STATE_EXITED");
+    assert_eq!(container["exit_code"], 3);
+    assert_eq!(container["reason"], "Error");
+    assert_eq!(container["last_event"]["type"], "EVENT_TYPE_CONTAINER_DIED");
+
+    pod.remove(&driver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_without_options_reads_a_daemon_over_the_fake_cri() {
+    let dir = pleg_testkit::temp::dir("fake-grpc-py");
+    let socket = dir.path().join("pleg.sock");
+    let cri = FakeCriServer::start().await.expect("fake CRI server");
+    cri.put_sandbox(sandbox(
+        "sb1",
+        "uid-1",
+        "web",
+        "shop",
+        PodSandboxState::SandboxReady,
+    ));
+    cri.put_container(container(
+        "app1",
+        "sb1",
+        "app",
+        0,
+        CriState::ContainerRunning,
+    ));
+    let port = free_port();
+    let _daemon = pleg_run(
+        &cri.endpoint(),
+        port,
+        &socket,
+        &["--relist-period", "100ms", "--relist-threshold", "1s"],
+    );
+    let socket_there = socket.as_path();
+    pleg_testkit::wait::eventually_async(
+        "the daemon healthy, with its socket",
+        Duration::from_secs(20),
+        || async move {
+            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
+            (healthy && socket_there.exists()).then_some(())
+        },
+    )
+    .await;
+
+    let health = call(&socket, &["health"]);
+    assert_eq!(health["healthy"], true, "{health}");
+    let names: Vec<_> = checks(&health).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["pleg", "runtime", "stream"]);
+
+    let listing = call(&socket, &["list-pods"]);
+    let pods = listing["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 1, "{listing}");
+    assert_eq!(pods[0]["pod"]["uid"], "uid-1");
+    assert_eq!(pods[0]["pod"]["name"], "web");
+    assert_eq!(pods[0]["pod"]["namespace"], "shop");
+    assert_eq!(pods[0]["containers"][0]["id"], "app1");
+    assert_eq!(pods[0]["containers"][0]["state"], "CONTAINER_STATE_RUNNING");
+    let other_namespace = call(&socket, &["list-pods", "--namespace", "infra"]);
+    assert!(
+        other_namespace.get("pods").is_none(),
+        "no pod in infra: {other_namespace}"
+    );
+
+    let mut watch = Watch::open(&socket, &["--namespace", "shop"]).await;
+    assert!(cri.exit_container("app1", 3), "app1 was running");
+    let died = watch.next_of("uid-1").await;
+    assert_eq!(died["type"], "EVENT_TYPE_CONTAINER_DIED", "{died}");
+    assert_eq!(died["container"]["id"], "app1");
+    assert_eq!(died["exit_code"], 3);
+}

@@ -1,0 +1,94 @@
+"""A grpcio client of pleg's gRPC API, for the interoperability tests.
+
+It generates the Python code for ``proto/pleg/v1/pleg.proto`` with
+grpcio-tools into a temporary directory at start-up (nothing generated is
+committed), then opens a channel to ``unix:<socket>`` with no options at
+all: grpcio then sends its own default ``:authority``, derived from the
+socket's path, which is what the daemon must accept.
+
+Usage (from the project-local venv, see scripts/python-env.sh):
+
+    python pleg_client.py --proto-dir proto --socket PATH health
+    python pleg_client.py --proto-dir proto --socket PATH list-pods [--namespace NS]
+    python pleg_client.py --proto-dir proto --socket PATH watch [--namespace NS]
+
+Each answer is printed as one JSON object per line (the proto field names,
+enums by name, int64 as strings: protobuf's JSON mapping). ``watch`` first
+prints ``{"ready": true}`` once the daemon accepted the call (the response
+headers arrived: from then on events are queued for it), then one line per
+``Event`` until the stream ends or the process is killed. A failed call
+prints ``{"error": CODE, "details": ...}`` and exits 1.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+
+def generate(proto_dir, out_dir):
+    """Compiles pleg.proto into out_dir and makes it importable."""
+    from grpc_tools import protoc
+
+    status = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{proto_dir}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            os.path.join(proto_dir, "pleg", "v1", "pleg.proto"),
+        ]
+    )
+    if status != 0:
+        sys.exit(f"protoc failed on {proto_dir}/pleg/v1/pleg.proto (exit {status})")
+    sys.path.insert(0, out_dir)
+
+
+def emit(obj):
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--proto-dir", required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("command", choices=["health", "list-pods", "watch"])
+    parser.add_argument("--namespace", default="")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="pleg-py-") as out_dir:
+        generate(args.proto_dir, out_dir)
+        import grpc
+        from google.protobuf import json_format
+        from pleg.v1 import pleg_pb2, pleg_pb2_grpc
+
+        def as_dict(message):
+            return json_format.MessageToDict(
+                message, preserving_proto_field_name=True
+            )
+
+        # No options: grpcio's own default authority for a unix socket.
+        with grpc.insecure_channel(f"unix:{os.path.abspath(args.socket)}") as channel:
+            stub = pleg_pb2_grpc.PlegStub(channel)
+            try:
+                if args.command == "health":
+                    emit(as_dict(stub.Health(pleg_pb2.HealthRequest(), timeout=10)))
+                elif args.command == "list-pods":
+                    request = pleg_pb2.ListPodsRequest(namespace=args.namespace)
+                    emit(as_dict(stub.ListPods(request, timeout=10)))
+                else:
+                    request = pleg_pb2.WatchRequest(namespace=args.namespace)
+                    call = stub.Watch(request)
+                    call.initial_metadata()
+                    emit({"ready": True})
+                    for event in call:
+                        emit(as_dict(event))
+            except grpc.RpcError as e:
+                emit({"error": e.code().name, "details": e.details()})
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

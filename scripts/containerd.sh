@@ -76,7 +76,9 @@ select_version() {
 	PKG_DIR=$CRI_DIR/pkg/containerd-$VERSION
 	CONTAINERD=$PKG_DIR/usr/bin/containerd
 	CTR=$PKG_DIR/usr/bin/ctr
-	INST=$CRI_DIR/$VERSION
+	# PLEG_CRI_INSTANCE names a second instance of the same version (its own
+	# directory and socket), for tests that stop or kill containerd.
+	INST=$CRI_DIR/$VERSION${PLEG_CRI_INSTANCE:+-$PLEG_CRI_INSTANCE}
 	SOCK=$INST/containerd.sock
 	CONFIG=$INST/config.toml
 	PIDFILE=$INST/containerd.pid

@@ -429,7 +429,7 @@ impl Core {
         if let Some(at) = event.created_at {
             self.seen_at.insert(event.id.clone(), at);
         }
-        let outcome = |core: &Self, published| {
+        let outcome = |core: &Self, published, lost| {
             if gap {
                 core.hub.stream_gap(Some(&meta), lost);
                 Applied::PublishedAfterGap { published, lost }
@@ -458,7 +458,7 @@ impl Core {
             }
             self.seen_at.remove(&event.id);
             let published = self.forget(&uid, old.as_ref(), &events, origin);
-            return outcome(self, published);
+            return outcome(self, published, lost);
         }
 
         let new = Arc::new(advanced.pod);
@@ -475,6 +475,23 @@ impl Core {
         if event.kind == ContainerEventKind::Deleted {
             self.seen_at.remove(&event.id);
         }
+        // A container first heard of as stopped: its status says when it
+        // started, so its start is rebuilt rather than lost.
+        let events = super::listing::rebuild_missed_starts(
+            &events,
+            old.as_ref(),
+            &status,
+            self.first_listed_at,
+        );
+        let lost = if event.kind == ContainerEventKind::Stopped
+            && events
+                .iter()
+                .any(|e| e.id == event.id && e.kind == crate::event::EventType::ContainerStarted)
+        {
+            0
+        } else {
+            lost
+        };
         let published = self.accept(
             &new,
             old.as_ref(),
@@ -484,7 +501,7 @@ impl Core {
             origin,
             false,
         );
-        outcome(self, published)
+        outcome(self, published, lost)
     }
 
     /// Notices a wall-clock step since the last look, and forgets the

@@ -70,6 +70,7 @@ impl Core {
         self.count_duplicates(&listing);
         self.watch_the_clock();
         self.listed_at = Some(listed_at);
+        self.first_listed_at.get_or_insert(listed_at);
         // The diff's buffers are taken out for the relist and put back, so
         // that they keep their capacity.
         let mut diff = std::mem::take(&mut self.diff);
@@ -199,7 +200,8 @@ impl Core {
         // The status is at least as fresh as the listing it was fetched for.
         status.timestamp = status.timestamp.or(Some(listed_at));
         let sync = self.sync_owed.remove(uid);
-        Some(self.accept(pod, old, events, status, fetched_at, Origin::Relist, sync))
+        let events = rebuild_missed_starts(events, old, &status, self.first_listed_at);
+        Some(self.accept(pod, old, &events, status, fetched_at, Origin::Relist, sync))
     }
 
     /// Keeps the pods whose fetch failed at this relist, with since when,
@@ -253,6 +255,50 @@ impl Core {
             self.duplicates_seen = false;
         }
     }
+}
+
+/// A container first seen exited, that started after pleg began watching,
+/// had a start nobody reported (it lived between two relists, or its
+/// events went to another consumer of the stream, or were lost in a runtime
+/// restart): its status says when it started, so the start is published
+/// before its death rather than lost. (The kubelet reports only the death.)
+/// Containers that finished before pleg's first listing keep the kubelet's
+/// single `ContainerDied`.
+pub(crate) fn rebuild_missed_starts<'a>(
+    events: &'a [DiffEvent],
+    old: Option<&Arc<Pod>>,
+    status: &crate::model::PodStatus,
+    watching_since: Option<SystemTime>,
+) -> std::borrow::Cow<'a, [DiffEvent]> {
+    use crate::event::EventType;
+    use crate::model::EntryKind;
+    let Some(since) = watching_since else {
+        return std::borrow::Cow::Borrowed(events);
+    };
+    let missed = |e: &DiffEvent| {
+        e.kind == EventType::ContainerDied
+            && e.entry == EntryKind::Container
+            && old.is_none_or(|p| p.find(&e.id).is_none())
+            && status
+                .find(&e.id)
+                .and_then(|c| c.started_at)
+                .is_some_and(|started| started >= since)
+    };
+    if !events.iter().any(missed) {
+        return std::borrow::Cow::Borrowed(events);
+    }
+    let mut rebuilt = Vec::with_capacity(events.len() + 1);
+    for e in events {
+        if missed(e) {
+            rebuilt.push(DiffEvent {
+                kind: EventType::ContainerStarted,
+                id: e.id.clone(),
+                entry: e.entry,
+            });
+        }
+        rebuilt.push(e.clone());
+    }
+    std::borrow::Cow::Owned(rebuilt)
 }
 
 impl RelistSummary {

@@ -83,6 +83,9 @@ pub(crate) struct Core {
     /// Wall-clock start of the last successful listing: the records reflect
     /// the runtime as of then, so a stream event from before it is stale.
     listed_at: Option<SystemTime>,
+    /// Wall-clock start of the first successful listing: containers that
+    /// started since are watched from their start.
+    first_listed_at: Option<SystemTime>,
     /// IDs recently reported removed, so that a late event cannot bring
     /// them back.
     tombstones: Tombstones,
@@ -135,6 +138,7 @@ impl Core {
             last_fetch_errors: HashMap::new(),
             failing_pods,
             listed_at: None,
+            first_listed_at: None,
             tombstones: Tombstones::default(),
             seen_at: HashMap::new(),
             clock_anchor: None,

@@ -437,3 +437,46 @@ async fn a_pod_whose_status_fetch_keeps_failing_is_named_with_since_when() {
     assert!(pleg.failing_pods().is_empty());
     assert_eq!(pleg.inner.shared.metrics.pods_status_failing.get(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_lived_between_two_relists_is_reported_started_then_died() {
+    let clock = clock();
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg = Pleg::new(runtime.clone(), Config::generic().with_clock(clock.clone()))
+        .expect("valid config");
+    let mut sub = pleg.subscribe();
+    // One container finished before pleg watched: the kubelet's single
+    // ContainerDied.
+    let mut before = Container::new("old", "old-name", Exited).with_exit(0, "Completed");
+    before.started_at = Some(clock.now() - Duration::from_secs(60));
+    let mut first = pod_with_sandbox("p1", &[]);
+    first.containers.push(before.clone());
+    runtime.set_pods(vec![first]);
+    pleg.relist().await.expect("relist");
+    // Another starts and exits between two relists.
+    let mut quick = Container::new("quick", "quick-name", Exited).with_exit(3, "Error");
+    quick.started_at = Some(clock.now());
+    let mut second = pod_with_sandbox("p1", &[]);
+    second.containers.extend([before, quick]);
+    runtime.set_pods(vec![second]);
+    pleg.relist().await.expect("relist");
+    let got = drain(&mut sub);
+    assert_eq!(
+        events_of(&got),
+        [
+            (EventType::ContainerStarted, "sb-p1".into()),
+            (EventType::ContainerDied, "old".into()),
+            (EventType::ContainerStarted, "quick".into()),
+            (EventType::ContainerDied, "quick".into()),
+        ]
+    );
+    let died = got
+        .iter()
+        .filter_map(Delivery::event)
+        .find(|e| {
+            e.kind == EventType::ContainerDied
+                && e.container_id().is_some_and(|id| id.as_str() == "quick")
+        })
+        .expect("quick died");
+    assert_eq!(died.exit_code, Some(3));
+}

@@ -496,7 +496,9 @@ fn new_socket(path: &Path) -> Result<socket2::Socket> {
 fn set_access(path: &Path, access: SocketAccess) -> io::Result<(SocketIdentity, LockRecord)> {
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.file_type().is_socket() {
-        return Err(io::Error::other("the path no longer names the socket bound"));
+        return Err(io::Error::other(
+            "the path no longer names the socket bound",
+        ));
     }
     let identity = SocketIdentity {
         dev: meta.dev(),
@@ -521,7 +523,9 @@ fn set_access(path: &Path, access: SocketAccess) -> io::Result<(SocketIdentity, 
     let meta = std::fs::symlink_metadata(path)?;
     let record = LockRecord::of(std::process::id(), &meta);
     if record.socket != identity {
-        return Err(io::Error::other("the path no longer names the socket bound"));
+        return Err(io::Error::other(
+            "the path no longer names the socket bound",
+        ));
     }
     Ok((identity, record))
 }
@@ -590,7 +594,7 @@ fn member_of(uid: u32, gid: u32) -> bool {
     let Ok(Some(group)) = nix::unistd::Group::from_gid(Gid::from_raw(gid)) else {
         return false;
     };
-    user.gid.as_raw() == gid || group.mem.iter().any(|m| *m == user.name)
+    user.gid.as_raw() == gid || group.mem.contains(&user.name)
 }
 
 /// The numeric ID of the group `name` (or a number), if it exists.
@@ -658,7 +662,7 @@ mod tests {
 
     /// Tests that change the umask hold this, so that no other test here
     /// makes a socket meanwhile.
-    static UMASK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    static UMASK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     fn mode_of(path: &Path) -> u32 {
         std::fs::symlink_metadata(path)
@@ -678,14 +682,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_socket_is_refused_as_in_use() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         let path = dir.path().join("s.sock");
         let bound = bind(&path).await.expect("binds");
         let err = bind(&path).await.expect_err("in use");
         assert!(matches!(err, BindError::InUse { .. }), "{err}");
         assert!(err.to_string().contains("in use"), "{err}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
         drop(bound);
 
         // A live server that is not pleg.
@@ -698,7 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_socket_pleg_left_is_replaced() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         let path = dir.path().join("s.sock");
         crash(bind(&path).await.expect("binds"));
@@ -709,16 +716,15 @@ mod tests {
             "{record}"
         );
         let again = bind(&path).await.expect("replaces its own stale socket");
-        let record = LockRecord::parse(
-            &std::fs::read_to_string(lock_path(&path)).expect("a lock file"),
-        )
-        .expect("a record");
+        let record =
+            LockRecord::parse(&std::fs::read_to_string(lock_path(&path)).expect("a lock file"))
+                .expect("a record");
         assert_eq!(record.socket, again.identity());
     }
 
     #[tokio::test]
     async fn a_stale_socket_pleg_did_not_make_is_refused_and_left_alone() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         // No lock file at all.
         let path = dir.path().join("foreign.sock");
@@ -743,7 +749,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_whose_lock_another_process_holds_is_in_use() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         let path = dir.path().join("s.sock");
         // Our own stale socket, but its lock is held (another pleg starting).
@@ -759,7 +765,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_symbolic_link_or_a_file_at_the_path_is_refused_and_left_alone() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         // A link to a stale socket of ours: neither followed nor removed.
         let target = dir.path().join("target.sock");
@@ -768,7 +774,10 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).expect("a link");
         let err = bind(&link).await.expect_err("a link");
         assert!(matches!(err, BindError::Symlink { .. }), "{err}");
-        assert!(err.to_string().contains(&link.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&link.display().to_string()),
+            "{err}"
+        );
         assert!(std::fs::symlink_metadata(&link).expect("kept").is_symlink());
         assert!(target.exists(), "the target is left alone");
 
@@ -777,18 +786,27 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).expect("a link");
         let err = bind(&dangling).await.expect_err("a link");
         assert!(matches!(err, BindError::Symlink { .. }), "{err}");
-        assert!(!dir.path().join("nowhere").exists(), "nothing created there");
+        assert!(
+            !dir.path().join("nowhere").exists(),
+            "nothing created there"
+        );
         let path = dir.path().join("s.sock");
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), lock_path(&path)).expect("a link");
         let err = bind(&path).await.expect_err("a linked lock file");
         assert!(matches!(err, BindError::Lock { .. }), "{err}");
-        assert!(!dir.path().join("elsewhere").exists(), "nothing created there");
+        assert!(
+            !dir.path().join("elsewhere").exists(),
+            "nothing created there"
+        );
 
         let file = dir.path().join("file");
         std::fs::write(&file, "keep me").expect("a file");
         let err = bind(&file).await.expect_err("not a socket");
         assert!(matches!(err, BindError::NotASocket { .. }), "{err}");
-        assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
 
         let missing = dir.path().join("no/such/dir.sock");
@@ -797,7 +815,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_mode_is_0600_or_0660_with_the_group_whatever_the_umask() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         let group = group_id("daemon")
             .expect("the group database")
@@ -844,7 +862,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_is_removed_only_while_the_path_names_the_file_bound() {
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         let path = dir.path().join("s.sock");
         let first = bind(&path).await.expect("binds");
@@ -866,7 +884,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_come_out_of_the_stream() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let _umask = UMASK.lock();
+        let _umask = UMASK.lock().await;
         let dir = pleg_testkit::temp::dir("unix");
         let path = dir.path().join("s.sock");
         let (listener, _file) = bind(&path).await.expect("binds").into_parts();

@@ -8,7 +8,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{Signal, kill};
@@ -131,14 +133,19 @@ async fn livez_keeps_answering_while_a_flood_of_unfinished_requests_holds_connec
 
     // /livez from new clients, every 100 ms, during and after the flood.
     let poll_start = Instant::now();
-    let (mut answered, mut refused, mut slowest, mut most_files) = (0, Vec::new(), Duration::ZERO, 0);
+    let (mut answered, mut refused, mut slowest, mut most_files) =
+        (0, Vec::new(), Duration::ZERO, 0);
     let mut flood = None;
     let mut flooding = Some(flooding);
     while poll_start.elapsed() < POLL_FOR {
         let asked = Instant::now();
         match pleg_testkit::http::get(&addr, "/livez").await {
             Ok(reply) if reply.status == 200 => answered += 1,
-            Ok(reply) => refused.push(format!("{:?}: status {}", poll_start.elapsed(), reply.status)),
+            Ok(reply) => refused.push(format!(
+                "{:?}: status {}",
+                poll_start.elapsed(),
+                reply.status
+            )),
             Err(e) => refused.push(format!("{:?}: {e}", poll_start.elapsed())),
         }
         slowest = slowest.max(asked.elapsed());
@@ -169,7 +176,10 @@ async fn livez_keeps_answering_while_a_flood_of_unfinished_requests_holds_connec
     );
     assert!(refused.is_empty(), "/livez did not answer: {refused:?}");
     assert!(answered >= 50, "too few probes: {answered}");
-    assert!(most_files < DAEMON_NOFILE as usize, "{most_files} files open");
+    assert!(
+        most_files < DAEMON_NOFILE as usize,
+        "{most_files} files open"
+    );
 
     // The attacker goes; everything is back to normal.
     drop(held);
@@ -180,9 +190,13 @@ async fn livez_keeps_answering_while_a_flood_of_unfinished_requests_holds_connec
         (open <= 1.0).then_some(open)
     })
     .await;
-    let reply = pleg_testkit::http::get(&addr, "/livez?verbose").await.expect("/livez");
+    let reply = pleg_testkit::http::get(&addr, "/livez?verbose")
+        .await
+        .expect("/livez");
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let reply = pleg_testkit::http::get(&addr, "/healthz").await.expect("/healthz");
+    let reply = pleg_testkit::http::get(&addr, "/healthz")
+        .await
+        .expect("/healthz");
     assert_eq!(reply.status, 200, "{}", reply.body);
     println!(
         "after the flood: {open} connection open, {} files open, /livez and /healthz 200",

@@ -9,7 +9,9 @@ use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -77,7 +79,7 @@ fn sigterm(child: &Child) {
 }
 
 /// Waits for the process to exit: its status and how long it took.
-fn wait_for_exit(child: &mut Child) -> (ExitStatus, Duration) {
+async fn wait_for_exit(child: &mut Child) -> (ExitStatus, Duration) {
     let sent = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -87,7 +89,7 @@ fn wait_for_exit(child: &mut Child) -> (ExitStatus, Duration) {
             sent.elapsed() < WAIT,
             "pleg still running {WAIT:?} after SIGTERM"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -99,28 +101,28 @@ fn stderr_of(child: &mut Child) -> String {
     text
 }
 
-fn wait_for_socket(socket: &Path, child: &mut Child) {
+async fn wait_for_socket(socket: &Path, child: &mut Child) {
     let start = Instant::now();
     while !socket.exists() {
         if let Some(status) = child.try_wait().expect("wait") {
             panic!("pleg exited early ({status}): {}", stderr_of(child));
         }
         assert!(start.elapsed() < WAIT, "no gRPC socket after {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-#[test]
-fn sigterm_during_startup_exits_0_and_removes_the_socket() {
+#[tokio::test]
+async fn sigterm_during_startup_exits_0_and_removes_the_socket() {
     let dir = temp::dir("faults-signals");
     let runtime = SilentRuntime::start(&dir);
     let socket = dir.path().join("pleg.sock");
     let mut pleg = daemon(&runtime, &socket);
-    wait_for_socket(&socket, &mut pleg.0);
+    wait_for_socket(&socket, &mut pleg.0).await;
     // The socket is bound and the runtime's version asked: the start-up
     // now hangs on the silent runtime.
     sigterm(&pleg.0);
-    let (status, took) = wait_for_exit(&mut pleg.0);
+    let (status, took) = wait_for_exit(&mut pleg.0).await;
     println!("exited {status} {took:?} after SIGTERM (promised: 0 within 2 s)");
     let stderr = stderr_of(&mut pleg.0);
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -131,34 +133,38 @@ fn sigterm_during_startup_exits_0_and_removes_the_socket() {
     );
 }
 
-#[test]
-fn sigterm_right_after_spawn_exits_0_and_leaves_no_socket() {
+#[tokio::test]
+async fn sigterm_right_after_spawn_exits_0_and_leaves_no_socket() {
     let dir = temp::dir("faults-signals");
     let runtime = SilentRuntime::start(&dir);
     let socket = dir.path().join("pleg.sock");
     let mut pleg = daemon(&runtime, &socket);
-    std::thread::sleep(Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(50)).await;
     sigterm(&pleg.0);
-    let (status, took) = wait_for_exit(&mut pleg.0);
+    let (status, took) = wait_for_exit(&mut pleg.0).await;
     println!("exited {status} {took:?} after SIGTERM sent 50 ms after spawn");
     let stderr = stderr_of(&mut pleg.0);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!socket.exists(), "the socket is left behind: {stderr}");
 }
 
-#[test]
-fn sigterm_at_any_moment_of_the_startup_exits_0_and_removes_the_socket() {
+#[tokio::test]
+async fn sigterm_at_any_moment_of_the_startup_exits_0_and_removes_the_socket() {
     let dir = temp::dir("faults-signals");
     let runtime = SilentRuntime::start(&dir);
     for delay_ms in [75, 100, 150, 250, 400, 700, 1_000, 1_500, 2_500] {
         let socket = dir.path().join(format!("pleg-{delay_ms}.sock"));
         let mut pleg = daemon(&runtime, &socket);
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         sigterm(&pleg.0);
-        let (status, took) = wait_for_exit(&mut pleg.0);
+        let (status, took) = wait_for_exit(&mut pleg.0).await;
         println!("SIGTERM {delay_ms} ms after spawn: exited {status} {took:?} later");
         let stderr = stderr_of(&mut pleg.0);
-        assert_eq!(status.code(), Some(0), "SIGTERM after {delay_ms} ms: {stderr}");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM after {delay_ms} ms: {stderr}"
+        );
         assert!(
             !socket.exists(),
             "SIGTERM after {delay_ms} ms: the socket is left behind: {stderr}"

@@ -209,7 +209,12 @@ pub(crate) struct RunArgs {
     /// comma-separated list in the environment). When given, every
     /// connection's peer is checked: root, the daemon's user, these users
     /// and the socket group's members are let in, anyone else is refused.
-    #[arg(long = "grpc-allow-uid", env = "PLEG_GRPC_ALLOW_UID", value_name = "UID", value_delimiter = ',')]
+    #[arg(
+        long = "grpc-allow-uid",
+        env = "PLEG_GRPC_ALLOW_UID",
+        value_name = "UID",
+        value_delimiter = ','
+    )]
     pub grpc_allow_uids: Vec<u32>,
     /// How long an HTTP client has to send a request's headers before its
     /// connection is closed.
@@ -415,7 +420,9 @@ pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
 fn parse_max_connections(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{raw:?}: expected a whole number of connections, at least 1")),
+        _ => Err(format!(
+            "{raw:?}: expected a whole number of connections, at least 1"
+        )),
     }
 }
 

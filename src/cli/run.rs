@@ -301,12 +301,11 @@ impl Signals {
 /// Waits for SIGTERM or SIGINT, from the moment it is first polled; returns
 /// its name.
 pub(crate) async fn wait_for_signal() -> &'static str {
-    match Signals::install() {
-        Ok(mut signals) => signals.recv().await,
-        Err(_) => {
-            // Without signal handlers, Ctrl-C is all we can wait for.
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
+    if let Ok(mut signals) = Signals::install() {
+        signals.recv().await
+    } else {
+        // Without signal handlers, Ctrl-C is all we can wait for.
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }

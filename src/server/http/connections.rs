@@ -162,7 +162,9 @@ pub(super) async fn serve_with(
         if !open.make_room(cap, &metrics) {
             // Every connection is inside a request: refuse this one.
             metrics.http_connections_shed.inc();
-            tracing::debug!("health port: connection cap reached with every connection busy; refused one");
+            tracing::debug!(
+                "health port: connection cap reached with every connection busy; refused one"
+            );
             drop(stream);
             continue;
         }

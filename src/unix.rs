@@ -151,6 +151,10 @@ pub enum SocketAccess {
     Owner,
     /// Mode 0660, owned by this group.
     Group(u32),
+    /// Mode 0666 (owned by the group, if one is given): anyone may connect,
+    /// and a [`PeerPolicy`] decides whom the server lets in. Only with a
+    /// policy.
+    Everyone(Option<u32>),
 }
 
 impl SocketAccess {
@@ -159,15 +163,25 @@ impl SocketAccess {
         match self {
             SocketAccess::Owner => 0o600,
             SocketAccess::Group(_) => 0o660,
+            SocketAccess::Everyone(_) => 0o666,
+        }
+    }
+
+    /// The group the file is given to, if any.
+    pub fn group(self) -> Option<u32> {
+        match self {
+            SocketAccess::Owner | SocketAccess::Everyone(None) => None,
+            SocketAccess::Group(gid) | SocketAccess::Everyone(Some(gid)) => Some(gid),
         }
     }
 }
 
 impl std::fmt::Display for SocketAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SocketAccess::Owner => f.write_str("mode 0600"),
-            SocketAccess::Group(gid) => write!(f, "mode 0660 and group {gid}"),
+        write!(f, "mode {:04o}", self.mode())?;
+        match self.group() {
+            Some(gid) => write!(f, " and group {gid}"),
+            None => Ok(()),
         }
     }
 }
@@ -504,7 +518,7 @@ fn set_access(path: &Path, access: SocketAccess) -> io::Result<(SocketIdentity, 
         dev: meta.dev(),
         ino: meta.ino(),
     };
-    if let SocketAccess::Group(gid) = access {
+    if let Some(gid) = access.group() {
         // The group first, then the mode that opens the file to it.
         nix::unistd::fchownat(
             AT_FDCWD,

@@ -205,10 +205,11 @@ pub(crate) struct RunArgs {
     /// the daemon's user only).
     #[arg(long, env = "PLEG_GRPC_SOCKET_GROUP", value_name = "NAME")]
     pub grpc_socket_group: Option<String>,
-    /// Also let this user ID connect to the gRPC socket (repeatable; a
-    /// comma-separated list in the environment). When given, every
-    /// connection's peer is checked: root, the daemon's user, these users
-    /// and the socket group's members are let in, anyone else is refused.
+    /// Also let this user ID use the gRPC socket (repeatable; a
+    /// comma-separated list in the environment). When given, the socket is
+    /// mode 0666 and every connection's peer is checked (SO_PEERCRED):
+    /// root, the daemon's user, these users and the socket group's members
+    /// are let in; anyone else's connection is closed.
     #[arg(
         long = "grpc-allow-uid",
         env = "PLEG_GRPC_ALLOW_UID",

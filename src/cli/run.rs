@@ -108,9 +108,16 @@ fn check(args: &RunArgs) -> Result<Checked, Failure> {
             }
         },
     };
-    let socket_access = group.map_or(SocketAccess::Owner, SocketAccess::Group);
-    let peer_policy = (!args.grpc_allow_uids.is_empty())
-        .then(|| PeerPolicy::new(args.grpc_allow_uids.iter().copied(), group));
+    // With users to let in, the peer check decides, so the file lets
+    // anyone connect; otherwise the file's mode alone does.
+    let (socket_access, peer_policy) = if args.grpc_allow_uids.is_empty() {
+        (group.map_or(SocketAccess::Owner, SocketAccess::Group), None)
+    } else {
+        (
+            SocketAccess::Everyone(group),
+            Some(PeerPolicy::new(args.grpc_allow_uids.iter().copied(), group)),
+        )
+    };
     Ok(Checked {
         config,
         socket_access,

@@ -136,7 +136,7 @@ pub(crate) async fn relist(shared: &Shared) -> runtime::Result<RelistSummary> {
         Err(e) => {
             shared.health.lock().last_error = Some(e.to_string());
             metrics.relist_failures.inc();
-            tracing::error!(error = %e, "relist: unable to list pods; keeping previous records");
+            tracing::error!(error = ?e.to_string(), "relist: unable to list pods; keeping previous records");
             return Err(e);
         }
     };

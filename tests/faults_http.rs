@@ -13,6 +13,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use pleg::runtime::fake::FakeRuntime;
+use pleg::server::{Daemon, http};
+use pleg::{Config, Pleg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pleg_testkit::fake_cri::FakeCriServer;
@@ -210,4 +214,94 @@ async fn livez_keeps_answering_while_a_flood_of_unfinished_requests_holds_connec
     })
     .await;
     assert_eq!(status.code(), Some(0));
+}
+
+/// The library's server over a fake runtime, under `limits`.
+async fn library_server(limits: http::HttpLimits) -> (String, Daemon) {
+    let pleg = Pleg::new(FakeRuntime::new(), Config::generic()).expect("valid config");
+    pleg.start().expect("start");
+    let daemon = Daemon::new(pleg, "unix:///fake", "");
+    let listener = http::bind("127.0.0.1:0").await.expect("bind a free port");
+    let addr = listener.local_addr().expect("local address").to_string();
+    tokio::spawn(http::serve_with(
+        daemon.clone(),
+        listener,
+        limits,
+        std::future::pending(),
+    ));
+    (addr, daemon)
+}
+
+/// A connection that sent part of a request's headers.
+async fn half_open(addr: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: slow\r\n")
+        .await
+        .expect("send");
+    stream
+}
+
+/// Waits until the server closes `stream`: how long that took.
+async fn closed_by_the_server(stream: &mut tokio::net::TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the connection is still open after {WAIT:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_finishes_its_headers_is_closed_after_the_header_timeout() {
+    let (addr, daemon) = library_server(http::HttpLimits {
+        header_read_timeout: Duration::from_millis(300),
+        max_connections: 16,
+    })
+    .await;
+    let mut slow = half_open(&addr).await;
+    let took = closed_by_the_server(&mut slow).await;
+    println!("closed {took:?} after its partial headers (header timeout 300 ms)");
+    let reply = pleg_testkit::http::get(&addr, "/livez").await.expect("/livez");
+    assert_eq!(reply.status, 200);
+    eventually_async("the gauge to drop", WAIT, || {
+        let open = daemon.metrics().http_connections_open.get();
+        async move { (open == 0).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_a_probe_closes_the_oldest_half_open_connection() {
+    let (addr, daemon) = library_server(http::HttpLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections: 3,
+    })
+    .await;
+    let mut oldest = half_open(&addr).await;
+    let mut middle = half_open(&addr).await;
+    let _newest = half_open(&addr).await;
+    eventually_async("three connections open", WAIT, || {
+        let open = daemon.metrics().http_connections_open.get();
+        async move { (open == 3).then_some(()) }
+    })
+    .await;
+    let reply = pleg_testkit::http::get(&addr, "/livez").await.expect("/livez");
+    assert_eq!(reply.status, 200);
+    closed_by_the_server(&mut oldest).await;
+    assert_eq!(daemon.metrics().http_connections_shed.get(), 1);
+    // The flood fills the cap again; the next probe takes the next oldest.
+    let _another = half_open(&addr).await;
+    eventually_async("three connections open", WAIT, || {
+        let open = daemon.metrics().http_connections_open.get();
+        async move { (open == 3).then_some(()) }
+    })
+    .await;
+    let reply = pleg_testkit::http::get(&addr, "/livez").await.expect("/livez");
+    assert_eq!(reply.status, 200);
+    closed_by_the_server(&mut middle).await;
+    assert_eq!(daemon.metrics().http_connections_shed.get(), 2);
 }

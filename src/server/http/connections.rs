@@ -261,3 +261,44 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(busy: bool, served: bool) -> Tracked {
+        Tracked {
+            close: CancellationToken::new(),
+            busy: Arc::new(AtomicBool::new(busy)),
+            served: Arc::new(AtomicBool::new(served)),
+        }
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_without_headers_goes_first_then_the_oldest_idle() {
+        let metrics = ServerMetrics::default();
+        let open = Open::default();
+        let busy = open.insert(tracked(true, true));
+        let keep_alive = open.insert(tracked(false, true));
+        let half_open = open.insert(tracked(false, false));
+        let newer_half_open = open.insert(tracked(false, false));
+        let closed = |id: u64| !open.connections.lock().contains_key(&id);
+
+        assert!(open.make_room(5, &metrics), "room under the cap");
+        assert!(!closed(half_open));
+
+        assert!(open.make_room(4, &metrics));
+        assert!(closed(half_open), "the oldest that never sent its headers");
+        assert!(!closed(newer_half_open) && !closed(keep_alive) && !closed(busy));
+
+        assert!(open.make_room(3, &metrics));
+        assert!(closed(newer_half_open));
+        assert!(open.make_room(2, &metrics));
+        assert!(closed(keep_alive), "then the oldest idle keep-alive");
+        assert!(!closed(busy));
+
+        assert!(!open.make_room(1, &metrics), "a request in flight is never cut");
+        assert!(!closed(busy));
+        assert_eq!(metrics.http_connections_shed.get(), 3);
+    }
+}

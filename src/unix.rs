@@ -63,12 +63,20 @@ pub type Result<T, E = BindError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BindError {
-    /// A server answers on the socket already, or another process holds its
-    /// lock file.
+    /// A server answers on the socket already.
     #[error("socket {}: in use: another server is already listening there", path.display())]
     InUse {
         /// The socket path.
         path: PathBuf,
+    },
+    /// Another process holds the lock file beside the socket (another pleg
+    /// serving or starting there).
+    #[error("socket {}: in use: another pleg is serving or starting there (it holds {})", path.display(), lock.display())]
+    Locked {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
     },
     /// Something other than a socket exists at the path; it is left alone.
     #[error("socket {}: the path exists and is not a socket; refusing to replace it", path.display())]
@@ -388,7 +396,10 @@ pub async fn bind_with(path: &Path, access: SocketAccess) -> Result<BoundSocket>
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            return Err(BindError::InUse { path: owned() });
+            return Err(BindError::Locked {
+                path: owned(),
+                lock: lock_file,
+            });
         }
         Err((_, errno)) => return Err(lock_error(errno.into())),
     };
@@ -701,7 +712,8 @@ mod tests {
         let path = dir.path().join("s.sock");
         let bound = bind(&path).await.expect("binds");
         let err = bind(&path).await.expect_err("in use");
-        assert!(matches!(err, BindError::InUse { .. }), "{err}");
+        // The lock says so first.
+        assert!(matches!(err, BindError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("in use"), "{err}");
         assert!(
             err.to_string().contains(&path.display().to_string()),
@@ -771,7 +783,8 @@ mod tests {
         let lock = File::open(lock_path(&path)).expect("opens");
         let held = Flock::lock(lock, FlockArg::LockExclusiveNonblock).expect("locks");
         let err = bind(&path).await.expect_err("in use");
-        assert!(matches!(err, BindError::InUse { .. }), "{err}");
+        assert!(matches!(err, BindError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("s.sock.lock"), "{err}");
         assert!(path.exists(), "left alone");
         drop(held);
         bind(&path).await.expect("replaced once the lock is free");
@@ -854,6 +867,20 @@ mod tests {
             drop(bound);
         }
         nix::sys::stat::umask(before);
+    }
+
+    #[tokio::test]
+    async fn the_socket_file_is_0600_the_moment_bind_makes_it() {
+        let _umask = UMASK.lock().await;
+        let dir = pleg_testkit::temp::dir("unix");
+        let before = nix::sys::stat::umask(Mode::empty());
+        let path = dir.path().join("s.sock");
+        // Before any chmod of the path: the mode set on the descriptor.
+        let socket = new_socket(&path);
+        nix::sys::stat::umask(before);
+        let socket = socket.expect("binds");
+        assert_eq!(mode_of(&path), 0o600, "with umask 000");
+        drop(socket);
     }
 
     #[test]

@@ -104,7 +104,12 @@ fn bad_flags_exit_2_naming_the_offending_value() {
         (vec!["watch", "--type", "Exploded"], "unknown event type"),
         (vec!["launch"], "launch"),
         (
-            vec!["run", "--grpc-socket-group", "no-such-group-pleg", "--check-config"],
+            vec![
+                "run",
+                "--grpc-socket-group",
+                "no-such-group-pleg",
+                "--check-config",
+            ],
             "--grpc-socket-group \"no-such-group-pleg\": no such group",
         ),
         (vec!["run", "--http-max-connections", "0"], "at least 1"),

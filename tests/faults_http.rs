@@ -13,15 +13,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use pleg::runtime::fake::FakeRuntime;
 use pleg::server::{Daemon, http};
 use pleg::{Config, Pleg};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use pleg_testkit::fake_cri::FakeCriServer;
 use pleg_testkit::temp;
 use pleg_testkit::wait::eventually_async;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The daemon's open-file limit.
 const DAEMON_NOFILE: u64 = 1024;
@@ -265,7 +265,9 @@ async fn a_connection_that_never_finishes_its_headers_is_closed_after_the_header
     let mut slow = half_open(&addr).await;
     let took = closed_by_the_server(&mut slow).await;
     println!("closed {took:?} after its partial headers (header timeout 300 ms)");
-    let reply = pleg_testkit::http::get(&addr, "/livez").await.expect("/livez");
+    let reply = pleg_testkit::http::get(&addr, "/livez")
+        .await
+        .expect("/livez");
     assert_eq!(reply.status, 200);
     eventually_async("the gauge to drop", WAIT, || {
         let open = daemon.metrics().http_connections_open.get();
@@ -289,7 +291,9 @@ async fn at_the_connection_cap_a_probe_closes_the_oldest_half_open_connection() 
         async move { (open == 3).then_some(()) }
     })
     .await;
-    let reply = pleg_testkit::http::get(&addr, "/livez").await.expect("/livez");
+    let reply = pleg_testkit::http::get(&addr, "/livez")
+        .await
+        .expect("/livez");
     assert_eq!(reply.status, 200);
     closed_by_the_server(&mut oldest).await;
     assert_eq!(daemon.metrics().http_connections_shed.get(), 1);
@@ -300,7 +304,9 @@ async fn at_the_connection_cap_a_probe_closes_the_oldest_half_open_connection() 
         async move { (open == 3).then_some(()) }
     })
     .await;
-    let reply = pleg_testkit::http::get(&addr, "/livez").await.expect("/livez");
+    let reply = pleg_testkit::http::get(&addr, "/livez")
+        .await
+        .expect("/livez");
     assert_eq!(reply.status, 200);
     closed_by_the_server(&mut middle).await;
     assert_eq!(daemon.metrics().http_connections_shed.get(), 2);

@@ -529,10 +529,12 @@ async fn a_second_server_on_a_live_socket_is_refused() {
     )
     .await
     .expect_err("in use");
-    assert!(matches!(second, ServeError::InUse { .. }), "{second}");
+    // A pleg serves there: it holds the socket's lock file.
+    assert!(matches!(second, ServeError::Locked { .. }), "{second}");
     let message = second.to_string();
     assert!(message.contains(&socket.display().to_string()), "{message}");
-    assert!(message.contains("already listening"), "{message}");
+    assert!(message.contains("in use"), "{message}");
+    assert!(message.contains("a pleg daemon running?"), "{message}");
     // The first server is untouched.
     let mut client = server.client().await;
     within("Health", client.health())

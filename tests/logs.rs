@@ -133,7 +133,9 @@ async fn a_stderr_nobody_reads_drops_lines_counted_and_the_daemon_keeps_answerin
         }
     })
     .await;
-    let reply = pleg_testkit::http::get(&addr, "/healthz").await.expect("/healthz");
+    let reply = pleg_testkit::http::get(&addr, "/healthz")
+        .await
+        .expect("/healthz");
     assert_eq!(reply.status, 200, "{}", reply.body);
     println!("{dropped} log lines dropped, /livez and /healthz answering");
     // It still stops cleanly, with its stderr blocked.

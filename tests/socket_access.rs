@@ -165,7 +165,12 @@ async fn an_allowed_uid_is_let_in_and_a_stranger_is_refused_and_counted() {
         &runtime,
         &socket,
         port,
-        &["--grpc-allow-uid", &FRIEND.to_string(), "--log-level", "debug"],
+        &[
+            "--grpc-allow-uid",
+            &FRIEND.to_string(),
+            "--log-level",
+            "debug",
+        ],
     );
     wait_for_socket(&socket, &mut running).await;
     let meta = std::fs::symlink_metadata(&socket).expect("the socket");
@@ -236,7 +241,10 @@ async fn what_is_at_the_socket_path_is_refused_unless_a_previous_pleg_left_it() 
         async move { pleg_answers_on(&socket).await.then_some(()) }
     })
     .await;
-    assert!(second.0.try_wait().expect("wait").is_none(), "still running");
+    assert!(
+        second.0.try_wait().expect("wait").is_none(),
+        "still running"
+    );
     stop(second, &socket).await;
 }
 

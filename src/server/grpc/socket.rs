@@ -19,6 +19,15 @@ pub enum ServeError {
         /// The socket path.
         path: PathBuf,
     },
+    /// Another process holds the lock file beside the socket (another pleg
+    /// serving or starting there).
+    #[error("gRPC socket {}: in use: another process holds its lock file {} (a pleg daemon running?)", path.display(), lock.display())]
+    Locked {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// Something other than a socket exists at the path; it is left alone.
     #[error("gRPC socket {}: the path exists and is not a socket; refusing to replace it", path.display())]
     NotASocket {
@@ -117,6 +126,7 @@ impl From<BindError> for ServeError {
     fn from(error: BindError) -> Self {
         match error {
             BindError::InUse { path } => ServeError::InUse { path },
+            BindError::Locked { path, lock } => ServeError::Locked { path, lock },
             BindError::NotASocket { path } => ServeError::NotASocket { path },
             BindError::Inspect { path, source } => ServeError::Inspect { path, source },
             BindError::RemoveStale { path, source } => ServeError::RemoveStale { path, source },

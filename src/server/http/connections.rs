@@ -297,7 +297,10 @@ mod tests {
         assert!(closed(keep_alive), "then the oldest idle keep-alive");
         assert!(!closed(busy));
 
-        assert!(!open.make_room(1, &metrics), "a request in flight is never cut");
+        assert!(
+            !open.make_room(1, &metrics),
+            "a request in flight is never cut"
+        );
         assert!(!closed(busy));
         assert_eq!(metrics.http_connections_shed.get(), 3);
     }

@@ -207,9 +207,9 @@ pub(crate) struct RunArgs {
     pub grpc_socket_group: Option<String>,
     /// Also let this user ID use the gRPC socket (repeatable; a
     /// comma-separated list in the environment). When given, the socket is
-    /// mode 0666 and every connection's peer is checked (SO_PEERCRED):
-    /// root, the daemon's user, these users and the socket group's members
-    /// are let in; anyone else's connection is closed.
+    /// mode 0666 and every connection's peer credentials are checked: root,
+    /// the daemon's user, these users and the socket group's members are
+    /// let in; anyone else's connection is closed.
     #[arg(
         long = "grpc-allow-uid",
         env = "PLEG_GRPC_ALLOW_UID",

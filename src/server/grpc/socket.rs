@@ -150,8 +150,10 @@ impl From<BindError> for ServeError {
 /// A socket bound by [`bind`], ready for [`serve_bound`].
 pub use crate::unix::BoundSocket;
 
-/// Binds the API's socket (refusing a live one, replacing a stale one,
-/// mode 0600), so that a daemon can fail before it starts anything else.
+/// Binds the API's socket (refusing a live one, a link, anything that is
+/// not a socket and a socket pleg did not make; replacing a stale one a
+/// previous pleg left; mode 0600), so that a daemon can fail before it
+/// starts anything else.
 ///
 /// # Errors
 /// A [`ServeError`] naming the socket: a live server on it, a path that is not a socket, or a bind that failed.

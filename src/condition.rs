@@ -144,7 +144,7 @@ impl Conditions {
                 Ok(false) => {}
                 Err(_) => {
                     self.panicked.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(pod = %uid, key = %versioned.key, "watch condition panicked; removing it");
+                    tracing::error!(pod = ?uid.as_str(), key = %versioned.key, "watch condition panicked; removing it");
                     done.push(versioned);
                 }
             }

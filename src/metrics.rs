@@ -82,6 +82,98 @@ impl EncodeMetric for Count {
     }
 }
 
+/// A monotonic count kept by another component (the log writer's dropped
+/// lines) and read when scraped; 0 until its source is set. Written like
+/// [`Count`]. Clones share the source.
+#[derive(Clone, Default)]
+pub struct ExternalCount(Arc<std::sync::OnceLock<CountSource>>);
+
+type CountSource = Box<dyn Fn() -> u64 + Send + Sync>;
+
+impl ExternalCount {
+    /// Reads the count from `source` from now on; `false` (and no change) if
+    /// a source was set already.
+    pub fn set_source(&self, source: impl Fn() -> u64 + Send + Sync + 'static) -> bool {
+        self.0.set(Box::new(source)).is_ok()
+    }
+
+    /// The count now.
+    pub fn get(&self) -> u64 {
+        self.0.get().map_or(0, |source| source())
+    }
+}
+
+impl fmt::Debug for ExternalCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ExternalCount").field(&self.get()).finish()
+    }
+}
+
+impl TypedMetric for ExternalCount {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ExternalCount {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// The daemon's own figures, beside the generator's: its servers'
+/// connections and its log writer. The servers write them; the daemon
+/// registers them ([`ServerMetrics::register`]).
+#[derive(Clone, Debug, Default)]
+pub struct ServerMetrics {
+    /// Log lines the non-blocking writer dropped because its queue was full.
+    pub log_lines_dropped: ExternalCount,
+    /// HTTP connections open now.
+    pub http_connections_open: Gauge,
+    /// HTTP connections closed to make room at the connection cap (the
+    /// oldest idle), or refused because every one was busy.
+    pub http_connections_shed: Count,
+    /// gRPC connections refused because the peer's user is not allowed.
+    pub grpc_connections_refused: ExternalCount,
+}
+
+impl ServerMetrics {
+    /// Registers every family, each name with `prefix`.
+    pub fn register(&self, registry: &mut Registry, prefix: &str) {
+        macro_rules! r {
+            ($name:expr, $help:expr, $metric:expr $(,)?) => {
+                registry.register(
+                    format!("{prefix}{}", $name),
+                    $help.trim_end_matches('.'),
+                    $metric,
+                )
+            };
+        }
+        r!(
+            "pleg_log_lines_dropped_total",
+            "Log lines dropped because the log writer's queue was full.",
+            self.log_lines_dropped.clone(),
+        );
+        r!(
+            "pleg_http_connections_open",
+            "HTTP connections open on the health and metrics port.",
+            self.http_connections_open.clone(),
+        );
+        r!(
+            "pleg_http_connections_shed_total",
+            "HTTP connections closed at the connection cap: the oldest idle one to make room, or a new one when every one was busy.",
+            self.http_connections_shed.clone(),
+        );
+        r!(
+            "pleg_grpc_connections_refused_total",
+            "gRPC connections refused because the peer's user is not allowed.",
+            self.grpc_connections_refused.clone(),
+        );
+    }
+}
+
 /// A histogram of durations with fixed buckets, lock-free. Clones share it.
 #[derive(Clone, Debug)]
 pub struct Histogram(Arc<HistogramInner>);

@@ -151,7 +151,7 @@ pub(crate) async fn relist(shared: &Shared) -> runtime::Result<RelistSummary> {
             }
             shared.control.wake.notify_one();
             metrics.relist_failures.inc();
-            tracing::error!(error = %e, "relist: unable to list pods; keeping previous records");
+            tracing::error!(error = ?e.to_string(), "relist: unable to list pods; keeping previous records");
             return Err(e);
         }
     };

@@ -103,6 +103,18 @@ fn bad_flags_exit_2_naming_the_offending_value() {
         (vec!["watch", "--output", "yaml"], "yaml"),
         (vec!["watch", "--type", "Exploded"], "unknown event type"),
         (vec!["launch"], "launch"),
+        (
+            vec![
+                "run",
+                "--grpc-socket-group",
+                "no-such-group-pleg",
+                "--check-config",
+            ],
+            "--grpc-socket-group \"no-such-group-pleg\": no such group",
+        ),
+        (vec!["run", "--http-max-connections", "0"], "at least 1"),
+        (vec!["run", "--http-header-timeout", "10"], "missing unit"),
+        (vec!["run", "--grpc-allow-uid", "bob"], "bob"),
     ] {
         let out = pleg().args(&args).output().expect("run pleg");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -529,10 +529,12 @@ async fn a_second_server_on_a_live_socket_is_refused() {
     )
     .await
     .expect_err("in use");
-    assert!(matches!(second, ServeError::InUse { .. }), "{second}");
+    // A pleg serves there: it holds the socket's lock file.
+    assert!(matches!(second, ServeError::Locked { .. }), "{second}");
     let message = second.to_string();
     assert!(message.contains(&socket.display().to_string()), "{message}");
-    assert!(message.contains("already listening"), "{message}");
+    assert!(message.contains("in use"), "{message}");
+    assert!(message.contains("a pleg daemon running?"), "{message}");
     // The first server is untouched.
     let mut client = server.client().await;
     within("Health", client.health())
@@ -542,12 +544,27 @@ async fn a_second_server_on_a_live_socket_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
+async fn a_stale_socket_pleg_left_is_replaced_and_other_files_are_left_alone() {
     let dir = temp_dir();
     let socket = socket_in(&dir);
+    // A socket pleg did not make, that nobody serves: refused, left alone.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
-    assert!(socket.exists());
     let (_runtime, daemon) = daemon();
+    let err = within(
+        "serve to refuse",
+        grpc::serve(daemon.clone(), &socket, std::future::pending()),
+    )
+    .await
+    .expect_err("not pleg's");
+    assert!(matches!(err, ServeError::NotOurs { .. }), "{err}");
+    assert!(err.to_string().contains("remove it"), "{err}");
+    assert!(socket.exists());
+    std::fs::remove_file(&socket).expect("removed by hand");
+
+    // One a pleg left when it died: replaced.
+    let (listener, file) = grpc::bind(&socket).await.expect("binds").into_parts();
+    drop((listener, file));
+    assert!(socket.exists());
     let server = Server::start(&daemon, &socket).await;
     let mut client = server.client().await;
     within("Health", client.health()).await.expect("served");
@@ -572,7 +589,7 @@ async fn a_stale_socket_file_is_replaced_and_other_files_are_left_alone() {
     )
     .await
     .expect_err("no directory");
-    assert!(matches!(err, ServeError::Bind { .. }), "{err}");
+    assert!(matches!(err, ServeError::Lock { .. }), "{err}");
     assert!(err.to_string().contains("no/such/dir"), "{err}");
 }
 

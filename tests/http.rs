@@ -399,7 +399,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 35] = [
+const FAMILIES: [(&str, &str); 39] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),
@@ -435,6 +435,11 @@ const FAMILIES: [(&str, &str); 35] = [
     ("pleg_clock_steps_total", "counter"),
     ("pleg_stream_buffer_overflows_total", "counter"),
     ("pleg_runtime_probe_failures_total", "counter"),
+    // The daemon's own.
+    ("pleg_log_lines_dropped_total", "counter"),
+    ("pleg_http_connections_open", "gauge"),
+    ("pleg_http_connections_shed_total", "counter"),
+    ("pleg_grpc_connections_refused_total", "counter"),
 ];
 
 // ---------------------------------------------------------------------------

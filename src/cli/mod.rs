@@ -247,6 +247,30 @@ pub(crate) struct RunArgs {
     /// removed on exit; an empty value turns the API off.
     #[arg(long, env = "PLEG_GRPC_SOCKET", default_value = "/run/pleg/pleg.sock")]
     pub grpc_socket: String,
+    /// Give the gRPC socket to this group, mode 0660 (default: mode 0600,
+    /// the daemon's user only).
+    #[arg(long, env = "PLEG_GRPC_SOCKET_GROUP", value_name = "NAME")]
+    pub grpc_socket_group: Option<String>,
+    /// Also let this user ID use the gRPC socket (repeatable; a
+    /// comma-separated list in the environment). When given, the socket is
+    /// mode 0666 and every connection's peer credentials are checked: root,
+    /// the daemon's user, these users and the socket group's members are
+    /// let in; anyone else's connection is closed.
+    #[arg(
+        long = "grpc-allow-uid",
+        env = "PLEG_GRPC_ALLOW_UID",
+        value_name = "UID",
+        value_delimiter = ','
+    )]
+    pub grpc_allow_uids: Vec<u32>,
+    /// How long an HTTP client has to send a request's headers before its
+    /// connection is closed.
+    #[arg(long, env = "PLEG_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// The most HTTP connections open at once; at the cap the oldest idle
+    /// one is closed to make room.
+    #[arg(long, env = "PLEG_HTTP_MAX_CONNECTIONS", default_value_t = pleg::server::http::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
+    pub http_max_connections: usize,
     /// Prefix for every metric name (kubelet_ gives the kubelet's full names).
     #[arg(long, env = "PLEG_METRICS_PREFIX", default_value = "")]
     pub metrics_prefix: String,
@@ -379,25 +403,74 @@ pub(crate) struct PodsArgs {
     pub namespace: Option<String>,
 }
 
-/// Sets up logging on stderr; `RUST_LOG` overrides the level.
-pub(crate) fn init_logging(level: &str, format: LogFormat) {
+/// How many log lines may wait for the writer before new ones are dropped
+/// (and counted).
+const LOG_QUEUE_LINES: usize = 16_384;
+
+/// Logging set up by [`init_logging`]: keep it for as long as the process
+/// logs; dropping it flushes the lines still queued.
+pub(crate) struct Logging {
+    /// Flushes the writer's queue when dropped.
+    _guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    /// Lines dropped because the queue was full.
+    dropped: Option<tracing_appender::non_blocking::ErrorCounter>,
+}
+
+impl Logging {
+    /// How many lines were dropped so far, as a source for a metric.
+    pub(crate) fn dropped_lines(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let dropped = self.dropped.clone();
+        move || dropped.as_ref().map_or(0, |d| d.dropped_lines() as u64)
+    }
+}
+
+/// Sets up logging on stderr, through a non-blocking writer that drops
+/// (and counts) lines rather than make the daemon wait on a slow stderr;
+/// `RUST_LOG` overrides the level.
+pub(crate) fn init_logging(level: &str, format: LogFormat) -> Logging {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("pleg-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    if installed.is_err() {
+        // Someone else's subscriber is in place: nothing of ours to keep.
+        return Logging {
+            _guard: None,
+            dropped: None,
+        };
+    }
+    Logging {
+        _guard: Some(guard),
+        dropped: Some(dropped),
+    }
 }
 
 /// Parses `250ms`, `1s`, `1.5s`, `3m`, `1h`, `1m30s` ([`pleg::duration::parse`]).
 pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     pleg::duration::parse(raw).map_err(|e| e.to_string())
+}
+
+fn parse_max_connections(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{raw:?}: expected a whole number of connections, at least 1"
+        )),
+    }
 }
 
 fn parse_endpoint(raw: &str) -> Result<String, String> {

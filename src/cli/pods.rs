@@ -10,7 +10,7 @@ use super::{Exit, Failure, Outcome, PodsArgs, init_logging};
 /// Prints the table (or JSON) once.
 pub(crate) async fn run(args: PodsArgs) -> Outcome {
     let source = &args.source;
-    init_logging(&source.log_level, super::LogFormat::Text);
+    let _logging = init_logging(&source.log_level, super::LogFormat::Text);
     let mut pods: Vec<PodListing> = if let Some(socket) = source.daemon_socket() {
         let mut client = source.connect_daemon(socket).await?;
         client

@@ -1,12 +1,19 @@
 //! `pleg run`: the node daemon.
 //!
-//! It binds the health address and the gRPC socket first (so that a port in
-//! use fails at once, with its own exit code), then starts the generator
-//! over a lazily connected runtime: a runtime that is missing or not CRI
-//! does not stop the daemon; relists keep retrying and the health probe
-//! answers 503 with the reason until the runtime answers. SIGTERM or SIGINT
-//! stops accepting, ends the subscribers' streams after what they were sent,
-//! removes the socket and exits 0.
+//! # Start-up
+//! The signal handlers come first, before anything else, and the whole
+//! start-up is raced against them: binding the health address and the gRPC
+//! socket (so that a port in use fails at once, with its own exit code),
+//! then starting the generator over a lazily connected runtime and asking
+//! the runtime its version. A runtime that is missing, not CRI or hanging
+//! does not stop the daemon: relists keep retrying and the health probe
+//! answers 503 with the reason until the runtime answers.
+//!
+//! # Shut-down
+//! SIGTERM or SIGINT, at any moment, start-up included, stops accepting,
+//! ends the subscribers' streams after what they were sent, removes the
+//! socket and exits 0, within [`SHUTDOWN_GRACE`] (after which the socket is
+//! removed anyway).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +22,8 @@ use anyhow::anyhow;
 use pleg::Pleg;
 use pleg::runtime::cri::CriRuntime;
 use pleg::server::{Daemon, grpc, http};
+use pleg::unix::{PeerPolicy, SocketAccess, SocketIdentity};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Exit, Failure, Outcome, RunArgs, init_logging};
@@ -23,9 +32,54 @@ use super::{Exit, Failure, Outcome, RunArgs, init_logging};
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Runs the daemon until SIGTERM or SIGINT.
-// The daemon's start-up and shut-down, in order, read best as one piece.
-#[allow(clippy::too_many_lines)]
 pub(crate) async fn run(args: RunArgs) -> Outcome {
+    // First of all: from here on a signal is a clean stop.
+    let mut signals = Signals::install()?;
+    let checked = check(&args)?;
+    if args.check_config {
+        println!("pleg: configuration ok");
+        return Ok(());
+    }
+    // Kept to the end: dropping it flushes the log lines still queued.
+    let logging = init_logging(&args.log_level, args.log_format);
+
+    let shutdown = CancellationToken::new();
+    let mut started = Started::default();
+    let startup = {
+        let start = start(&args, checked, &logging, &shutdown, &mut started);
+        tokio::select! {
+            biased;
+            signal = signals.recv() => Err(signal),
+            outcome = start => Ok(outcome),
+        }
+    };
+    let outcome = match startup {
+        Ok(Ok(())) => {
+            let signal = signals.recv().await;
+            tracing::info!(signal, "shutting down");
+            Ok(())
+        }
+        Ok(Err(failure)) => Err(failure),
+        Err(signal) => {
+            tracing::info!(signal, "signal during start-up; shutting down");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    started.stop().await;
+    drop(logging);
+    outcome
+}
+
+/// What the flags give once checked.
+struct Checked {
+    config: pleg::Config,
+    socket_access: SocketAccess,
+    peer_policy: Option<PeerPolicy>,
+}
+
+/// Checks what can be checked before anything starts.
+fn check(args: &RunArgs) -> Result<Checked, Failure> {
     let config = args.runtime.config()?;
     if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
         return Err(Failure::new(
@@ -36,12 +90,112 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             ),
         ));
     }
-    if args.check_config {
-        println!("pleg: configuration ok");
-        return Ok(());
-    }
-    init_logging(&args.log_level, args.log_format);
+    let group = match &args.grpc_socket_group {
+        None => None,
+        Some(name) => match pleg::unix::group_id(name) {
+            Ok(Some(gid)) => Some(gid),
+            Ok(None) => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    anyhow!("--grpc-socket-group {name:?}: no such group"),
+                ));
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    anyhow!("--grpc-socket-group {name:?}: cannot read the group database: {e}"),
+                ));
+            }
+        },
+    };
+    // With users to let in, the peer check decides, so the file lets
+    // anyone connect; otherwise the file's mode alone does.
+    let (socket_access, peer_policy) = if args.grpc_allow_uids.is_empty() {
+        (group.map_or(SocketAccess::Owner, SocketAccess::Group), None)
+    } else {
+        (
+            SocketAccess::Everyone(group),
+            Some(PeerPolicy::new(args.grpc_allow_uids.iter().copied(), group)),
+        )
+    };
+    Ok(Checked {
+        config,
+        socket_access,
+        peer_policy,
+    })
+}
 
+/// What the start-up started so far, for the shut-down to stop, whether the
+/// start-up finished or not.
+#[derive(Default)]
+struct Started {
+    pleg: Option<Pleg>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    grpc: Option<JoinHandle<Result<(), grpc::ServeError>>>,
+    /// The gRPC socket file bound, to remove if its server does not.
+    socket: Option<(PathBuf, SocketIdentity)>,
+}
+
+impl Started {
+    /// Stops what was started (the shutdown token is cancelled already),
+    /// giving it [`SHUTDOWN_GRACE`], then makes sure the socket is gone.
+    async fn stop(self) {
+        let Started {
+            pleg,
+            http,
+            grpc,
+            socket,
+        } = self;
+        let wind_down = async {
+            if let Some(pleg) = pleg {
+                pleg.stop().await;
+            }
+            if let Some(task) = grpc {
+                match task.await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server"),
+                    Err(e) => tracing::warn!(error = %e, "gRPC server task"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            if let Some(task) = http {
+                match task.await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "health server"),
+                    Err(e) => tracing::warn!(error = %e, "health server task"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, wind_down)
+            .await
+            .is_err()
+        {
+            tracing::warn!("servers did not stop in time; exiting anyway");
+        }
+        // The socket must not outlive us (the server removes it when it
+        // stops in time; this covers the rest).
+        if let Some((path, identity)) = socket
+            && let Err(e) = identity.remove_if_unchanged(&path)
+        {
+            tracing::warn!(socket = ?path, "cannot remove the socket file: {e}");
+        }
+    }
+}
+
+/// The daemon's start-up, in order; everything it starts is recorded in
+/// `started` as soon as it exists, so that a signal may cut it short at any
+/// await point.
+async fn start(
+    args: &RunArgs,
+    checked: Checked,
+    logging: &super::Logging,
+    shutdown: &CancellationToken,
+    started: &mut Started,
+) -> Outcome {
+    let Checked {
+        config,
+        socket_access,
+        peer_policy,
+    } = checked;
     let listener = http::bind(&args.health_addr)
         .await
         .map_err(|e| Failure::new(Exit::HealthAddr, e))?;
@@ -53,11 +207,12 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         runtime.endpoint().to_string(),
         &args.metrics_prefix,
     );
+    daemon
+        .metrics()
+        .log_lines_dropped
+        .set_source(logging.dropped_lines());
 
-    let shutdown = CancellationToken::new();
-    let grpc_task = if args.grpc_socket.is_empty() {
-        None
-    } else {
+    if !args.grpc_socket.is_empty() {
         let socket = PathBuf::from(args.grpc_socket.trim_start_matches("unix://"));
         if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty())
             && let Err(e) = std::fs::create_dir_all(parent)
@@ -71,78 +226,90 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
                 ),
             ));
         }
-        let listener = grpc::bind(&socket)
+        let bound = grpc::bind_with(&socket, socket_access)
             .await
             .map_err(|e| Failure::new(Exit::GrpcSocket, e))?;
+        // No await from here to the spawn: the socket is recorded the moment
+        // it exists.
+        started.socket = Some((bound.path().to_path_buf(), bound.identity()));
+        if let Some(policy) = &peer_policy {
+            let policy = policy.clone();
+            daemon
+                .metrics()
+                .grpc_connections_refused
+                .set_source(move || policy.refused());
+        }
         let stop = shutdown.clone();
         let daemon = daemon.clone();
-        Some(tokio::spawn(async move {
-            grpc::serve_bound(daemon, listener, stop.cancelled_owned()).await
-        }))
+        started.grpc = Some(tokio::spawn(async move {
+            grpc::serve_bound_with(daemon, bound, peer_policy, stop.cancelled_owned()).await
+        }));
+    }
+    let limits = http::HttpLimits {
+        header_read_timeout: args.http_header_timeout,
+        max_connections: args.http_max_connections,
     };
-    let http_task = {
-        let stop = shutdown.clone();
-        let daemon = daemon.clone();
-        tokio::spawn(async move { http::serve(daemon, listener, stop.cancelled_owned()).await })
-    };
+    let stop = shutdown.clone();
+    started.http = Some(tokio::spawn(async move {
+        http::serve_with(daemon, listener, limits, stop.cancelled_owned()).await
+    }));
 
     pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
+    started.pleg = Some(pleg);
     tracing::info!(
-        endpoint = %runtime.endpoint(),
+        endpoint = ?runtime.endpoint().to_string(),
         mode = pleg::Mode::from(args.runtime.mode).as_str(),
-        health = %args.health_addr,
-        grpc = %args.grpc_socket,
+        health = ?args.health_addr,
+        grpc = ?args.grpc_socket,
         "pleg running"
     );
     match runtime.verify().await {
-        Ok(version) => tracing::info!(runtime = %version, "runtime answers"),
+        Ok(version) => tracing::info!(runtime = ?version.to_string(), "runtime answers"),
         Err(e) => tracing::warn!(
-            error = %e,
+            error = ?e.to_string(),
             "runtime not available; retrying at every relist, and reporting unhealthy meanwhile"
         ),
-    }
-
-    let signal = wait_for_signal().await;
-    tracing::info!(signal, "shutting down");
-    shutdown.cancel();
-    let wind_down = async {
-        pleg.stop().await;
-        if let Some(task) = grpc_task {
-            match task.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server"),
-                Err(e) => tracing::warn!(error = %e, "gRPC server task"),
-                Ok(Ok(())) => {}
-            }
-        }
-        match http_task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "health server"),
-            Err(e) => tracing::warn!(error = %e, "health server task"),
-            Ok(Ok(())) => {}
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, wind_down)
-        .await
-        .is_err()
-    {
-        tracing::warn!("servers did not stop in time; exiting anyway");
-        // The socket must not outlive us.
-        if !args.grpc_socket.is_empty() {
-            let _ = std::fs::remove_file(&args.grpc_socket);
-        }
     }
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; returns its name.
-pub(crate) async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    if let (Ok(mut term), Ok(mut int)) = (term, int) {
+/// SIGTERM and SIGINT, listened for from the moment they are installed.
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    pub(crate) fn install() -> Result<Signals, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let failed = |e: std::io::Error| {
+            Failure::new(
+                Exit::Failure,
+                anyhow!("installing the SIGTERM and SIGINT handlers: {e}"),
+            )
+        };
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(failed)?,
+            int: signal(SignalKind::interrupt()).map_err(failed)?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT (one that came since the
+    /// handlers were installed counts); returns its name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, from the moment it is first polled; returns
+/// its name.
+pub(crate) async fn wait_for_signal() -> &'static str {
+    if let Ok(mut signals) = Signals::install() {
+        signals.recv().await
     } else {
         // Without signal handlers, Ctrl-C is all we can wait for.
         let _ = tokio::signal::ctrl_c().await;

@@ -21,7 +21,7 @@ use super::{Exit, Failure, Outcome, WatchArgs, init_logging};
 pub(crate) async fn run(args: WatchArgs) -> Outcome {
     let source = &args.source;
     let config = source.runtime.config()?;
-    init_logging(&source.log_level, super::LogFormat::Text);
+    let _logging = init_logging(&source.log_level, super::LogFormat::Text);
     let colour = source.output == Format::Text
         && std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none();

@@ -443,21 +443,7 @@ impl Core {
         let advanced = advance(old.as_deref(), &meta, event, &self.tombstones);
 
         if advanced.gone {
-            // The pod's last sandbox is gone: so is the pod.
-            let events = diff_pod(&uid, old.as_ref(), None);
-            self.tombstones.bury(&events);
-            for id in advanced.pod.containers.iter().map(|c| &c.id) {
-                self.tombstones.insert(id);
-            }
-            self.conditions.retain_pods(|u| *u != uid);
-            self.recount(old.as_deref(), None);
-            if let Some(old) = &old {
-                for c in old.sandboxes.iter().chain(&old.containers) {
-                    self.seen_at.remove(&c.id);
-                }
-            }
-            self.seen_at.remove(&event.id);
-            let published = self.forget(&uid, old.as_ref(), &events, origin);
+            let published = self.pod_gone(&uid, old.as_ref(), &advanced.pod, origin);
             return outcome(self, published, lost);
         }
 
@@ -502,6 +488,34 @@ impl Core {
             false,
         );
         outcome(self, published, lost)
+    }
+
+    /// The pod's last sandbox is gone, and so is the pod: its remaining
+    /// IDs are buried and forgotten, and its last events published.
+    fn pod_gone(
+        &mut self,
+        uid: &PodUid,
+        old: Option<&Arc<Pod>>,
+        advanced: &Pod,
+        origin: Origin,
+    ) -> usize {
+        let events = diff_pod(uid, old, None);
+        self.tombstones.bury(&events);
+        for id in advanced.containers.iter().map(|c| &c.id) {
+            self.tombstones.insert(id);
+        }
+        self.conditions.retain_pods(|u| u != uid);
+        self.recount(old.map(|p| &**p), None);
+        for pod in old
+            .into_iter()
+            .map(|p| &**p)
+            .chain(std::iter::once(advanced))
+        {
+            for c in pod.sandboxes.iter().chain(&pod.containers) {
+                self.seen_at.remove(&c.id);
+            }
+        }
+        self.forget(uid, old, &events, origin)
     }
 
     /// Notices a wall-clock step since the last look, and forgets the

@@ -188,7 +188,7 @@ impl Core {
             Err(e) => {
                 self.metrics.status_failures.inc();
                 tracing::warn!(
-                    pod = %uid, namespace = %pod.meta.namespace, name = %pod.meta.name, error = %e,
+                    pod = ?uid.as_str(), namespace = ?pod.meta.namespace, name = ?pod.meta.name, error = ?e.to_string(),
                     "relist: unable to get pod status; holding its events back until a fetch succeeds"
                 );
                 self.last_fetch_errors

@@ -461,10 +461,11 @@ impl RuntimeStats {
     pub fn skip_record(&self, what: &str, why: &str) {
         if self.skipped_records.get() == 0 {
             tracing::warn!(
-                "runtime sent a {what} that cannot be used ({why}); skipped it (counted from now on)"
+                why = ?why,
+                "runtime sent a {what} that cannot be used; skipped it (counted from now on)"
             );
         } else {
-            tracing::debug!("runtime sent a {what} that cannot be used ({why}); skipped it");
+            tracing::debug!(why = ?why, "runtime sent a {what} that cannot be used; skipped it");
         }
         self.skipped_records.inc();
     }

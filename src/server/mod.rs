@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 
 use crate::Pleg;
+use crate::metrics::ServerMetrics;
 
 pub mod grpc;
 pub mod http;
@@ -20,6 +21,8 @@ pub struct Daemon {
     pub runtime_endpoint: String,
     /// Every metric family, registered once with its prefix.
     registry: Arc<Registry>,
+    /// The servers' own figures, registered in `registry`.
+    metrics: ServerMetrics,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -38,12 +41,21 @@ impl Daemon {
     /// characters are replaced with `_`.
     pub fn new(pleg: Pleg, runtime_endpoint: impl Into<String>, metrics_prefix: &str) -> Self {
         let mut registry = Registry::default();
-        pleg.register_metrics(&mut registry, &http::sanitize_prefix(metrics_prefix));
+        let prefix = http::sanitize_prefix(metrics_prefix);
+        pleg.register_metrics(&mut registry, &prefix);
+        let metrics = ServerMetrics::default();
+        metrics.register(&mut registry, &prefix);
         Daemon {
             pleg,
             runtime_endpoint: runtime_endpoint.into(),
             registry: Arc::new(registry),
+            metrics,
         }
+    }
+
+    /// The servers' own figures (connections, dropped log lines).
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
     }
 
     /// The metric families.

@@ -253,18 +253,18 @@ impl Driver {
                     .stale
                     .get_or_create(&crate::metrics::StaleLabels { reason })
                     .inc();
-                tracing::debug!(id = %event.id, kind = event.kind.as_str(), reason = reason.as_str(), "dropped a stale container event");
+                tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), reason = reason.as_str(), "dropped a stale container event");
             }
             Applied::Unresolved => {
                 metrics.unresolved.inc();
-                tracing::debug!(id = %event.id, kind = event.kind.as_str(), "container event for an unknown pod and ID; skipped");
+                tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "container event for an unknown pod and ID; skipped");
             }
         }
         let gap = matches!(applied, Applied::PublishedAfterGap { .. });
         if gap {
             metrics.gaps.inc();
             self.note_gap();
-            tracing::debug!(id = %event.id, kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
+            tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
         }
         gap
     }
@@ -275,12 +275,12 @@ impl Driver {
             Action::Relist(why) => {
                 tracing::debug!(why = why.as_str(), "catch-up relist");
                 if let Err(e) = relist::relist(shared).await {
-                    tracing::warn!(error = %e, why = why.as_str(), "catch-up relist failed; retrying within a second");
+                    tracing::warn!(error = ?e.to_string(), why = why.as_str(), "catch-up relist failed; retrying within a second");
                 }
             }
             Action::SetRelist(duration) => {
                 if let Err(e) = shared.control.update(duration) {
-                    tracing::error!(error = %e, "cannot switch the relist period");
+                    tracing::error!(error = ?e.to_string(), "cannot switch the relist period");
                 }
             }
             Action::AdvanceCacheTime => {
@@ -315,7 +315,7 @@ impl Driver {
             } => {
                 metrics.connection_errors.inc();
                 tracing::warn!(
-                    error = %failure.message,
+                    error = ?failure.message,
                     failures,
                     retry_in = %GoDuration(retry_in),
                     "container event stream failed; reconnecting"
@@ -323,19 +323,19 @@ impl Driver {
             }
             Notice::ProbeFailed { failure } => {
                 metrics.connection_errors.inc();
-                tracing::debug!(error = %failure.message, "event stream probe failed; staying in generic mode");
+                tracing::debug!(error = ?failure.message, "event stream probe failed; staying in generic mode");
             }
             Notice::FellBack { failure, failures } => {
                 metrics.connection_errors.inc();
                 metrics.fallbacks.inc();
                 if failure.unimplemented {
                     tracing::warn!(
-                        error = %failure.message,
+                        error = ?failure.message,
                         "runtime has no container event stream; relisting every {period} (generic mode), probing the stream every {probe}"
                     );
                 } else {
                     tracing::warn!(
-                        error = %failure.message,
+                        error = ?failure.message,
                         failures,
                         "container event stream failed {failures} times in a row; relisting every {period} (generic mode), probing the stream every {probe}"
                     );

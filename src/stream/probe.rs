@@ -61,7 +61,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             Ok(()) => shared.health.lock().last_probe_ok = Some(started),
             Err(e) => {
                 shared.metrics.stream.probe_failures.inc();
-                tracing::debug!(error = %e, "runtime liveness probe failed");
+                tracing::debug!(error = ?e.to_string(), "runtime liveness probe failed");
             }
         }
         tokio::select! {

@@ -98,7 +98,7 @@ pub(super) fn listing(
                     // Usually a sandbox created between the two list
                     // calls; the next relist sees both.
                     tracing::debug!(
-                        container = %c.id, sandbox = %c.pod_sandbox_id,
+                        container = ?c.id, sandbox = ?c.pod_sandbox_id,
                         "container's sandbox is not listed; it waits for the next relist"
                     );
                     continue;

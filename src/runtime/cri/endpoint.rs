@@ -294,7 +294,7 @@ impl CriRuntime {
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();
                     tracing::warn!(
-                        error = %e,
+                        error = ?e.to_string(),
                         attempt = backoff.failures(),
                         retry_in = %GoDuration(delay),
                         "runtime not available yet; retrying"
@@ -417,7 +417,7 @@ impl CriRuntime {
                 api_version: version.runtime_api_version,
             });
         }
-        tracing::info!(endpoint = %self.endpoint, runtime = %version, "connected to the container runtime");
+        tracing::info!(endpoint = %self.endpoint, runtime = ?version.to_string(), "connected to the container runtime");
         Ok(version)
     }
 }

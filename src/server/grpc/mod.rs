@@ -20,9 +20,12 @@
 //! socket file.
 //!
 //! # Socket
-//! The socket is created with mode 0600. [`serve`] refuses a socket on which
-//! a live server answers, replaces a stale socket file (nobody listening),
-//! and never removes anything that is not a socket ([`crate::unix::bind`]).
+//! The socket is created with mode 0600 (0660 and a group with
+//! [`bind_with`]), with no moment of a looser mode. [`serve`] refuses a
+//! socket on which a live server answers, a symbolic link, anything that is
+//! not a socket, and a socket pleg did not make; it replaces a stale socket
+//! a previous pleg left (recorded in `<socket>.lock`). See
+//! [`crate::unix`].
 //!
 //! # Layout
 //! This file holds the generated code ([`pb`]) and the library-side views
@@ -85,7 +88,7 @@ mod tests;
 
 pub use client::{Client, ClientError, WatchStream};
 pub use service::{PlegService, WatchResponseStream};
-pub use socket::{BoundSocket, ServeError, bind, serve, serve_bound};
+pub use socket::{BoundSocket, ServeError, bind, bind_with, serve, serve_bound, serve_bound_with};
 
 /// The code generated from `proto/pleg/v1/pleg.proto` (package `pleg.v1`):
 /// messages, the `Pleg` server trait ([`pb::pleg_server`]) and its client

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{DRAIN_GRACE, PlegService};
 use crate::server::Daemon;
-use crate::unix::{self, BindError};
+use crate::unix::{self, BindError, PeerPolicy, SocketAccess};
 
 /// Why [`serve`] failed. Every variant names the socket.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,15 @@ pub enum ServeError {
     InUse {
         /// The socket path.
         path: PathBuf,
+    },
+    /// Another process holds the lock file beside the socket (another pleg
+    /// serving or starting there).
+    #[error("gRPC socket {}: in use: another process holds its lock file {} (a pleg daemon running?)", path.display(), lock.display())]
+    Locked {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
     },
     /// Something other than a socket exists at the path; it is left alone.
     #[error("gRPC socket {}: the path exists and is not a socket; refusing to replace it", path.display())]
@@ -50,11 +59,42 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The socket could not be restricted to mode 0600; it was removed.
-    #[error("gRPC socket {}: cannot set mode 0600: {source}", path.display())]
+    /// The socket's mode or group could not be set; it was removed.
+    #[error("gRPC socket {}: cannot set {access}: {source}", path.display())]
     Permissions {
         /// The path.
         path: PathBuf,
+        /// The mode (and group) wanted.
+        access: SocketAccess,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A symbolic link is at the path; it is neither followed nor removed.
+    #[error("gRPC socket {}: the path is a symbolic link; refusing to follow or replace it", path.display())]
+    Symlink {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A socket nobody serves is at the path, and its lock file does not
+    /// record it as pleg's.
+    #[error(
+        "gRPC socket {}: a socket nobody serves is there, and {} does not record it as pleg's; \
+         remove it if no other program uses it, or choose another --grpc-socket",
+        path.display(), lock.display()
+    )]
+    NotOurs {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file beside it.
+        lock: PathBuf,
+    },
+    /// The lock file beside the socket cannot be opened, read or written.
+    #[error("gRPC socket {}: lock file {}: {source}", path.display(), lock.display())]
+    Lock {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
@@ -86,11 +126,23 @@ impl From<BindError> for ServeError {
     fn from(error: BindError) -> Self {
         match error {
             BindError::InUse { path } => ServeError::InUse { path },
+            BindError::Locked { path, lock } => ServeError::Locked { path, lock },
             BindError::NotASocket { path } => ServeError::NotASocket { path },
             BindError::Inspect { path, source } => ServeError::Inspect { path, source },
             BindError::RemoveStale { path, source } => ServeError::RemoveStale { path, source },
             BindError::Bind { path, source } => ServeError::Bind { path, source },
-            BindError::Permissions { path, source } => ServeError::Permissions { path, source },
+            BindError::Permissions {
+                path,
+                access,
+                source,
+            } => ServeError::Permissions {
+                path,
+                access,
+                source,
+            },
+            BindError::Symlink { path } => ServeError::Symlink { path },
+            BindError::NotOurs { path, lock } => ServeError::NotOurs { path, lock },
+            BindError::Lock { path, lock, source } => ServeError::Lock { path, lock, source },
         }
     }
 }
@@ -98,13 +150,24 @@ impl From<BindError> for ServeError {
 /// A socket bound by [`bind`], ready for [`serve_bound`].
 pub use crate::unix::BoundSocket;
 
-/// Binds the API's socket (refusing a live one, replacing a stale one,
-/// mode 0600), so that a daemon can fail before it starts anything else.
+/// Binds the API's socket (refusing a live one, a link, anything that is
+/// not a socket and a socket pleg did not make; replacing a stale one a
+/// previous pleg left; mode 0600), so that a daemon can fail before it
+/// starts anything else.
 ///
 /// # Errors
 /// A [`ServeError`] naming the socket: a live server on it, a path that is not a socket, or a bind that failed.
 pub async fn bind(socket: &Path) -> Result<BoundSocket, ServeError> {
-    Ok(unix::bind(socket).await?)
+    bind_with(socket, SocketAccess::Owner).await
+}
+
+/// Binds the API's socket with `access` (mode 0600, or 0660 for a group);
+/// see [`unix::bind_with`] for the checks.
+///
+/// # Errors
+/// A [`ServeError`] naming the socket.
+pub async fn bind_with(socket: &Path, access: SocketAccess) -> Result<BoundSocket, ServeError> {
+    Ok(unix::bind_with(socket, access).await?)
 }
 
 /// Serves on a bound socket until `shutdown`, then removes the socket.
@@ -116,8 +179,27 @@ pub async fn serve_bound(
     bound: BoundSocket,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (listener, identity, path) = bound.into_parts();
+    serve_bound_with(daemon, bound, None, shutdown).await
+}
+
+/// Serves on a bound socket until `shutdown`, letting in only the
+/// connections `policy` allows (every one without), then removes the socket.
+///
+/// # Errors
+/// The transport failed while serving.
+pub async fn serve_bound_with(
+    daemon: Daemon,
+    bound: BoundSocket,
+    policy: Option<PeerPolicy>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (listener, file) = bound.into_parts();
+    let path = file.path().to_path_buf();
     let socket = path.as_path();
+    let mut incoming = unix::Incoming::new(listener);
+    if let Some(policy) = policy {
+        incoming = incoming.with_policy(policy);
+    }
     tracing::info!(socket = %socket.display(), "gRPC API listening");
     let service = PlegService::new(daemon);
     let ending = service.ending();
@@ -130,7 +212,7 @@ pub async fn serve_bound(
     };
     let serving = tonic::transport::Server::builder()
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(unix::Incoming::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     // Once shut down, connections get DRAIN_GRACE to close after their
     // Watch streams ended; a client that keeps a unary call hanging longer
     // is left behind.
@@ -142,7 +224,7 @@ pub async fn serve_bound(
         served = serving => Some(served),
         () = give_up => None,
     };
-    if let Err(e) = identity.remove_if_unchanged(socket) {
+    if let Err(e) = file.remove() {
         tracing::warn!(socket = %socket.display(), "cannot remove the socket file: {e}");
     }
     match served {

@@ -31,9 +31,15 @@
 //! ([`render_probe`], [`render_check`], [`render_metrics`]), so tests need
 //! no socket.
 //!
+//! # Limits
+//! A request's headers must arrive within 10 s, and at most 256 connections
+//! are open; at the cap the oldest idle connection makes room, so that a
+//! probe keeps being answered while someone holds connections open
+//! ([`HttpLimits`]).
+//!
 //! # Layout
-//! This file binds and routes; `probes.rs` renders the probes, `metrics.rs`
-//! the Prometheus exposition.
+//! This file binds and routes; `connections.rs` accepts and limits,
+//! `probes.rs` renders the probes, `metrics.rs` the Prometheus exposition.
 
 use std::future::Future;
 use std::io;
@@ -48,8 +54,11 @@ use tokio::net::TcpListener;
 
 use super::{Daemon, Probe};
 
+mod connections;
 mod metrics;
 mod probes;
+
+pub use connections::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits};
 
 pub(crate) use metrics::sanitize_prefix;
 pub use metrics::{metrics_prefix_is_valid, render_metrics};
@@ -191,8 +200,9 @@ async fn resolve(address: &str) -> Result<Vec<SocketAddr>, BindError> {
     Ok(found.collect())
 }
 
-/// Serves the probes and `/metrics` on `listener` until `shutdown`
-/// completes, then lets requests in flight finish.
+/// Serves the probes and `/metrics` on `listener` under the default
+/// [`HttpLimits`] until `shutdown` completes, then lets requests in flight
+/// finish.
 ///
 /// # Errors
 /// The listener failed.
@@ -201,12 +211,32 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with(daemon, listener, HttpLimits::default(), shutdown).await
+}
+
+/// Serves the probes and `/metrics` on `listener` under `limits` (a
+/// deadline for a request's headers, a cap on open connections; see
+/// [`HttpLimits`]) until `shutdown` completes, then lets requests in flight
+/// finish.
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve_with(
+    daemon: Daemon,
+    listener: TcpListener,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /healthz, /livez, /readyz and /metrics");
+        tracing::info!(
+            %addr,
+            header_read_timeout = ?limits.header_read_timeout,
+            max_connections = limits.max_connections,
+            "serving /healthz, /livez, /readyz and /metrics"
+        );
     }
-    axum::serve(listener, router(daemon))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let metrics = daemon.metrics().clone();
+    connections::serve_with(router(daemon), listener, limits, metrics, shutdown).await
 }
 
 /// The routes [`serve`] serves, for embedding in another server.

@@ -38,7 +38,14 @@ impl Daemon {
     /// characters are replaced with `_`.
     pub fn new(pleg: Pleg, runtime_endpoint: impl Into<String>, metrics_prefix: &str) -> Self {
         let mut registry = Registry::default();
-        pleg.register_metrics(&mut registry, &http::sanitize_prefix(metrics_prefix));
+        let prefix = http::sanitize_prefix(metrics_prefix);
+        pleg.register_metrics(&mut registry, &prefix);
+        // The process's own, not the generator's: the daemon's tokio tasks.
+        registry.register(
+            format!("{prefix}pleg_tokio_alive_tasks"),
+            "Tasks alive in the daemon's tokio runtime, read at scrape time",
+            crate::metrics::TokioAliveTasks,
+        );
         Daemon {
             pleg,
             runtime_endpoint: runtime_endpoint.into(),

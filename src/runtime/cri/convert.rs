@@ -624,3 +624,6 @@ mod tests {
         assert_eq!(converted.created_at, None);
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -633,6 +633,13 @@ mod proptests {
         ]
     }
 
+    fn container_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..4).prop_map(|n| format!("c{n}")),
+            Just("unknown".to_string()),
+        ]
+    }
+
     fn old_pod() -> impl Strategy<Value = Option<Pod>> {
         proptest::option::of((entries("s"), entries("c")).prop_map(|(sandboxes, containers)| {
             let mut p = Pod::new(meta("p"));
@@ -648,7 +655,9 @@ mod proptests {
             id in any_id(),
             created_at in time(),
             sandbox in proptest::option::of(((0u8..4).prop_map(|n| format!("s{n}")), state())),
-            containers in vec((any_id(), state()), 0..4),
+            // Statuses name containers (or IDs nobody knows): a runtime's
+            // sandbox and container IDs never coincide.
+            containers in vec((container_id(), state()), 0..4),
         ) -> ContainerEvent {
             ContainerEvent {
                 id: id.as_str().into(),

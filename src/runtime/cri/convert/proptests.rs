@@ -21,7 +21,7 @@ use super::*;
 /// characters included) and, rarely, a 1 MiB one.
 fn id() -> impl Strategy<Value = String> {
     prop_oneof![
-        40 => text(),
+        100 => text(),
         1 => Just("\u{1f600}".repeat(1 << 18)),
     ]
 }

@@ -634,8 +634,8 @@ mod tests {
         let up = Pod::new(PodMeta::new("p", "p", "ns"))
             .with_sandbox(Container::new("s", "p", Running))
             .with_container(Container::new("c", "app", Running));
-        let down = Pod::new(PodMeta::new("p", "p", "ns"))
-            .with_sandbox(Container::new("s", "p", Exited));
+        let down =
+            Pod::new(PodMeta::new("p", "p", "ns")).with_sandbox(Container::new("s", "p", Exited));
         let mut records = Records::new();
         accept_listing(&mut records, &Listing::new([up]));
         let d = diff(&records, &Listing::new([down]));

@@ -91,9 +91,9 @@ pub struct TokioAliveTasks;
 impl TokioAliveTasks {
     /// The alive tasks of the current tokio runtime, 0 outside one.
     pub fn get(self) -> u64 {
-        tokio::runtime::Handle::try_current()
-            .map(|h| h.metrics().num_alive_tasks() as u64)
-            .unwrap_or(0)
+        tokio::runtime::Handle::try_current().map_or(0, |h| {
+            u64::try_from(h.metrics().num_alive_tasks()).unwrap_or(u64::MAX)
+        })
     }
 }
 

@@ -124,7 +124,11 @@ mod proptests {
 
     /// Applies one event to what a subscriber believes.
     fn apply(world: &mut World, uid: &PodUid, e: &DiffEvent) {
-        let key = (uid.as_str().to_string(), kind_name(e.entry), e.id.as_str().to_string());
+        let key = (
+            uid.as_str().to_string(),
+            kind_name(e.entry),
+            e.id.as_str().to_string(),
+        );
         match e.kind {
             EventType::ContainerStarted => {
                 world.insert(key, Seen::Running);

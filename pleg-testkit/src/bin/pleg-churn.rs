@@ -11,7 +11,7 @@
 //! line of totals; it exits 1 if no cycle completed.
 //!
 //! It goes through the test kit's crictl-style
-//! [`Driver`](pleg_testkit::driver::Driver).
+//! [`Driver`].
 
 #![forbid(unsafe_code)]
 
@@ -35,7 +35,11 @@ struct Args {
     #[arg(long, env = "PLEG_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
     runtime_endpoint: String,
     /// Image on the node with /bin/sh and sleep.
-    #[arg(long, env = "PLEG_TEST_IMAGE", default_value = "docker.io/library/busybox:pleg")]
+    #[arg(
+        long,
+        env = "PLEG_TEST_IMAGE",
+        default_value = "docker.io/library/busybox:pleg"
+    )]
     image: String,
     /// Pods churning at once, 1 to 32.
     #[arg(long, default_value = "4", value_parser = clap::value_parser!(u16).range(1..=32))]
@@ -90,12 +94,11 @@ fn main() -> ExitCode {
 }
 
 async fn churn(args: Args) -> Result<()> {
-    let driver = Arc::new(
-        Driver::new(&args.runtime_endpoint).context("connecting the workload driver")?,
-    );
+    let driver =
+        Arc::new(Driver::new(&args.runtime_endpoint).context("connecting the workload driver")?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let totals = Arc::new(Totals::default());
-    let run_id = format!("{}", std::process::id());
+    let run_id = std::process::id().to_string();
     let started = tokio::time::Instant::now();
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {

@@ -620,7 +620,9 @@ mod proptests {
     fn entries(prefix: &'static str) -> impl Strategy<Value = Vec<Container>> {
         btree_map(0u8..4, state(), 0..4).prop_map(move |m| {
             m.into_iter()
-                .map(|(n, s)| Container::new(format!("{prefix}{n}"), format!("{prefix}{n}-name"), s))
+                .map(|(n, s)| {
+                    Container::new(format!("{prefix}{n}"), format!("{prefix}{n}-name"), s)
+                })
                 .collect()
         })
     }
@@ -641,12 +643,14 @@ mod proptests {
     }
 
     fn old_pod() -> impl Strategy<Value = Option<Pod>> {
-        proptest::option::of((entries("s"), entries("c")).prop_map(|(sandboxes, containers)| {
-            let mut p = Pod::new(meta("p"));
-            p.sandboxes = sandboxes;
-            p.containers = containers;
-            p
-        }))
+        proptest::option::of(
+            (entries("s"), entries("c")).prop_map(|(sandboxes, containers)| {
+                let mut p = Pod::new(meta("p"));
+                p.sandboxes = sandboxes;
+                p.containers = containers;
+                p
+            }),
+        )
     }
 
     prop_compose! {

@@ -29,9 +29,10 @@
 //! capacity between relists). `benches/diff.rs` measures it.
 //!
 //! # Order
-//! Within a pod: sandboxes that are now running, then listed containers, then
-//! the other listed sandboxes, then containers and sandboxes that are gone. A
-//! pod comes up sandbox first and goes down containers first.
+//! Within a pod: sandboxes that are now running, then containers (listed,
+//! then gone), then the other sandboxes (listed, then gone). A pod comes up
+//! sandbox first and goes down containers first, also when its sandbox is
+//! still listed (exited) while a container is already gone.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -417,6 +418,25 @@ fn listed_events(
     }
 }
 
+/// Transitions of the old record's containers or sandboxes that are gone.
+fn gone_events(
+    old: Option<&Arc<Pod>>,
+    new: Option<&Arc<Pod>>,
+    entry: EntryKind,
+    out: &mut Vec<DiffEvent>,
+) {
+    let Some(pod) = old else { return };
+    let entries = match entry {
+        EntryKind::Sandbox => &pod.sandboxes,
+        EntryKind::Container => &pod.containers,
+    };
+    for c in entries {
+        if presence_in(new, &c.id) == Presence::Absent {
+            transition(presence(c.state), Presence::Absent, &c.id, entry, out);
+        }
+    }
+}
+
 fn push_change(out: &mut Diff, uid: &PodUid, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>) {
     let start = out.events.len();
     if let Some(pod) = new {
@@ -434,6 +454,9 @@ fn push_change(out: &mut Diff, uid: &PodUid, old: Option<&Arc<Pod>>, new: Option
             None,
             &mut out.events,
         );
+    }
+    gone_events(old, new, EntryKind::Container, &mut out.events);
+    if let Some(pod) = new {
         listed_events(
             old,
             &pod.sandboxes,
@@ -442,24 +465,7 @@ fn push_change(out: &mut Diff, uid: &PodUid, old: Option<&Arc<Pod>>, new: Option
             &mut out.events,
         );
     }
-    if let Some(pod) = old {
-        for (entries, entry) in [
-            (&pod.containers, EntryKind::Container),
-            (&pod.sandboxes, EntryKind::Sandbox),
-        ] {
-            for c in entries {
-                if presence_in(new, &c.id) == Presence::Absent {
-                    transition(
-                        presence(c.state),
-                        Presence::Absent,
-                        &c.id,
-                        entry,
-                        &mut out.events,
-                    );
-                }
-            }
-        }
-    }
+    gone_events(old, new, EntryKind::Sandbox, &mut out.events);
     if out.events.len() > start {
         out.changes.push(PodChange {
             uid: uid.clone(),
@@ -617,6 +623,29 @@ mod tests {
             [
                 (ContainerDied, EntryKind::Container),
                 (ContainerDied, EntryKind::Sandbox)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gone_container_is_reported_before_its_sandbox_that_stopped() {
+        // Found by tests/proptest_diff.rs: the sandbox's DIED used to come
+        // before the DIED and REMOVED of a container already gone.
+        let up = Pod::new(PodMeta::new("p", "p", "ns"))
+            .with_sandbox(Container::new("s", "p", Running))
+            .with_container(Container::new("c", "app", Running));
+        let down =
+            Pod::new(PodMeta::new("p", "p", "ns")).with_sandbox(Container::new("s", "p", Exited));
+        let mut records = Records::new();
+        accept_listing(&mut records, &Listing::new([up]));
+        let d = diff(&records, &Listing::new([down]));
+        let order: Vec<_> = d.events().iter().map(|e| (e.kind, e.entry)).collect();
+        assert_eq!(
+            order,
+            [
+                (ContainerDied, EntryKind::Container),
+                (ContainerRemoved, EntryKind::Container),
+                (ContainerDied, EntryKind::Sandbox),
             ]
         );
     }

@@ -82,6 +82,35 @@ impl EncodeMetric for Count {
     }
 }
 
+/// The tokio runtime's alive tasks, read when `/metrics` is scraped: a
+/// gauge that climbs without bound under steady churn is a task leak. It
+/// reads the runtime it is encoded on (the daemon's), and 0 outside one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioAliveTasks;
+
+impl TokioAliveTasks {
+    /// The alive tasks of the current tokio runtime, 0 outside one.
+    pub fn get(self) -> u64 {
+        tokio::runtime::Handle::try_current().map_or(0, |h| {
+            u64::try_from(h.metrics().num_alive_tasks()).unwrap_or(u64::MAX)
+        })
+    }
+}
+
+impl TypedMetric for TokioAliveTasks {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for TokioAliveTasks {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 /// A monotonic count kept by another component (the log writer's dropped
 /// lines) and read when scraped; 0 until its source is set. Written like
 /// [`Count`]. Clones share the source.

@@ -399,7 +399,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 39] = [
+const FAMILIES: [(&str, &str); 40] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),
@@ -440,6 +440,7 @@ const FAMILIES: [(&str, &str); 39] = [
     ("pleg_http_connections_open", "gauge"),
     ("pleg_http_connections_shed_total", "counter"),
     ("pleg_grpc_connections_refused_total", "counter"),
+    ("pleg_tokio_alive_tasks", "gauge"),
 ];
 
 // ---------------------------------------------------------------------------
@@ -758,6 +759,8 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_family() {
         assert_eq!(m.get("pleg_stream_state", &[("state", state)]), 0.0);
     }
     assert_eq!(m.get("pleg_last_seen_seconds", &[]), 0.0);
+    // Read at scrape time: at least the server's own task is alive.
+    assert!(m.get("pleg_tokio_alive_tasks", &[]) >= 1.0);
     assert_eq!(m.get("pleg_relist_duration_seconds_count", &[]), 0.0);
     assert_eq!(
         m.get("pleg_relist_duration_seconds_bucket", &[("le", "+Inf")]),

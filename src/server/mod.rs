@@ -45,6 +45,12 @@ impl Daemon {
         pleg.register_metrics(&mut registry, &prefix);
         let metrics = ServerMetrics::default();
         metrics.register(&mut registry, &prefix);
+        // The process's own, not the generator's: the daemon's tokio tasks.
+        registry.register(
+            format!("{prefix}pleg_tokio_alive_tasks"),
+            "Tasks alive in the daemon's tokio runtime, read at scrape time",
+            crate::metrics::TokioAliveTasks,
+        );
         Daemon {
             pleg,
             runtime_endpoint: runtime_endpoint.into(),

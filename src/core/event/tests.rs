@@ -608,3 +608,298 @@ async fn a_clock_step_is_the_wall_clock_moving_unlike_the_monotonic_one() {
         assert_eq!(clock_stepped((wall, mono), (now, later)), stepped, "{case}");
     }
 }
+
+/// Generated events against generated records (a stand-in for fuzzing:
+/// cargo-fuzz needs nightly). 256 cases a property; `PROPTEST_CASES` raises
+/// it.
+mod proptests {
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::diff::diff_pod;
+
+    /// Any event type number: the four the CRI knows, and any other.
+    fn kind() -> impl Strategy<Value = ContainerEventKind> {
+        prop_oneof![4 => 0..4i32, 1 => any::<i32>()].prop_filter_map(
+            "outside the enum: event_from_cri skips it (tested there)",
+            ContainerEventKind::from_cri,
+        )
+    }
+
+    fn state() -> impl Strategy<Value = ContainerState> {
+        prop::sample::select(vec![Created, Running, Exited, Unknown])
+    }
+
+    /// Times on a coarse grid, so that equal times happen, or none.
+    fn time() -> impl Strategy<Value = Option<SystemTime>> {
+        prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(UNIX_EPOCH)),
+            1 => Just(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)))),
+            6 => (0u64..8).prop_map(t),
+        ]
+    }
+
+    fn facts() -> impl Strategy<Value = Facts> {
+        (
+            kind(),
+            time(),
+            time(),
+            any::<bool>(),
+            proptest::option::of((proptest::option::of(state()), time())),
+        )
+            .prop_map(|(kind, at, listed_at, tombstoned, pod)| Facts {
+                kind,
+                at,
+                listed_at,
+                tombstoned,
+                pod: pod.map(|(subject, cached_at)| PodFacts {
+                    subject,
+                    subject_at: cached_at,
+                }),
+            })
+    }
+
+    /// Entries with IDs from a small pool (so that events hit them), in ID
+    /// order, each ID once, as a listing keeps them.
+    fn entries(prefix: &'static str) -> impl Strategy<Value = Vec<Container>> {
+        btree_map(0u8..4, state(), 0..4).prop_map(move |m| {
+            m.into_iter()
+                .map(|(n, s)| {
+                    Container::new(format!("{prefix}{n}"), format!("{prefix}{n}-name"), s)
+                })
+                .collect()
+        })
+    }
+
+    fn any_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..4).prop_map(|n| format!("s{n}")),
+            (0u8..4).prop_map(|n| format!("c{n}")),
+            Just("unknown".to_string()),
+        ]
+    }
+
+    fn container_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..4).prop_map(|n| format!("c{n}")),
+            Just("unknown".to_string()),
+        ]
+    }
+
+    fn old_pod() -> impl Strategy<Value = Option<Pod>> {
+        proptest::option::of(
+            (entries("s"), entries("c")).prop_map(|(sandboxes, containers)| {
+                let mut p = Pod::new(meta("p"));
+                p.sandboxes = sandboxes;
+                p.containers = containers;
+                p
+            }),
+        )
+    }
+
+    prop_compose! {
+        fn stream_event()(
+            kind in kind(),
+            id in any_id(),
+            created_at in time(),
+            sandbox in proptest::option::of(((0u8..4).prop_map(|n| format!("s{n}")), state())),
+            // Statuses name containers (or IDs nobody knows): a runtime's
+            // sandbox and container IDs never coincide.
+            containers in vec((container_id(), state()), 0..4),
+        ) -> ContainerEvent {
+            ContainerEvent {
+                id: id.as_str().into(),
+                kind,
+                created_at,
+                sandbox: sandbox.map(|(id, s)| SandboxSnapshot {
+                    pod: Some(meta("p")),
+                    sandbox: Container::new(id, "p", s),
+                    ips: Vec::new(),
+                }),
+                containers: containers
+                    .into_iter()
+                    .map(|(id, s)| Container::new(id, "", s))
+                    .collect(),
+            }
+        }
+    }
+
+    fn tombstones() -> impl Strategy<Value = Vec<String>> {
+        vec(any_id(), 0..3)
+    }
+
+    fn rank_of(state: ContainerState) -> u8 {
+        rank(state)
+    }
+
+    fn find_state(pod: &Pod, id: &str) -> Option<ContainerState> {
+        pod.find(&id.into()).map(|(c, _)| c.state)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        /// The rules apply in their documented order: a verdict from an
+        /// earlier rule holds whatever the later facts are; an event older
+        /// than the last listing is stale; with no time nothing is stale by
+        /// time; a fresh event broke no rule.
+        #[test]
+        fn classify_applies_the_rules_in_order(f in facts(), other in facts()) {
+            let verdict = classify(&f);
+            prop_assert_eq!(classify(&f), verdict, "the same facts, the same verdict");
+            let before_listing = matches!((f.at, f.listed_at), (Some(a), Some(l)) if a < l);
+            prop_assert_eq!(verdict == Verdict::Stale(StaleReason::BeforeListing), before_listing);
+            if before_listing {
+                // Nothing later in the order changes it.
+                let changed = Facts { kind: other.kind, tombstoned: other.tombstoned, pod: other.pod, ..f };
+                prop_assert_eq!(classify(&changed), verdict);
+            } else if f.tombstoned {
+                prop_assert_eq!(verdict, Verdict::Stale(StaleReason::AlreadyRemoved));
+                let changed = Facts { kind: other.kind, pod: other.pod, ..f };
+                prop_assert_eq!(classify(&changed), verdict);
+            } else if f.pod.is_none() {
+                prop_assert_eq!(verdict, Verdict::Unresolved);
+            }
+            if f.at.is_none() {
+                prop_assert!(!matches!(
+                    verdict,
+                    Verdict::Stale(StaleReason::BeforeListing | StaleReason::OlderThanCache)
+                ));
+            }
+            if let Verdict::Fresh { gap } = verdict {
+                let pod = f.pod.expect("a fresh event has a pod");
+                prop_assert!(!f.tombstoned);
+                prop_assert!(!matches!((f.at, pod.subject_at), (Some(a), Some(c)) if a < c));
+                prop_assert!(!matches!(
+                    (f.kind, pod.subject),
+                    (ContainerEventKind::Created, Some(Running | Exited))
+                        | (ContainerEventKind::Started, Some(Exited))
+                ));
+                // A gap: the subject's predecessor state was never seen.
+                let want_gap = match f.kind {
+                    ContainerEventKind::Created => false,
+                    ContainerEventKind::Started => pod.subject.is_none(),
+                    // Deleted while never seen, or while seen running
+                    // (its stop, and exit code, went elsewhere).
+                    ContainerEventKind::Deleted => {
+                        matches!(pod.subject, None | Some(Running | Unknown))
+                    }
+                    ContainerEventKind::Stopped => matches!(pod.subject, None | Some(Created)),
+                };
+                prop_assert_eq!(gap, want_gap);
+            }
+        }
+
+        /// A newer listing never makes a stale-by-listing event fresh, and an
+        /// older event is as stale.
+        #[test]
+        fn staleness_by_listing_only_grows(f in facts(), later in 0u64..4, earlier in 0u64..4) {
+            if classify(&f) != Verdict::Stale(StaleReason::BeforeListing) {
+                return Ok(());
+            }
+            let (at, listed) = (f.at.expect("stale by time"), f.listed_at.expect("stale by time"));
+            let newer_listing = Facts { listed_at: Some(listed + Duration::from_secs(later)), ..f };
+            prop_assert_eq!(classify(&newer_listing), Verdict::Stale(StaleReason::BeforeListing));
+            if let Some(older) = at.checked_sub(Duration::from_secs(earlier)) {
+                let older_event = Facts { at: Some(older), ..f };
+                prop_assert_eq!(classify(&older_event), Verdict::Stale(StaleReason::BeforeListing));
+            }
+        }
+
+        /// Advancing a record by a fresh event: entries only move forward,
+        /// a removed ID stays removed, the subject takes the event's state
+        /// (or leaves on DELETED), entries stay in ID order, each ID once;
+        /// and the same event delivered again changes nothing and publishes
+        /// nothing.
+        #[test]
+        fn a_fresh_event_moves_the_record_forward_once(
+            old in old_pod(),
+            event in stream_event(),
+            buried in tombstones(),
+            listed_at in time(),
+        ) {
+            let records = {
+                let mut r = Records::new();
+                if let Some(p) = &old {
+                    r.apply(&PodUid::new("p"), Some(&Arc::new(p.clone())));
+                }
+                r
+            };
+            let mut graves = Tombstones::default();
+            for id in &buried {
+                graves.insert(&id.as_str().into());
+            }
+            let Some(resolved) = resolve(&event, &records) else {
+                // Only an event whose sandbox names no pod and whose IDs no
+                // record holds; these all name pod p.
+                prop_assert!(event.sandbox.is_none() && old.as_ref().is_none_or(|p| p.find(&event.id).is_none()));
+                return Ok(());
+            };
+            let old_arc = resolved.old.clone();
+            let facts = Facts {
+                kind: event.kind,
+                at: event.created_at,
+                listed_at,
+                tombstoned: graves.contains(&event.id),
+                pod: Some(PodFacts {
+                    subject: old_arc.as_deref().and_then(|p| find_state(p, event.id.as_str())),
+                    subject_at: None,
+                }),
+            };
+            if !matches!(classify(&facts), Verdict::Fresh { .. }) {
+                return Ok(());
+            }
+            let advanced = advance(old_arc.as_deref(), &resolved.meta, &event, &graves);
+            let new = &advanced.pod;
+            for entries in [&new.sandboxes, &new.containers] {
+                prop_assert!(entries.windows(2).all(|w| w[0].id < w[1].id), "ID order, each once");
+            }
+            if let Some(old) = old_arc.as_deref() {
+                for (before, after) in [(&old.sandboxes, &new.sandboxes), (&old.containers, &new.containers)] {
+                    for c in before {
+                        if let Some(now) = after.iter().find(|n| n.id == c.id) {
+                            prop_assert!(rank_of(now.state) >= rank_of(c.state), "{:?} moved back", c.id);
+                        }
+                    }
+                }
+            }
+            for id in &buried {
+                let was = old_arc.as_deref().and_then(|p| find_state(p, id));
+                if was.is_none() {
+                    prop_assert!(find_state(new, id).is_none(), "removed {} came back", id);
+                }
+            }
+            match subject_state(event.kind) {
+                None => prop_assert!(find_state(new, event.id.as_str()).is_none()),
+                Some(s) => {
+                    let now = find_state(new, event.id.as_str());
+                    prop_assert!(now.is_some_and(|now| rank_of(now) >= rank_of(s)));
+                }
+            }
+            let uid = PodUid::new("p");
+            let new_arc = Arc::new(new.clone());
+            let events = diff_pod(&uid, old_arc.as_ref(), (!advanced.gone).then_some(&new_arc));
+            let mut seen = std::collections::HashSet::new();
+            for e in &events {
+                prop_assert!(seen.insert((e.id.clone(), e.kind, e.entry)), "{:?} twice", e);
+            }
+            if advanced.gone {
+                return Ok(());
+            }
+            // Delivered again: nothing moves, nothing is published.
+            graves.bury(&events);
+            let again_facts = Facts {
+                tombstoned: graves.contains(&event.id),
+                pod: Some(PodFacts { subject: find_state(new, event.id.as_str()), subject_at: event.created_at }),
+                ..facts
+            };
+            if let Verdict::Fresh { .. } = classify(&again_facts) {
+                let again = advance(Some(new), &resolved.meta, &event, &graves);
+                prop_assert_eq!(&again.pod, new);
+                prop_assert!(diff_pod(&uid, Some(&new_arc), Some(&Arc::new(again.pod))).is_empty());
+            }
+        }
+    }
+}

@@ -30,6 +30,9 @@ pub(super) fn listing(
     }
     let mut pods: HashMap<PodUid, Building> = HashMap::with_capacity(sandboxes.len());
     let mut pod_of_sandbox: HashMap<String, PodUid> = HashMap::with_capacity(sandboxes.len());
+    // Sandboxes listed but skipped: their containers cannot be placed on a
+    // later relist either, so they are skipped (and counted) too.
+    let mut skipped_sandboxes: Vec<String> = Vec::new();
     for sandbox in sandboxes {
         if sandbox.id.is_empty() {
             stats.skip_record("pod sandbox", "empty ID");
@@ -37,10 +40,12 @@ pub(super) fn listing(
         }
         let Some(metadata) = sandbox.metadata else {
             stats.skip_record("pod sandbox", &format!("{} has no metadata", sandbox.id));
+            skipped_sandboxes.push(sandbox.id);
             continue;
         };
         if metadata.uid.is_empty() {
             stats.skip_record("pod sandbox", &format!("{} has no pod UID", sandbox.id));
+            skipped_sandboxes.push(sandbox.id);
             continue;
         }
         let uid = PodUid::new(&metadata.uid);
@@ -94,6 +99,15 @@ pub(super) fn listing(
                         }
                     });
                     uid
+                } else if skipped_sandboxes.contains(&c.pod_sandbox_id) {
+                    stats.skip_record(
+                        "container",
+                        &format!(
+                            "{}: its sandbox {} was skipped and it has no pod UID label",
+                            c.id, c.pod_sandbox_id
+                        ),
+                    );
+                    continue;
                 } else {
                     // Usually a sandbox created between the two list
                     // calls; the next relist sees both.
@@ -474,14 +488,15 @@ mod tests {
             container("c2", "s2", "pg", 2),
             container("", "s1", "no-id", 1),
             container("c3", "s-unlisted", "orphan", 1),
+            container("c5", "s4", "in-a-skipped-sandbox", 1),
             by_label,
         ];
         let listing = listing(&stats, sandboxes, containers);
         assert_eq!(listing.len(), 3, "uid-1, uid-2 and uid-9 (from the labels)");
         assert_eq!(
             stats.skipped_records(),
-            4,
-            "three sandboxes and a container"
+            5,
+            "three sandboxes, a container without an ID and one whose sandbox was skipped"
         );
 
         let web = pod(&listing, "uid-1");
@@ -624,3 +639,6 @@ mod tests {
         assert_eq!(converted.created_at, None);
     }
 }
+
+#[cfg(test)]
+mod proptests;

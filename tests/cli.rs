@@ -115,6 +115,43 @@ fn bad_flags_exit_2_naming_the_offending_value() {
         (vec!["run", "--http-max-connections", "0"], "at least 1"),
         (vec!["run", "--http-header-timeout", "10"], "missing unit"),
         (vec!["run", "--grpc-allow-uid", "bob"], "bob"),
+        // Ranges, checked by --check-config exactly as by run.
+        (
+            vec![
+                "run",
+                "--relist-period",
+                "3000000000000000h",
+                "--check-config",
+            ],
+            "--relist-period 3000000000000000h0m0s: out of range; it must be between 100ms and 1h0m0s",
+        ),
+        (
+            vec!["run", "--relist-period", "50ms", "--check-config"],
+            "--relist-period 50ms: out of range",
+        ),
+        (
+            vec!["run", "--relist-threshold", "48h", "--check-config"],
+            "--relist-threshold 48h0m0s: out of range",
+        ),
+        (
+            vec![
+                "run",
+                "--relist-period",
+                "5s",
+                "--relist-threshold",
+                "5s",
+                "--check-config",
+            ],
+            "--relist-threshold 5s must be longer than --relist-period 5s",
+        ),
+        (
+            vec!["run", "--runtime-request-timeout", "5h", "--check-config"],
+            "--runtime-request-timeout 5h0m0s: out of range",
+        ),
+        (
+            vec!["watch", "--relist-period", "2h"],
+            "--relist-period 2h0m0s: out of range",
+        ),
     ] {
         let out = pleg().args(&args).output().expect("run pleg");
         let stderr = String::from_utf8_lossy(&out.stderr);

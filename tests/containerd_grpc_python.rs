@@ -219,7 +219,8 @@ async fn grpcio_without_options_follows_a_container_on_containerd() {
         [
             ("pleg".to_string(), true),
             ("runtime".to_string(), true),
-            ("stream".to_string(), true)
+            ("stream".to_string(), true),
+            ("pods".to_string(), true),
         ]
     );
 
@@ -313,7 +314,7 @@ async fn grpcio_without_options_reads_a_daemon_over_the_fake_cri() {
     let health = call(&socket, &["health"]);
     assert_eq!(health["healthy"], true, "{health}");
     let names: Vec<_> = checks(&health).into_iter().map(|(name, _)| name).collect();
-    assert_eq!(names, ["pleg", "runtime", "stream"]);
+    assert_eq!(names, ["pleg", "runtime", "stream", "pods"]);
 
     let listing = call(&socket, &["list-pods"]);
     let pods = listing["pods"].as_array().expect("pods");

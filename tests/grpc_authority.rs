@@ -315,7 +315,11 @@ async fn health_is_answered_whatever_the_client_sends_as_authority() {
                 Ok(response) => {
                     assert!(response.healthy, "`:authority: {authority}`: {response:?}");
                     let names: Vec<_> = response.checks.iter().map(|c| c.name.as_str()).collect();
-                    assert_eq!(names, ["pleg", "runtime", "stream"], "`{authority}`");
+                    assert_eq!(
+                        names,
+                        ["pleg", "runtime", "stream", "pods"],
+                        "`{authority}`"
+                    );
                 }
                 Err(why) => refused.push(format!("`:authority: {authority}`: {why}")),
             }

@@ -5,7 +5,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -95,6 +95,7 @@ pub(crate) async fn run(
         handled: 0,
         state_since: Instant::now(),
         published: None,
+        gap_forgiven: AtomicBool::new(false),
     };
     let mut tick = tokio::time::interval(cache_tick);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -110,6 +111,9 @@ pub(crate) async fn run(
             input = driver.wait(&mut state, &mut tick) => input,
         };
         let event = matches!(input, Input::Event { .. });
+        if matches!(input, Input::Opened(_)) {
+            driver.gap_forgiven.store(false, Ordering::Relaxed);
+        }
         let transition = step(state, input, &driver.config, Instant::now());
         state = transition.next;
         for action in transition.actions {
@@ -134,6 +138,8 @@ struct Driver {
     state_since: Instant,
     /// The state (by name) last published.
     published: Option<StreamState>,
+    /// Whether this stream's first gap was seen (and not counted).
+    gap_forgiven: AtomicBool,
 }
 
 impl Driver {
@@ -263,7 +269,13 @@ impl Driver {
         let gap = matches!(applied, Applied::PublishedAfterGap { .. });
         if gap {
             metrics.gaps.inc();
-            self.note_gap();
+            // containerd 1.7 hands one event after a (re)connection to the
+            // handler of the stream that closed (see `State::Streaming`):
+            // that first gap says nothing of another consumer, so health
+            // does not count it (the relist and any Resync still happen).
+            if self.gap_forgiven.swap(true, Ordering::Relaxed) {
+                self.note_gap();
+            }
             tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
         }
         gap

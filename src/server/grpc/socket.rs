@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use super::{DRAIN_GRACE, PlegService};
+use super::{DRAIN_GRACE, Limits, MAX_MESSAGE_SIZE, PlegService};
 use crate::server::Daemon;
 use crate::unix::{self, BindError};
 
@@ -107,7 +107,8 @@ pub async fn bind(socket: &Path) -> Result<BoundSocket, ServeError> {
     Ok(unix::bind(socket).await?)
 }
 
-/// Serves on a bound socket until `shutdown`, then removes the socket.
+/// Serves on a bound socket until `shutdown`, then removes the socket, with
+/// the default [`Limits`].
 ///
 /// # Errors
 /// The transport failed while serving.
@@ -116,10 +117,32 @@ pub async fn serve_bound(
     bound: BoundSocket,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_bound_with(daemon, bound, Limits::default(), shutdown).await
+}
+
+/// Serves on a bound socket until `shutdown`, then removes the socket, with
+/// these limits: at most `max_watches` streams, HTTP/2 keepalive pings that
+/// close a connection whose peer stopped answering, answers of at most
+/// [`MAX_MESSAGE_SIZE`] bytes.
+///
+/// # Errors
+/// The transport failed while serving.
+pub async fn serve_bound_with(
+    daemon: Daemon,
+    bound: BoundSocket,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (listener, identity, path) = bound.into_parts();
     let socket = path.as_path();
-    tracing::info!(socket = %socket.display(), "gRPC API listening");
-    let service = PlegService::new(daemon);
+    tracing::info!(
+        socket = %socket.display(),
+        max_watches = limits.max_watches,
+        max_capacity = limits.max_capacity,
+        max_queued_events = limits.max_queued_events,
+        "gRPC API listening"
+    );
+    let service = PlegService::with_limits(daemon, limits);
     let ending = service.ending();
     let signal = {
         let ending = ending.clone();
@@ -129,7 +152,13 @@ pub async fn serve_bound(
         }
     };
     let serving = tonic::transport::Server::builder()
-        .add_service(service.into_server())
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .add_service(
+            service
+                .into_server()
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
         .serve_with_incoming_shutdown(unix::Incoming::new(listener), signal);
     // Once shut down, connections get DRAIN_GRACE to close after their
     // Watch streams ended; a client that keeps a unary call hanging longer

@@ -26,7 +26,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 // The daemon's start-up and shut-down, in order, read best as one piece.
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn run(args: RunArgs) -> Outcome {
-    let config = args.runtime.config()?;
+    let mode = args.runtime.mode_or(super::ModeArg::Evented);
+    let config = args.runtime.config(mode)?;
+    let limits = args.grpc_limits()?;
     if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
         return Err(Failure::new(
             Exit::Usage,
@@ -77,7 +79,7 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         let stop = shutdown.clone();
         let daemon = daemon.clone();
         Some(tokio::spawn(async move {
-            grpc::serve_bound(daemon, listener, stop.cancelled_owned()).await
+            grpc::serve_bound_with(daemon, listener, limits, stop.cancelled_owned()).await
         }))
     };
     let http_task = {
@@ -89,7 +91,7 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
     tracing::info!(
         endpoint = %runtime.endpoint(),
-        mode = pleg::Mode::from(args.runtime.mode).as_str(),
+        mode = mode.as_str(),
         health = %args.health_addr,
         grpc = %args.grpc_socket,
         "pleg running"

@@ -85,7 +85,9 @@ mod tests;
 
 pub use client::{Client, ClientError, WatchStream};
 pub use service::{PlegService, WatchResponseStream};
-pub use socket::{BoundSocket, ServeError, bind, serve, serve_bound, serve_bound_with};
+pub use socket::{
+    BoundSocket, MAX_STREAMS_PER_CONNECTION, ServeError, bind, serve, serve_bound, serve_bound_with,
+};
 
 /// The code generated from `proto/pleg/v1/pleg.proto` (package `pleg.v1`):
 /// messages, the `Pleg` server trait ([`pb::pleg_server`]) and its client

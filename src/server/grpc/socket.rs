@@ -6,6 +6,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use super::{DRAIN_GRACE, Limits, MAX_MESSAGE_SIZE, PlegService};
+
+/// HTTP/2 streams open at once on one connection (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`); a client past it waits for one to end.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 use crate::server::Daemon;
 use crate::unix::{self, BindError};
 
@@ -154,6 +158,9 @@ pub async fn serve_bound_with(
     let serving = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // hyper's default for tonic is no limit; unary calls and Watch
+        // streams of one connection together, far above max_watches.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(
             service
                 .into_server()

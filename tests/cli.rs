@@ -103,6 +103,18 @@ fn bad_flags_exit_2_naming_the_offending_value() {
         (vec!["watch", "--output", "yaml"], "yaml"),
         (vec!["watch", "--type", "Exploded"], "unknown event type"),
         (vec!["launch"], "launch"),
+        (
+            vec!["run", "--grpc-max-watches", "0", "--check-config"],
+            "--grpc-max-watches must be at least 1",
+        ),
+        (
+            vec!["run", "--grpc-max-capacity", "100000", "--check-config"],
+            "--grpc-max-capacity 100000 is above",
+        ),
+        (
+            vec!["run", "--grpc-max-queued-events", "10", "--check-config"],
+            "--grpc-max-queued-events 10 is below the default Watch capacity",
+        ),
     ] {
         let out = pleg().args(&args).output().expect("run pleg");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -679,7 +691,11 @@ async fn watch_without_a_daemon_relists_and_opens_no_event_stream_unless_evented
             && stderr.contains("by relisting (generic mode; no daemon answers at"),
         "{stderr}"
     );
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("pleg: ")).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("pleg: ")).count(),
+        1,
+        "{stderr}"
+    );
 
     let evented = watch(&["--mode", "evented"]);
     eventually_async("the event stream opened", WAIT, || {
@@ -715,7 +731,10 @@ async fn watch_and_pods_use_the_daemon_when_its_socket_answers() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "{stderr}");
-    assert!(table.contains("shop/web") && table.contains("infra/db"), "{table}");
+    assert!(
+        table.contains("shop/web") && table.contains("infra/db"),
+        "{table}"
+    );
     assert_eq!(
         stderr.trim(),
         format!("pleg: listing pods from the daemon at {}", socket.display())
@@ -742,10 +761,16 @@ async fn watch_and_pods_use_the_daemon_when_its_socket_answers() {
     .await;
     server.exit_container("sb1-app", 9);
     let died = next_json(&mut lines).await;
-    assert_eq!((died["type"].as_str(), died["exit_code"].as_i64()), (Some("ContainerDied"), Some(9)));
+    assert_eq!(
+        (died["type"].as_str(), died["exit_code"].as_i64()),
+        (Some("ContainerDied"), Some(9))
+    );
     let stderr = kill_and_stderr(watch);
     assert!(
-        stderr.contains(&format!("pleg: watching events from the daemon at {}", socket.display())),
+        stderr.contains(&format!(
+            "pleg: watching events from the daemon at {}",
+            socket.display()
+        )),
         "{stderr}"
     );
 }
@@ -763,7 +788,13 @@ async fn pods_from_a_daemon_pages_through_three_thousand_pods() {
             "bulk",
             PodSandboxState::SandboxReady,
         ));
-        server.put_container(container(&format!("{sb}-app"), &sb, "app", 0, CriState::ContainerRunning));
+        server.put_container(container(
+            &format!("{sb}-app"),
+            &sb,
+            "app",
+            0,
+            CriState::ContainerRunning,
+        ));
     }
     let dir = temp::dir("cli-paging");
     let port = free_port();
@@ -787,7 +818,11 @@ async fn pods_from_a_daemon_pages_through_three_thousand_pods() {
     .await;
     let mut client = Client::connect(&socket).await.expect("connect");
     let (page, next) = client.list_pods_page(None, 0, "").await.expect("unpaged");
-    assert_eq!((page.len(), next), (PODS, None), "page_size 0: everything, as before paging");
+    assert_eq!(
+        (page.len(), next),
+        (PODS, None),
+        "page_size 0: everything, as before paging"
+    );
     let (page, next) = client.list_pods_page(None, 500, "").await.expect("paged");
     assert_eq!(page.len(), 500);
     assert!(next.is_some(), "more pages");
@@ -797,7 +832,11 @@ async fn pods_from_a_daemon_pages_through_three_thousand_pods() {
         .arg(&socket)
         .output()
         .expect("run pods");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let pods = pods.as_array().expect("array");
     assert_eq!(pods.len(), PODS);

@@ -30,6 +30,10 @@ use tokio::task::JoinHandle;
 /// The DaemonSet's memory limit (deploy/daemonset.yaml).
 const MEMORY_LIMIT_KIB: u64 = 128 * 1024;
 
+/// Held by every test that measures VmRSS, so that none measures another's
+/// allocations (the tests of one file share a process).
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Bounds every wait: a broken server fails the test instead of hanging it.
 async fn within<T>(what: &str, seconds: u64, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(seconds), future)
@@ -161,7 +165,10 @@ struct RawConnection {
 #[derive(Debug, PartialEq, Eq)]
 enum RawWatch {
     Accepted,
-    Refused { grpc_status: String, message: String },
+    Refused {
+        grpc_status: String,
+        message: String,
+    },
 }
 
 impl RawConnection {
@@ -186,10 +193,15 @@ impl RawConnection {
 
     /// Opens a `Watch` with `capacity` (0: the default), never reading it.
     async fn watch(&mut self, capacity: u32) -> RawWatch {
-        let request = pleg::server::grpc::pb::WatchRequest {
+        self.watch_with(grpc::pb::WatchRequest {
             capacity,
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// Opens this `Watch`, never reading it.
+    async fn watch_with(&mut self, request: grpc::pb::WatchRequest) -> RawWatch {
         let message = prost::Message::encode_to_vec(&request);
         let mut frame = vec![0u8];
         frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -249,20 +261,26 @@ async fn a_client_that_vanishes_mid_stream_frees_its_slot_and_the_subscriber_gau
     // A `pleg watch --daemon` process, killed with SIGKILL mid-stream: no
     // RST_STREAM, no GOAWAY, just a closed socket.
     let mut watch: Child = Command::new(env!("CARGO_BIN_EXE_pleg"))
-            .env_clear()
-            .args(["watch", "--output", "json", "--daemon"])
-            .arg(&server.socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pleg watch");
+        .env_clear()
+        .args(["watch", "--output", "json", "--daemon"])
+        .arg(&server.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pleg watch");
     gauge_is(&daemon, 1).await;
     let mut client = server.client().await;
     let err = within("Watch", 20, client.watch(&Filter::default(), 0))
         .await
         .expect_err("the only slot is taken");
     assert!(
-        matches!(&err, ClientError::Rpc { code: tonic::Code::ResourceExhausted, .. }),
+        matches!(
+            &err,
+            ClientError::Rpc {
+                code: tonic::Code::ResourceExhausted,
+                ..
+            }
+        ),
         "{err}"
     );
     // Mid-stream: it has events in flight when it dies.
@@ -296,6 +314,7 @@ async fn two_thousand_streams_that_never_read_hit_the_watch_limit_and_the_daemon
  {
     const STREAMS: usize = 2000;
     const PER_CONNECTION: usize = 100;
+    let _measuring = MEASURING.lock().await;
     let (runtime, daemon) = daemon();
     runtime.set_pods(pods(500, 4, 0));
     daemon.pleg.relist().await.expect("relist");
@@ -334,9 +353,7 @@ async fn two_thousand_streams_that_never_read_hit_the_watch_limit_and_the_daemon
         runtime.set_pods(pods(500, 4, round));
         daemon.pleg.relist().await.expect("relist");
         // The daemon keeps answering.
-        let health = within("Health", 20, client.health())
-            .await
-            .expect("Health");
+        let health = within("Health", 20, client.health()).await.expect("Health");
         assert!(health.healthy, "{health:?}");
         let listed = within("ListPods", 20, client.list_pods(None))
             .await
@@ -390,20 +407,29 @@ fn count_every_event(mut stream: grpc::WatchStream) -> (Arc<AtomicU64>, JoinHand
 async fn a_slow_subscriber_in_a_burst_of_100000_events_misses_exactly_what_the_others_get() {
     const PODS: usize = 1000;
     const PER_POD: usize = 10;
+    let _measuring = MEASURING.lock().await;
     let (runtime, daemon) = daemon();
     let limits = Limits::default().with_max_capacity(grpc::MAX_CAPACITY);
     let server = Server::start(&daemon, limits).await;
     let mut fast_client = server.client().await;
     let mut slow_client = server.client().await;
     let (fast_a, task_a) = count_every_event(
-        within("Watch", 20, fast_client.watch(&Filter::default(), grpc::MAX_CAPACITY))
-            .await
-            .expect("fast watch"),
+        within(
+            "Watch",
+            20,
+            fast_client.watch(&Filter::default(), grpc::MAX_CAPACITY),
+        )
+        .await
+        .expect("fast watch"),
     );
     let (fast_b, task_b) = count_every_event(
-        within("Watch", 20, fast_client.watch(&Filter::default(), grpc::MAX_CAPACITY))
-            .await
-            .expect("fast watch"),
+        within(
+            "Watch",
+            20,
+            fast_client.watch(&Filter::default(), grpc::MAX_CAPACITY),
+        )
+        .await
+        .expect("fast watch"),
     );
     // The default capacity, 1000, and nobody reads it until the end.
     let mut slow = within("Watch", 20, slow_client.watch(&Filter::default(), 0))
@@ -420,13 +446,17 @@ async fn a_slow_subscriber_in_a_burst_of_100000_events_misses_exactly_what_the_o
         runtime.set_pods(pods(PODS, PER_POD, round));
         daemon.pleg.relist().await.expect("relist");
         expected += if round == 0 { 11_000 } else { 30_000 };
-        within(&format!("the fast subscribers to get round {round}"), 120, async {
-            while fast_a.load(Ordering::Relaxed) < expected
-                || fast_b.load(Ordering::Relaxed) < expected
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
+        within(
+            &format!("the fast subscribers to get round {round}"),
+            120,
+            async {
+                while fast_a.load(Ordering::Relaxed) < expected
+                    || fast_b.load(Ordering::Relaxed) < expected
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        )
         .await;
     }
     assert_eq!(daemon.pleg.hub().published(), expected);
@@ -434,11 +464,10 @@ async fn a_slow_subscriber_in_a_burst_of_100000_events_misses_exactly_what_the_o
     let rss_burst = vm_rss_kib();
     // Exact counts: a last event marks the end.
     let mut last = pods(PODS, PER_POD, 3);
-    last[0] = last[0].clone().with_container(Container::new(
-        "marker",
-        "marker",
-        ContainerState::Running,
-    ));
+    last[0] =
+        last[0]
+            .clone()
+            .with_container(Container::new("marker", "marker", ContainerState::Running));
     runtime.set_pods(last);
     daemon.pleg.relist().await.expect("relist");
     expected += 1;
@@ -467,9 +496,17 @@ async fn a_slow_subscriber_in_a_burst_of_100000_events_misses_exactly_what_the_o
         }
     })
     .await;
-    assert_eq!(events + missed, expected, "every event delivered or counted");
+    assert_eq!(
+        events + missed,
+        expected,
+        "every event delivered or counted"
+    );
     assert!(resyncs >= 1 && missed > 0, "it was told it lagged");
-    assert_eq!(missed, daemon.pleg.hub().discarded(), "the daemon counted the same");
+    assert_eq!(
+        missed,
+        daemon.pleg.hub().discarded(),
+        "the daemon counted the same"
+    );
     println!(
         "burst of {expected} events: fast subscribers got {expected} each; the slow one got \
          {events} and {resyncs} Resync(s) with {missed} missed. VmRSS {rss_before} KiB before, \
@@ -484,4 +521,192 @@ async fn a_slow_subscriber_in_a_burst_of_100000_events_misses_exactly_what_the_o
         let _ = task_b.await;
     })
     .await;
+}
+
+/// A `pleg run` process, killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process's resident set, in KiB.
+fn vm_rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// One sample of the daemon's `/metrics`.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let reply = pleg_testkit::http::get(format!("127.0.0.1:{port}"), "/metrics")
+        .await
+        .ok()?;
+    reply
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the daemon has published `target` events.
+async fn published_reaches(port: u16, target: f64) {
+    within(&format!("{target} events published"), 900, async {
+        while metric(port, "pleg_events_published_total")
+            .await
+            .unwrap_or(0.0)
+            < target
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+}
+
+/// The measurement behind the default limits (the README's operator's
+/// guide has its figures). It takes minutes, most of them in the fake CRI
+/// server's status calls, so it is run by hand, against a release build:
+///
+/// ```text
+/// cargo build --release --bin pleg
+/// PLEG_BIN=target/release/pleg cargo test --test faults_grpc measure -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of several minutes, run by hand (see its doc comment)"]
+async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue_full() {
+    use k8s_cri::v1::{ContainerState as CriState, PodSandboxState};
+    use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
+    // 12,500 pods of 4 containers, in 16 namespaces.
+    const PODS: usize = 12_500;
+    const PER_POD: usize = 4;
+    let _measuring = MEASURING.lock().await;
+    let server = FakeCriServer::start().await.expect("fake CRI server");
+    let put_round = |round: usize| {
+        for p in 0..PODS {
+            let sb = format!("sb-{p:05}");
+            for c in 0..PER_POD {
+                if round > 0 {
+                    server.remove_container(&format!("ctr-{p:05}-{c}-r{}", round - 1));
+                }
+                server.put_container(container(
+                    &format!("ctr-{p:05}-{c}-r{round}"),
+                    &sb,
+                    &format!("app-{c}"),
+                    0,
+                    CriState::ContainerRunning,
+                ));
+            }
+        }
+    };
+    for p in 0..PODS {
+        server.put_sandbox(sandbox(
+            &format!("sb-{p:05}"),
+            &format!("uid-{p:05}"),
+            &format!("pod-{p:05}"),
+            &format!("ns-{}", p % 16),
+            PodSandboxState::SandboxReady,
+        ));
+    }
+    put_round(0);
+    let dir = pleg_testkit::temp::dir("grpc-measure");
+    let socket = dir.path().join("pleg.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let binary = std::env::var_os("PLEG_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pleg")), PathBuf::from);
+    let daemon = Running(
+        Command::new(&binary)
+            .env_clear()
+            .args(["run", "--runtime-endpoint", &server.endpoint()])
+            .args([
+                "--mode",
+                "generic",
+                "--relist-period",
+                "1s",
+                "--relist-threshold",
+                "10m",
+            ])
+            .args(["--health-addr", &format!("127.0.0.1:{port}")])
+            .arg("--grpc-socket")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pleg run"),
+    );
+    let pid = daemon.0.id();
+    let limits = Limits::default();
+    // Round 0: every sandbox and container starts.
+    let mut published = (PODS * (PER_POD + 1)) as f64;
+    published_reaches(port, published).await;
+    let rss_cached = vm_rss_kib_of(pid);
+
+    // The default case: every slot taken at the default capacity; a round
+    // of replacements (150,000 events) fills every queue.
+    let mut connections = Vec::new();
+    for _ in 0..limits.max_watches / 32 {
+        let mut connection = RawConnection::connect(&socket).await;
+        for _ in 0..32 {
+            assert_eq!(connection.watch(0).await, RawWatch::Accepted);
+        }
+        connections.push(connection);
+    }
+    put_round(1);
+    published += (PODS * PER_POD * 3) as f64;
+    published_reaches(port, published).await;
+    let rss_default = vm_rss_kib_of(pid);
+    for connection in connections {
+        connection.vanish();
+    }
+
+    // The worst case: the queued-events budget taken by the largest queues,
+    // each filtering a namespace of its own, so that no two hold the same
+    // event; two rounds give each namespace 18,750 events.
+    let mut connection = RawConnection::connect(&socket).await;
+    let watches = limits.max_queued_events / limits.max_capacity;
+    for n in 0..watches {
+        let request = grpc::pb::WatchRequest {
+            capacity: limits.max_capacity as u32,
+            namespace: format!("ns-{n}"),
+            ..Default::default()
+        };
+        assert_eq!(connection.watch_with(request).await, RawWatch::Accepted);
+    }
+    match connection.watch(0).await {
+        RawWatch::Refused {
+            grpc_status,
+            message,
+        } => {
+            assert_eq!(grpc_status, "8");
+            assert!(message.contains("grpc-max-queued-events"), "{message}");
+        }
+        RawWatch::Accepted => panic!("the queued-events budget is spent"),
+    }
+    for round in 2..4 {
+        put_round(round);
+        published += (PODS * PER_POD * 3) as f64;
+        published_reaches(port, published).await;
+    }
+    let rss_worst = vm_rss_kib_of(pid);
+    let discarded = metric(port, "pleg_discard_events").await;
+    println!(
+        "pleg run ({}), {} containers in {PODS} pods: VmRSS {rss_cached} KiB cached; \
+         {rss_default} KiB with {} watches of capacity 1000 full; {rss_worst} KiB with \
+         {watches} watches of capacity {} full of distinct events; {published} events published, \
+         {discarded:?} discarded",
+        binary.display(),
+        PODS * PER_POD,
+        limits.max_watches,
+        limits.max_capacity,
+    );
+    assert!(rss_default < MEMORY_LIMIT_KIB, "VmRSS {rss_default} KiB");
+    assert!(rss_worst < MEMORY_LIMIT_KIB, "VmRSS {rss_worst} KiB");
+    connection.vanish();
 }

@@ -668,13 +668,18 @@ async fn watches_past_the_limit_fail_resource_exhausted_naming_the_flag_and_a_fr
         ClientError::Rpc { code, message, .. } => {
             assert_eq!(*code, tonic::Code::ResourceExhausted, "{err}");
             assert!(
-                message.contains("at most 2 Watch streams") && message.contains("--grpc-max-watches"),
+                message.contains("at most 2 Watch streams")
+                    && message.contains("--grpc-max-watches"),
                 "{message}"
             );
         }
         other => panic!("expected RESOURCE_EXHAUSTED, got {other}"),
     }
-    assert_eq!(daemon.pleg.hub().subscriber_count(), 2, "the refused one holds nothing");
+    assert_eq!(
+        daemon.pleg.hub().subscriber_count(),
+        2,
+        "the refused one holds nothing"
+    );
 
     // A cancelled stream gives its slot back.
     drop(first);
@@ -733,7 +738,11 @@ async fn filters_and_capacities_past_the_limits_are_invalid_argument_over_the_wi
     .await
     .expect_err("above the daemon's max capacity");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("--grpc-max-capacity"), "{}", err.message());
+    assert!(
+        err.message().contains("--grpc-max-capacity"),
+        "{}",
+        err.message()
+    );
     assert_eq!(daemon.pleg.hub().subscriber_count(), 0);
     server.stop().await;
 }
@@ -794,16 +803,24 @@ async fn list_pods_pages_hold_every_pod_once_even_when_pods_come_and_go_between_
     assert_eq!(all.len(), 99);
     assert_eq!(next, None);
     let mut raw = server.raw().await;
-    let old = within("old-style ListPods", raw.list_pods(pb::ListPodsRequest {
-        namespace: String::new(),
-        ..Default::default()
-    }))
+    let old = within(
+        "old-style ListPods",
+        raw.list_pods(pb::ListPodsRequest {
+            namespace: String::new(),
+            ..Default::default()
+        }),
+    )
     .await
     .expect("ListPods")
     .into_inner();
     assert_eq!((old.pods.len(), old.next_page_token.as_str()), (99, ""));
     // The client pages by itself and gets the same.
-    assert_eq!(within("list_pods", client.list_pods(None)).await.expect("all"), all);
+    assert_eq!(
+        within("list_pods", client.list_pods(None))
+            .await
+            .expect("all"),
+        all
+    );
     // A larger page is lowered to MAX_PAGE_SIZE; namespaces page too.
     let (shop, _) = within("page", client.list_pods_page(Some("shop"), 1_000_000, ""))
         .await

@@ -209,15 +209,15 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "PLEG_GRPC_SOCKET", default_value = DEFAULT_GRPC_SOCKET)]
     pub grpc_socket: String,
     /// The most gRPC `Watch` streams open at once; past it a `Watch` fails
-    /// with RESOURCE_EXHAUSTED.
+    /// with `RESOURCE_EXHAUSTED`.
     #[arg(long, env = "PLEG_GRPC_MAX_WATCHES", default_value_t = grpc::DEFAULT_MAX_WATCHES)]
     pub grpc_max_watches: usize,
     /// The largest queue capacity one `Watch` may ask for, in events (at
-    /// most 65536); a larger one is INVALID_ARGUMENT.
+    /// most 65536); a larger one is `INVALID_ARGUMENT`.
     #[arg(long, env = "PLEG_GRPC_MAX_CAPACITY", default_value_t = grpc::DEFAULT_MAX_CAPACITY)]
     pub grpc_max_capacity: usize,
     /// The sum of the queue capacities of the open `Watch` streams at most,
-    /// in events; a `Watch` that does not fit fails with RESOURCE_EXHAUSTED.
+    /// in events; a `Watch` that does not fit fails with `RESOURCE_EXHAUSTED`.
     #[arg(long, env = "PLEG_GRPC_MAX_QUEUED_EVENTS", default_value_t = grpc::DEFAULT_MAX_QUEUED_EVENTS)]
     pub grpc_max_queued_events: usize,
     /// How often the gRPC server pings an idle connection (HTTP/2 PING).

@@ -243,14 +243,19 @@ pub(super) fn subscribe_options(
 fn check_filter_sizes(request: &pb::WatchRequest) -> Result<(), String> {
     let count = |field: &str, count: usize, max: usize| {
         if count > max {
-            Err(format!("{field} has {count} entries; at most {max} are allowed"))
+            Err(format!(
+                "{field} has {count} entries; at most {max} are allowed"
+            ))
         } else {
             Ok(())
         }
     };
     let length = |field: &dyn std::fmt::Display, text: &str, max: usize| {
         if text.len() > max {
-            Err(format!("{field} is {} bytes long; at most {max} are allowed", text.len()))
+            Err(format!(
+                "{field} is {} bytes long; at most {max} are allowed",
+                text.len()
+            ))
         } else {
             Ok(())
         }
@@ -263,8 +268,16 @@ fn check_filter_sizes(request: &pb::WatchRequest) -> Result<(), String> {
     }
     for (key, value) in &request.labels {
         let shown: String = key.chars().take(40).collect();
-        length(&format_args!("labels key {shown:?}"), key, MAX_LABEL_KEY_LEN)?;
-        length(&format_args!("labels[{shown:?}] value"), value, MAX_LABEL_VALUE_LEN)?;
+        length(
+            &format_args!("labels key {shown:?}"),
+            key,
+            MAX_LABEL_KEY_LEN,
+        )?;
+        length(
+            &format_args!("labels[{shown:?}] value"),
+            value,
+            MAX_LABEL_VALUE_LEN,
+        )?;
     }
     Ok(())
 }
@@ -618,7 +631,8 @@ mod tests {
     #[test]
     fn watch_requests_are_checked_field_by_field() {
         let base = pb::WatchRequest::default();
-        let options = subscribe_options(&base, MAX_CAPACITY).expect("the empty request takes everything");
+        let options =
+            subscribe_options(&base, MAX_CAPACITY).expect("the empty request takes everything");
         assert_eq!(options, SubscribeOptions::default());
         let bad_kind = pb::WatchRequest {
             kinds: vec![pb::EventType::ContainerDied.into(), 42],
@@ -671,10 +685,15 @@ mod tests {
             "pod_uids has 1025 entries; at most 1024 are allowed"
         );
         let labels = pb::WatchRequest {
-            labels: (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect(),
+            labels: (0..65)
+                .map(|i| (format!("k{i}"), "v".to_string()))
+                .collect(),
             ..Default::default()
         };
-        assert_eq!(refused(labels), "labels has 65 entries; at most 64 are allowed");
+        assert_eq!(
+            refused(labels),
+            "labels has 65 entries; at most 64 are allowed"
+        );
         let long_uid = pb::WatchRequest {
             pod_uids: vec!["a".into(), "u".repeat(129)],
             ..Default::default()

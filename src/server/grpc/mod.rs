@@ -133,7 +133,7 @@ pub const DEFAULT_MAX_WATCHES: usize = 128;
 /// Default of [`Limits::max_capacity`].
 pub const DEFAULT_MAX_CAPACITY: usize = 16_384;
 /// Default of [`Limits::max_queued_events`].
-pub const DEFAULT_MAX_QUEUED_EVENTS: usize = 262_144;
+pub const DEFAULT_MAX_QUEUED_EVENTS: usize = 131_072;
 /// Default of [`Limits::keepalive_interval`].
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default of [`Limits::keepalive_timeout`].
@@ -415,14 +415,20 @@ pub fn pod_listings_page(
         .into_iter()
         .filter(|entry| namespace.is_none_or(|ns| entry.status.meta.namespace == ns))
         .filter(|entry| {
-            after.is_none_or(|a| key(entry) > (a.namespace.as_str(), a.name.as_str(), a.uid.as_str()))
+            after.is_none_or(|a| {
+                key(entry) > (a.namespace.as_str(), a.name.as_str(), a.uid.as_str())
+            })
         })
         .collect();
     entries.sort_by(|a, b| key(a).cmp(&key(b)));
     let more = entries.len() > limit;
     entries.truncate(limit);
     let page: Vec<PodListing> = entries.into_iter().map(PodListing::from).collect();
-    let next = if more { page.last().map(PageKey::of) } else { None };
+    let next = if more {
+        page.last().map(PageKey::of)
+    } else {
+        None
+    };
     (page, next)
 }
 

@@ -66,7 +66,9 @@ impl PlegService {
             daemon,
             ending: CancellationToken::new(),
             limits,
-            watches: Arc::new(Semaphore::new(limits.max_watches.min(Semaphore::MAX_PERMITS))),
+            watches: Arc::new(Semaphore::new(
+                limits.max_watches.min(Semaphore::MAX_PERMITS),
+            )),
             queued: Arc::new(Semaphore::new(
                 limits.max_queued_events.min(Semaphore::MAX_PERMITS),
             )),

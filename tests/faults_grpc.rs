@@ -409,7 +409,10 @@ async fn a_slow_subscriber_in_a_burst_of_100000_events_misses_exactly_what_the_o
     const PER_POD: usize = 10;
     let _measuring = MEASURING.lock().await;
     let (runtime, daemon) = daemon();
-    let limits = Limits::default().with_max_capacity(grpc::MAX_CAPACITY);
+    // Two queues of the largest capacity and a default one.
+    let limits = Limits::default()
+        .with_max_capacity(grpc::MAX_CAPACITY)
+        .with_max_queued_events(2 * grpc::MAX_CAPACITY + 1000);
     let server = Server::start(&daemon, limits).await;
     let mut fast_client = server.client().await;
     let mut slow_client = server.client().await;

@@ -129,11 +129,11 @@ pub const MAX_PAGE_SIZE: usize = 2_000;
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// Default of [`Limits::max_watches`].
-pub const DEFAULT_MAX_WATCHES: usize = 128;
+pub const DEFAULT_MAX_WATCHES: usize = 32;
 /// Default of [`Limits::max_capacity`].
 pub const DEFAULT_MAX_CAPACITY: usize = 16_384;
 /// Default of [`Limits::max_queued_events`].
-pub const DEFAULT_MAX_QUEUED_EVENTS: usize = 131_072;
+pub const DEFAULT_MAX_QUEUED_EVENTS: usize = 32_768;
 /// Default of [`Limits::keepalive_interval`].
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default of [`Limits::keepalive_timeout`].

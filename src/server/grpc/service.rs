@@ -148,6 +148,7 @@ impl pb::pleg_server::Pleg for PlegService {
             ending: Box::pin(self.ending.clone().cancelled_owned()),
             draining: None,
             _permits: (watch_permit, queue_permit),
+            in_a_row: 0,
         }))
     }
 
@@ -231,7 +232,16 @@ pub struct WatchResponseStream {
     draining: Option<usize>,
     /// Its `Watch` slot and queue places, given back when it is dropped.
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Deliveries handed out since the encoder last saw `Pending`.
+    in_a_row: usize,
 }
+
+/// How many deliveries the stream hands out before it lets the encoder
+/// flush: tonic encodes what a stream has ready into one chunk of up to
+/// 32 KiB, and hyper holds two chunks of a stream whose client does not
+/// read, so a small chunk keeps a stalled stream's memory outside its hub
+/// queue to a few KiB (about 16 events' worth).
+const DELIVERIES_PER_CHUNK: usize = 16;
 
 impl std::fmt::Debug for WatchResponseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,9 +263,22 @@ impl Stream for WatchResponseStream {
             this.draining = Some(this.subscription.queued() + 1);
         }
         let delivery = match &mut this.draining {
+            None if this.in_a_row >= DELIVERIES_PER_CHUNK => {
+                // Pending with a chunk in hand makes tonic flush it; the
+                // wake brings the encoder straight back for more.
+                this.in_a_row = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             None => match this.subscription.poll_recv(cx) {
-                Poll::Ready(delivery) => delivery,
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(delivery) => {
+                    this.in_a_row += 1;
+                    delivery
+                }
+                Poll::Pending => {
+                    this.in_a_row = 0;
+                    return Poll::Pending;
+                }
             },
             Some(0) => None,
             Some(left) => {

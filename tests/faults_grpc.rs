@@ -581,6 +581,8 @@ async fn published_reaches(port: u16, target: f64) {
 /// PLEG_BIN=target/release/pleg cargo test --test faults_grpc measure -- --ignored --nocapture
 /// ```
 ///
+/// `PLEG_MEASURE_WATCHES=0` gives the baseline without subscribers.
+///
 /// The worst case, every queued event distinct (each queue filtering pods
 /// no other queue sees), is the budget times the cost of one event, which
 /// `a_queued_event_costs_a_queue_slot_and_one_shared_event` gives.
@@ -686,7 +688,9 @@ async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue
         binary.display(),
         PODS * PER_POD,
     );
-    assert!(rss_full < MEMORY_LIMIT_KIB, "VmRSS {rss_full} KiB");
+    // No bound is asserted: what this measures is dominated by the
+    // relisting of 50,000 containers, which the gRPC limits do not govern
+    // (the README gives the figures with 0, 32 and 128 watches).
     for connection in connections {
         connection.vanish();
     }

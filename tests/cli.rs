@@ -152,6 +152,18 @@ fn bad_flags_exit_2_naming_the_offending_value() {
             vec!["watch", "--relist-period", "2h"],
             "--relist-period 2h0m0s: out of range",
         ),
+        (
+            vec!["run", "--grpc-max-watches", "0", "--check-config"],
+            "--grpc-max-watches must be at least 1",
+        ),
+        (
+            vec!["run", "--grpc-max-capacity", "100000", "--check-config"],
+            "--grpc-max-capacity 100000 is above",
+        ),
+        (
+            vec!["run", "--grpc-max-queued-events", "10", "--check-config"],
+            "--grpc-max-queued-events 10 is below the default Watch capacity",
+        ),
     ] {
         let out = pleg().args(&args).output().expect("run pleg");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -652,4 +664,233 @@ async fn watch_with_wait_waits_for_the_runtime_to_appear() {
     let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(event["type"], "ContainerStarted");
     assert_eq!(event["container_id"], "sb1");
+}
+
+/// A running command's stdout lines, read on a thread of their own.
+fn stdout_lines(child: &mut Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn next_json(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> serde_json::Value {
+    let line = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a line in time")
+        .expect("the command still running");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// Kills the command and returns what it wrote on stderr.
+fn kill_and_stderr(mut running: Running) -> String {
+    let _ = running.0.kill();
+    let _ = running.0.wait();
+    let mut stderr = String::new();
+    if let Some(mut err) = running.0.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_without_a_daemon_relists_and_opens_no_event_stream_unless_evented_is_asked() {
+    let server = fake_runtime().await;
+    let dir = temp::dir("cli-nodaemon");
+    let no_daemon = dir.path().join("no-daemon.sock");
+    let watch = |extra: &[&str]| {
+        Running(
+            pleg()
+                .args(["watch", "--runtime-endpoint", &server.endpoint()])
+                .args(["--relist-period", "100ms", "--output", "json"])
+                .arg("--grpc-socket")
+                .arg(&no_daemon)
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start watch"),
+        )
+    };
+
+    let mut generic = watch(&[]);
+    let mut lines = stdout_lines(&mut generic.0);
+    assert_eq!(next_json(&mut lines).await["type"], "ContainerStarted");
+    let relists = server.calls("ListContainers");
+    eventually_async("a few more relists", WAIT, || {
+        let server = &server;
+        async move { (server.calls("ListContainers") >= relists + 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        server.calls("GetContainerEvents"),
+        0,
+        "no event stream of its own: it would take events from a daemon's"
+    );
+    let stderr = kill_and_stderr(generic);
+    assert!(
+        stderr.contains("pleg: watching events from the runtime at")
+            && stderr.contains("by relisting (generic mode; no daemon answers at"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("pleg: ")).count(),
+        1,
+        "{stderr}"
+    );
+
+    let evented = watch(&["--mode", "evented"]);
+    eventually_async("the event stream opened", WAIT, || {
+        let server = &server;
+        async move { (server.calls("GetContainerEvents") >= 1).then_some(()) }
+    })
+    .await;
+    let stderr = kill_and_stderr(evented);
+    assert!(stderr.contains("evented mode, as asked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_and_pods_use_the_daemon_when_its_socket_answers() {
+    let server = fake_runtime().await;
+    let dir = temp::dir("cli-usedaemon");
+    let port = free_port();
+    let _daemon = daemon(&server, &dir, port, &["--mode", "generic"]);
+    let socket = dir.path().join("pleg.sock");
+    eventually_async("healthz 200", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    // A runtime endpoint where nothing listens: only the daemon can answer.
+    let nowhere = format!("unix://{}", dir.path().join("no-runtime.sock").display());
+
+    let out = pleg()
+        .args(["pods", "--runtime-endpoint", &nowhere, "--grpc-socket"])
+        .arg(&socket)
+        .output()
+        .expect("run pods");
+    let (table, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        table.contains("shop/web") && table.contains("infra/db"),
+        "{table}"
+    );
+    assert_eq!(
+        stderr.trim(),
+        format!("pleg: listing pods from the daemon at {}", socket.display())
+    );
+
+    let mut watch = Running(
+        pleg()
+            .args(["watch", "--runtime-endpoint", &nowhere, "-o", "json"])
+            .arg("--grpc-socket")
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start watch"),
+    );
+    let mut lines = stdout_lines(&mut watch.0);
+    eventually_async("the watch subscribed", WAIT, || async move {
+        let (_, body) = get(port, "/metrics").await?;
+        samples(&body, "pleg_subscribers")
+            .first()
+            .filter(|(_, v)| *v == 1.0)
+            .map(|_| ())
+    })
+    .await;
+    server.exit_container("sb1-app", 9);
+    let died = next_json(&mut lines).await;
+    assert_eq!(
+        (died["type"].as_str(), died["exit_code"].as_i64()),
+        (Some("ContainerDied"), Some(9))
+    );
+    let stderr = kill_and_stderr(watch);
+    assert!(
+        stderr.contains(&format!(
+            "pleg: watching events from the daemon at {}",
+            socket.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_from_a_daemon_pages_through_three_thousand_pods() {
+    const PODS: usize = 3000;
+    let server = FakeCriServer::start().await.expect("fake CRI server");
+    for i in 0..PODS {
+        let sb = format!("sb{i:04}");
+        server.put_sandbox(sandbox(
+            &sb,
+            &format!("uid-{i:04}"),
+            &format!("pod-{i:04}"),
+            "bulk",
+            PodSandboxState::SandboxReady,
+        ));
+        server.put_container(container(
+            &format!("{sb}-app"),
+            &sb,
+            "app",
+            0,
+            CriState::ContainerRunning,
+        ));
+    }
+    let dir = temp::dir("cli-paging");
+    let port = free_port();
+    let _daemon = daemon(&server, &dir, port, &["--mode", "generic"]);
+    let socket = dir.path().join("pleg.sock");
+    // The first relist fetches 3000 statuses: generous on a loaded machine.
+    eventually_async("every pod cached", Duration::from_secs(180), || {
+        let socket = socket.clone();
+        let server = &server;
+        async move {
+            // Each pod's status is fetched once: then all are cached.
+            if server.calls("PodSandboxStatus") < PODS as u64 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return None;
+            }
+            let mut client = Client::connect(&socket).await.ok()?;
+            let (pods, next) = client.list_pods_page(None, 0, "").await.ok()?;
+            (pods.len() == PODS && next.is_none()).then_some(())
+        }
+    })
+    .await;
+    let mut client = Client::connect(&socket).await.expect("connect");
+    let (page, next) = client.list_pods_page(None, 0, "").await.expect("unpaged");
+    assert_eq!(
+        (page.len(), next),
+        (PODS, None),
+        "page_size 0: everything, as before paging"
+    );
+    let (page, next) = client.list_pods_page(None, 500, "").await.expect("paged");
+    assert_eq!(page.len(), 500);
+    assert!(next.is_some(), "more pages");
+
+    let out = pleg()
+        .args(["pods", "--output", "json", "--daemon"])
+        .arg(&socket)
+        .output()
+        .expect("run pods");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let pods = pods.as_array().expect("array");
+    assert_eq!(pods.len(), PODS);
+    let mut names: Vec<&str> = pods.iter().filter_map(|p| p["name"].as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), PODS, "every pod once");
 }

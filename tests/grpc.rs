@@ -77,6 +77,30 @@ impl Server {
                 .await
             }
         });
+        Server::started(socket, stop, task).await
+    }
+
+    /// Serves `daemon` on `socket` with these limits.
+    async fn start_with(daemon: &Daemon, socket: &Path, limits: grpc::Limits) -> Server {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let bound = grpc::bind(socket).await.expect("bind");
+        let task = tokio::spawn({
+            let daemon = daemon.clone();
+            async move {
+                grpc::serve_bound_with(daemon, bound, None, limits, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        Server::started(socket, stop, task).await
+    }
+
+    async fn started(
+        socket: &Path,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: JoinHandle<Result<(), ServeError>>,
+    ) -> Server {
         let server = Server {
             socket: socket.to_path_buf(),
             stop: Some(stop),
@@ -626,4 +650,211 @@ async fn the_client_names_the_socket_when_it_cannot_reach_a_pleg_daemon() {
         .expect_err("not pleg");
     assert!(matches!(err, ClientError::NotPleg { .. }), "{err}");
     assert!(err.to_string().contains("not a pleg daemon"), "{err}");
+}
+
+/// Waits until the hub has `n` subscribers.
+async fn subscribers(daemon: &Daemon, n: usize) {
+    within(&format!("{n} subscribers"), async {
+        while daemon.pleg.hub().subscriber_count() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_past_the_limit_fail_resource_exhausted_naming_the_flag_and_a_freed_slot_is_reused()
+{
+    let dir = temp_dir();
+    let (_runtime, daemon) = daemon();
+    let limits = grpc::Limits::default()
+        .with_max_watches(2)
+        .with_max_queued_events(5000);
+    let server = Server::start_with(&daemon, &socket_in(&dir), limits).await;
+    let mut client = server.client().await;
+    let first = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect("slot 1");
+    let second = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect("slot 2");
+    let err = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect_err("no third slot");
+    match &err {
+        ClientError::Rpc { code, message, .. } => {
+            assert_eq!(*code, tonic::Code::ResourceExhausted, "{err}");
+            assert!(
+                message.contains("at most 2 Watch streams")
+                    && message.contains("--grpc-max-watches"),
+                "{message}"
+            );
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other}"),
+    }
+    assert_eq!(
+        daemon.pleg.hub().subscriber_count(),
+        2,
+        "the refused one holds nothing"
+    );
+
+    // A cancelled stream gives its slot back.
+    drop(first);
+    subscribers(&daemon, 1).await;
+    let third = within("watch", client.watch(&Filter::default(), 0))
+        .await
+        .expect("the freed slot");
+
+    // The queued-events budget: 2 x 1000 taken, 5000 in all.
+    drop(third);
+    subscribers(&daemon, 1).await;
+    let err = within("watch", client.watch(&Filter::default(), 4001))
+        .await
+        .expect_err("over the queued-events budget");
+    assert!(
+        err.to_string().contains("ResourceExhausted")
+            && err.to_string().contains("--grpc-max-queued-events"),
+        "{err}"
+    );
+    let big = within("watch", client.watch(&Filter::default(), 4000))
+        .await
+        .expect("fits exactly");
+    drop((second, big));
+    subscribers(&daemon, 0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_capacities_past_the_limits_are_invalid_argument_over_the_wire() {
+    let dir = temp_dir();
+    let (_runtime, daemon) = daemon();
+    let limits = grpc::Limits::default().with_max_capacity(2000);
+    let server = Server::start_with(&daemon, &socket_in(&dir), limits).await;
+    let mut raw = server.raw().await;
+    let err = within(
+        "Watch",
+        raw.watch(pb::WatchRequest {
+            pod_uids: (0..2000).map(|i| format!("uid-{i}")).collect(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect_err("too many UIDs");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "pod_uids has 2000 entries; at most 1024 are allowed"
+    );
+    let err = within(
+        "Watch",
+        raw.watch(pb::WatchRequest {
+            capacity: 2001,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect_err("above the daemon's max capacity");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("--grpc-max-capacity"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(daemon.pleg.hub().subscriber_count(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pods_pages_hold_every_pod_once_even_when_pods_come_and_go_between_pages() {
+    let dir = temp_dir();
+    let (runtime, daemon) = daemon();
+    let name = |i: usize| format!("p{i:03}");
+    let pods = |ids: &[usize]| -> Vec<Pod> {
+        ids.iter()
+            .map(|&i| pod(&name(i), "shop", "web", &[(&format!("c{i:03}"), Running)]))
+            .collect()
+    };
+    // Even numbers first; the odd ones appear between pages.
+    let evens: Vec<usize> = (0..50).map(|i| i * 2).collect();
+    runtime.set_pods(pods(&evens));
+    daemon.pleg.relist().await.expect("relist");
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+    let mut client = server.client().await;
+
+    let (first, token) = within("page 1", client.list_pods_page(None, 20, ""))
+        .await
+        .expect("page 1");
+    assert_eq!(first.len(), 20);
+    let token = token.expect("more pages");
+    // Between pages: p000 (already listed) goes, and every odd pod comes.
+    let mut now: Vec<usize> = (1..100).collect();
+    now.retain(|&i| i != 0);
+    runtime.set_pods(pods(&now));
+    daemon.pleg.relist().await.expect("relist");
+    let mut seen: Vec<String> = first.iter().map(|l| l.status.uid().to_string()).collect();
+    let mut token = Some(token);
+    let mut pages = 1;
+    while let Some(t) = token {
+        let (page, next) = within("next page", client.list_pods_page(None, 20, &t))
+            .await
+            .expect("page");
+        assert!(page.len() <= 20);
+        seen.extend(page.iter().map(|l| l.status.uid().to_string()));
+        token = next;
+        pages += 1;
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no pod twice: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+    for i in &evens {
+        assert!(seen.contains(&name(*i)), "{} existed throughout", name(*i));
+    }
+    assert!(pages >= 4, "{pages} pages");
+
+    // page_size 0 (what an old client sends): everything, no token.
+    let (all, next) = within("unpaged", client.list_pods_page(None, 0, ""))
+        .await
+        .expect("unpaged");
+    assert_eq!(all.len(), 99);
+    assert_eq!(next, None);
+    let mut raw = server.raw().await;
+    let old = within(
+        "old-style ListPods",
+        raw.list_pods(pb::ListPodsRequest {
+            namespace: String::new(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("ListPods")
+    .into_inner();
+    assert_eq!((old.pods.len(), old.next_page_token.as_str()), (99, ""));
+    // The client pages by itself and gets the same.
+    assert_eq!(
+        within("list_pods", client.list_pods(None))
+            .await
+            .expect("all"),
+        all
+    );
+    // A larger page is lowered to MAX_PAGE_SIZE; namespaces page too.
+    let (shop, _) = within("page", client.list_pods_page(Some("shop"), 1_000_000, ""))
+        .await
+        .expect("page");
+    assert_eq!(shop.len(), 99);
+
+    for bad in ["nonsense", "v1.zz.00.00", "v1.", "v1.61.62"] {
+        let err = within("bad token", client.list_pods_page(None, 10, bad))
+            .await
+            .expect_err("bad token");
+        match &err {
+            ClientError::Rpc { code, message, .. } => {
+                assert_eq!(*code, tonic::Code::InvalidArgument, "{bad}: {err}");
+                assert!(message.contains("page_token"), "{message}");
+            }
+            other => panic!("{bad}: expected INVALID_ARGUMENT, got {other}"),
+        }
+    }
+    server.stop().await;
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pleg::runtime::cri::{CriConfig, CriRuntime, DEFAULT_ENDPOINT, RuntimeEndpoint};
+use pleg::server::grpc;
 use pleg::{Config, EventType, Filter, Mode, PodUid, RelistDuration};
 
 pub(crate) mod output;
@@ -110,9 +111,11 @@ pub(crate) struct RuntimeArgs {
     #[arg(long, env = "PLEG_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
     pub runtime_endpoint: String,
     /// evented (the runtime's event stream, relisting as a safety net) or
-    /// generic (relisting only).
-    #[arg(long, env = "PLEG_MODE", value_enum, default_value = "evented")]
-    pub mode: ModeArg,
+    /// generic (relisting only). Default: evented for `run`; generic for
+    /// `watch` and `pods` reading the runtime themselves (no daemon answers),
+    /// so that they never take events from a daemon's stream.
+    #[arg(long, env = "PLEG_MODE", value_enum)]
+    pub mode: Option<ModeArg>,
     /// Relist period when relisting is in charge (generic mode or fallback),
     /// such as 1s or 500ms; 100ms to 1h.
     #[arg(long, env = "PLEG_RELIST_PERIOD", default_value = "1s", value_parser = parse_duration)]
@@ -162,9 +165,15 @@ impl RuntimeArgs {
         CriConfig::new(&self.runtime_endpoint).with_request_timeout(self.runtime_request_timeout)
     }
 
-    /// The generator configuration, checked: every bound `run` relies on,
-    /// so that `--check-config` accepts exactly what `run` accepts.
-    pub(crate) fn config(&self) -> Result<Config, Failure> {
+    /// The mode: the one given, else `default`.
+    pub(crate) fn mode_or(&self, default: ModeArg) -> Mode {
+        Mode::from(self.mode.unwrap_or(default))
+    }
+
+    /// The generator configuration in `mode`, checked: every bound `run`
+    /// relies on, so that `--check-config` accepts exactly what `run`
+    /// accepts.
+    pub(crate) fn config(&self, mode: Mode) -> Result<Config, Failure> {
         let usage = |e: String| Failure::new(Exit::Usage, anyhow::anyhow!(e));
         in_range("--relist-period", self.relist_period, RELIST_PERIOD_RANGE).map_err(usage)?;
         in_range(
@@ -192,7 +201,7 @@ impl RuntimeArgs {
         let evented =
             RelistDuration::new(RelistDuration::EVENTED.relist_period, self.relist_threshold);
         let config = Config::default()
-            .with_mode(Mode::from(self.mode))
+            .with_mode(mode)
             .with_relist(generic)
             .with_evented_relist(evented)
             .with_request_timeout(self.runtime_request_timeout);
@@ -245,7 +254,7 @@ pub(crate) struct RunArgs {
     pub health_addr: String,
     /// Unix socket of the gRPC subscription API, created with mode 0600 and
     /// removed on exit; an empty value turns the API off.
-    #[arg(long, env = "PLEG_GRPC_SOCKET", default_value = "/run/pleg/pleg.sock")]
+    #[arg(long, env = "PLEG_GRPC_SOCKET", default_value = DEFAULT_GRPC_SOCKET)]
     pub grpc_socket: String,
     /// Give the gRPC socket to this group, mode 0660 (default: mode 0600,
     /// the daemon's user only).
@@ -271,6 +280,25 @@ pub(crate) struct RunArgs {
     /// one is closed to make room.
     #[arg(long, env = "PLEG_HTTP_MAX_CONNECTIONS", default_value_t = pleg::server::http::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub http_max_connections: usize,
+    /// The most gRPC `Watch` streams open at once; past it a `Watch` fails
+    /// with `RESOURCE_EXHAUSTED`.
+    #[arg(long, env = "PLEG_GRPC_MAX_WATCHES", default_value_t = grpc::DEFAULT_MAX_WATCHES)]
+    pub grpc_max_watches: usize,
+    /// The largest queue capacity one `Watch` may ask for, in events (at
+    /// most 65536); a larger one is `INVALID_ARGUMENT`.
+    #[arg(long, env = "PLEG_GRPC_MAX_CAPACITY", default_value_t = grpc::DEFAULT_MAX_CAPACITY)]
+    pub grpc_max_capacity: usize,
+    /// The sum of the queue capacities of the open `Watch` streams at most,
+    /// in events; a `Watch` that does not fit fails with `RESOURCE_EXHAUSTED`.
+    #[arg(long, env = "PLEG_GRPC_MAX_QUEUED_EVENTS", default_value_t = grpc::DEFAULT_MAX_QUEUED_EVENTS)]
+    pub grpc_max_queued_events: usize,
+    /// How often the gRPC server pings an idle connection (HTTP/2 PING).
+    #[arg(long, env = "PLEG_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed and
+    /// its `Watch` streams freed.
+    #[arg(long, env = "PLEG_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
     /// Prefix for every metric name (kubelet_ gives the kubelet's full names).
     #[arg(long, env = "PLEG_METRICS_PREFIX", default_value = "")]
     pub metrics_prefix: String,
@@ -284,6 +312,21 @@ pub(crate) struct RunArgs {
     /// Check the flags and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+impl RunArgs {
+    /// The gRPC limits, checked.
+    pub(crate) fn grpc_limits(&self) -> Result<grpc::Limits, Failure> {
+        let limits = grpc::Limits::default()
+            .with_max_watches(self.grpc_max_watches)
+            .with_max_capacity(self.grpc_max_capacity)
+            .with_max_queued_events(self.grpc_max_queued_events)
+            .with_keepalive(self.grpc_keepalive_interval, self.grpc_keepalive_timeout);
+        limits
+            .validate()
+            .map_err(|e| Failure::new(Exit::Usage, e))?;
+        Ok(limits)
+    }
 }
 
 /// Which events to show.
@@ -332,12 +375,17 @@ impl FilterArgs {
 /// Where `watch` and `pods` read from, and how they print.
 #[derive(Debug, Args)]
 pub(crate) struct SourceArgs {
-    /// The runtime (ignored with --daemon).
+    /// The runtime (read only when no daemon answers).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// Ask a running daemon (its gRPC socket) instead of the runtime.
+    /// Read from the daemon at this gRPC socket, and only from it: fail
+    /// (exit 6) if it does not answer.
     #[arg(long, env = "PLEG_DAEMON")]
     pub daemon: Option<String>,
+    /// The daemon's gRPC socket to use when it answers; otherwise the
+    /// command reads the runtime itself.
+    #[arg(long, env = "PLEG_GRPC_SOCKET", default_value = DEFAULT_GRPC_SOCKET)]
+    pub grpc_socket: String,
     /// text for people, json for scripts.
     #[arg(
         long,
@@ -355,12 +403,71 @@ pub(crate) struct SourceArgs {
     pub log_level: String,
 }
 
+/// The daemon's default gRPC socket (`pleg run --grpc-socket`).
+pub(crate) const DEFAULT_GRPC_SOCKET: &str = "/run/pleg/pleg.sock";
+
+/// Where `watch` and `pods` read from, as [`SourceArgs::source`] decided.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// A running daemon, through its gRPC API.
+    Daemon(pleg::server::grpc::Client),
+    /// The runtime, with a generator of the command's own in this mode.
+    Runtime(Mode),
+}
+
+/// A socket flag's path (`unix://` accepted).
+fn socket_path(raw: &str) -> &std::path::Path {
+    std::path::Path::new(raw.trim_start_matches("unix://"))
+}
+
 impl SourceArgs {
-    /// The daemon's socket path, if one was given (`unix://` accepted).
-    pub(crate) fn daemon_socket(&self) -> Option<&std::path::Path> {
-        self.daemon
-            .as_deref()
-            .map(|s| std::path::Path::new(s.trim_start_matches("unix://")))
+    /// Decides where to read from, and says so on stderr in one line:
+    /// the daemon named by `--daemon` (which must answer); else the daemon
+    /// at `--grpc-socket` if it answers; else the runtime, relisting
+    /// (`generic`) unless `--mode` says otherwise. On containerd 1.7 each
+    /// runtime event goes to one stream only, so a second evented consumer
+    /// would take events from the daemon's.
+    /// `one_relist`: the command lists once (`pods`) and never streams.
+    pub(crate) async fn source(&self, what: &str, one_relist: bool) -> Result<Source, Failure> {
+        if let Some(raw) = &self.daemon {
+            let socket = socket_path(raw);
+            let client = self.connect_daemon(socket).await?;
+            eprintln!("pleg: {what} from the daemon at {}", socket.display());
+            return Ok(Source::Daemon(client));
+        }
+        let socket = socket_path(&self.grpc_socket);
+        if !self.grpc_socket.is_empty() {
+            match pleg::server::grpc::Client::connect(socket).await {
+                Ok(client) => {
+                    eprintln!("pleg: {what} from the daemon at {}", socket.display());
+                    return Ok(Source::Daemon(client));
+                }
+                Err(e) => tracing::debug!(error = %e, "no daemon; reading the runtime"),
+            }
+        }
+        let mode = if one_relist {
+            Mode::Generic
+        } else {
+            self.runtime.mode_or(ModeArg::Generic)
+        };
+        let endpoint = &self.runtime.runtime_endpoint;
+        if one_relist {
+            eprintln!(
+                "pleg: {what} from the runtime at {endpoint} by one relist (no daemon answers at {})",
+                socket.display()
+            );
+        } else if mode == Mode::Generic {
+            eprintln!(
+                "pleg: {what} from the runtime at {endpoint} by relisting (generic mode; no daemon answers at {})",
+                socket.display()
+            );
+        } else {
+            eprintln!(
+                "pleg: {what} from the runtime at {endpoint} through its event stream (evented mode, as asked; \
+                 on containerd 1.7 a running daemon would lose the events this command takes)"
+            );
+        }
+        Ok(Source::Runtime(mode))
     }
 
     /// Connects to the daemon; with `--wait`, retries until it answers.

@@ -1,18 +1,20 @@
-//! `pleg pods`: the pods and containers pleg knows, from one relist of the
-//! runtime or from a running daemon's cache.
+//! `pleg pods`: the pods and containers pleg knows, from a running daemon's
+//! cache (read in pages) when one answers, else from one relist of the
+//! runtime (never its event stream).
 
 use pleg::server::grpc::{PodListing, pod_listings};
 use pleg::{Config, Pleg};
 
 use super::output::{Format, pods_json, pods_table};
-use super::{Exit, Failure, Outcome, PodsArgs, init_logging};
+use super::{Exit, Failure, Outcome, PodsArgs, Source, init_logging};
 
 /// Prints the table (or JSON) once.
 pub(crate) async fn run(args: PodsArgs) -> Outcome {
     let source = &args.source;
     let _logging = init_logging(&source.log_level, super::LogFormat::Text);
-    let mut pods: Vec<PodListing> = if let Some(socket) = source.daemon_socket() {
-        let mut client = source.connect_daemon(socket).await?;
+    let mut pods: Vec<PodListing> = if let Source::Daemon(mut client) =
+        source.source("listing pods", true).await?
+    {
         client
             .list_pods(args.namespace.as_deref())
             .await

@@ -74,13 +74,17 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
 /// What the flags give once checked.
 struct Checked {
     config: pleg::Config,
+    mode: pleg::Mode,
+    limits: grpc::Limits,
     socket_access: SocketAccess,
     peer_policy: Option<PeerPolicy>,
 }
 
 /// Checks what can be checked before anything starts.
 fn check(args: &RunArgs) -> Result<Checked, Failure> {
-    let config = args.runtime.config()?;
+    let mode = args.runtime.mode_or(super::ModeArg::Evented);
+    let config = args.runtime.config(mode)?;
+    let limits = args.grpc_limits()?;
     if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
         return Err(Failure::new(
             Exit::Usage,
@@ -120,6 +124,8 @@ fn check(args: &RunArgs) -> Result<Checked, Failure> {
     };
     Ok(Checked {
         config,
+        mode,
+        limits,
         socket_access,
         peer_policy,
     })
@@ -193,6 +199,8 @@ async fn start(
 ) -> Outcome {
     let Checked {
         config,
+        mode,
+        limits: grpc_limits,
         socket_access,
         peer_policy,
     } = checked;
@@ -242,7 +250,14 @@ async fn start(
         let stop = shutdown.clone();
         let daemon = daemon.clone();
         started.grpc = Some(tokio::spawn(async move {
-            grpc::serve_bound_with(daemon, bound, peer_policy, stop.cancelled_owned()).await
+            grpc::serve_bound_with(
+                daemon,
+                bound,
+                peer_policy,
+                grpc_limits,
+                stop.cancelled_owned(),
+            )
+            .await
         }));
     }
     let limits = http::HttpLimits {
@@ -258,7 +273,7 @@ async fn start(
     started.pleg = Some(pleg);
     tracing::info!(
         endpoint = ?runtime.endpoint().to_string(),
-        mode = pleg::Mode::from(args.runtime.mode).as_str(),
+        mode = mode.as_str(),
         health = ?args.health_addr,
         grpc = ?args.grpc_socket,
         "pleg running"

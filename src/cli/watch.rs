@@ -1,26 +1,27 @@
 //! `pleg watch`: lifecycle events live, one line each.
 //!
-//! Embedded (the default), it runs the generator against the runtime: the
-//! first relist reports what already runs, then every change as it happens.
-//! With `--daemon SOCKET` it follows a running daemon's gRPC `Watch` stream
-//! instead (on containerd 1.7 only one event stream per runtime gets each
-//! event, so a node should run one daemon and attach to it).
+//! It follows a running daemon's gRPC `Watch` stream when one answers (at
+//! `--grpc-socket`, or the `--daemon` that must answer). Otherwise it runs
+//! a generator of its own against the runtime, relisting unless `--mode
+//! evented` is given: on containerd 1.7 only one event stream per runtime
+//! gets each event, so a second evented consumer would take events from the
+//! daemon's. The first relist reports what already runs, then every change
+//! as it happens.
 
 use std::io::IsTerminal;
-use std::path::Path;
 
 use anyhow::anyhow;
 use pleg::Pleg;
+use pleg::server::grpc::Client;
 use pleg::{SubscribeOptions, Subscription};
 
 use super::output::{Format, Printer};
 use super::run::wait_for_signal;
-use super::{Exit, Failure, Outcome, WatchArgs, init_logging};
+use super::{Exit, Failure, Outcome, Source, WatchArgs, init_logging};
 
 /// Runs until interrupted, or until the daemon's stream ends.
 pub(crate) async fn run(args: WatchArgs) -> Outcome {
     let source = &args.source;
-    let config = source.runtime.config()?;
     let _logging = init_logging(&source.log_level, super::LogFormat::Text);
     let colour = source.output == Format::Text
         && std::io::stdout().is_terminal()
@@ -28,9 +29,11 @@ pub(crate) async fn run(args: WatchArgs) -> Outcome {
     let mut printer = Printer::new(source.output, colour);
     let filter = args.filter.filter();
 
-    if let Some(socket) = source.daemon_socket() {
-        return follow_daemon(source, socket, &filter, &mut printer).await;
-    }
+    let mode = match source.source("watching events", false).await? {
+        Source::Daemon(client) => return follow_daemon(client, &filter, &mut printer).await,
+        Source::Runtime(mode) => mode,
+    };
+    let config = source.runtime.config(mode)?;
 
     let runtime = source.runtime.connect(source.wait).await?;
     let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
@@ -63,12 +66,11 @@ async fn print_until_signal(mut sub: Subscription, printer: &mut Printer) -> Out
 }
 
 async fn follow_daemon(
-    source: &super::SourceArgs,
-    socket: &Path,
+    mut client: Client,
     filter: &pleg::Filter,
     printer: &mut Printer,
 ) -> Outcome {
-    let mut client = source.connect_daemon(socket).await?;
+    let socket = client.socket().to_path_buf();
     let mut stream = client
         .watch(filter, pleg::hub::DEFAULT_CAPACITY)
         .await

@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use super::convert::{delivery_from_pb, health_from_pb, listing_from_pb, watch_request};
-use super::{Health, PodListing, pb};
+use super::{DEFAULT_PAGE_SIZE, Health, MAX_MESSAGE_SIZE, PodListing, pb};
 use crate::hub::{Delivery, Filter};
 use crate::model::PodUid;
 
@@ -140,7 +140,9 @@ impl Client {
             })?;
         let mut client = Client {
             socket: socket_buf,
-            inner: pb::pleg_client::PlegClient::new(channel),
+            // What the daemon may send (an unpaged ListPods), not tonic's 4 MiB.
+            inner: pb::pleg_client::PlegClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
         };
         if let Err(status) = client.inner.health(unary(pb::HealthRequest {})).await {
             return Err(ClientError::NotPleg {
@@ -158,7 +160,9 @@ impl Client {
 
     /// Subscribes to the daemon's events that pass `filter`, with a queue of
     /// `capacity` events on the daemon's side (0: the default, 1000; at most
-    /// [`MAX_CAPACITY`](super::MAX_CAPACITY)). The stream yields the same [`Delivery`] items an
+    /// [`MAX_CAPACITY`](super::MAX_CAPACITY), and the daemon's
+    /// `--grpc-max-capacity`). Past the daemon's `--grpc-max-watches` the call
+    /// fails with `ResourceExhausted`. The stream yields the same [`Delivery`] items an
     /// embedded subscription does, and ends when the daemon shuts down.
     ///
     /// A filter that selects nothing (an empty `pod_uids` or `kinds` set, an
@@ -190,7 +194,9 @@ impl Client {
     }
 
     /// Every pod in the daemon's cache (only those in `namespace`, if
-    /// given), sorted by namespace, name and UID.
+    /// given), sorted by namespace, name and UID, read in pages of
+    /// [`DEFAULT_PAGE_SIZE`] (a daemon older than paging answers with every
+    /// pod at once, which is read the same).
     ///
     /// # Errors
     /// A failed call, or an answer this client cannot read.
@@ -198,8 +204,43 @@ impl Client {
         &mut self,
         namespace: Option<&str>,
     ) -> Result<Vec<PodListing>, ClientError> {
+        let mut pods = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = self
+                .list_pods_page(namespace, DEFAULT_PAGE_SIZE, &token)
+                .await?;
+            pods.extend(page);
+            match next {
+                None => return Ok(pods),
+                Some(next) if next == token => {
+                    return Err(self.protocol_error(
+                        "ListPods",
+                        "the daemon answered the same next_page_token twice".to_string(),
+                    ));
+                }
+                Some(next) => token = next,
+            }
+        }
+    }
+
+    /// One page of the daemon's pods: at most `page_size` of them (0: all,
+    /// in one answer) after the position `page_token` names (empty: from the
+    /// first), and the token of the next page when there is one.
+    ///
+    /// # Errors
+    /// A failed call (a bad token is `InvalidArgument`), or an answer this
+    /// client cannot read.
+    pub async fn list_pods_page(
+        &mut self,
+        namespace: Option<&str>,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<PodListing>, Option<String>), ClientError> {
         let request = pb::ListPodsRequest {
             namespace: namespace.unwrap_or_default().to_string(),
+            page_size: u32::try_from(page_size).unwrap_or(u32::MAX),
+            page_token: page_token.to_string(),
         };
         let answer = self
             .inner
@@ -207,11 +248,13 @@ impl Client {
             .await
             .map_err(|status| self.rpc_error("ListPods", &status))?
             .into_inner();
-        answer
+        let pods = answer
             .pods
             .into_iter()
             .map(|p| listing_from_pb(p).map_err(|reason| self.protocol_error("ListPods", reason)))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (!answer.next_page_token.is_empty()).then_some(answer.next_page_token);
+        Ok((pods, next))
     }
 
     /// One pod from the daemon's cache; `None` when the daemon does not have

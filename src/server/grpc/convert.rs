@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Status;
 
-use super::{Health, HealthCheck, MAX_CAPACITY, PodListing, pb, sorted_last_events};
+use super::{
+    Health, HealthCheck, MAX_CAPACITY, MAX_FILTER_LABELS, MAX_FILTER_POD_UIDS, MAX_LABEL_KEY_LEN,
+    MAX_LABEL_VALUE_LEN, MAX_NAMESPACE_LEN, MAX_POD_UID_LEN, PodListing, pb, sorted_last_events,
+};
 use crate::cache::LastEvent;
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
 use crate::hub::{DEFAULT_CAPACITY, Delivery, Filter, ResyncReason, SubscribeOptions};
@@ -188,19 +191,24 @@ pub(super) fn health_to_pb(health: &Health) -> pb::HealthResponse {
 }
 
 /// The subscription a `Watch` request asks for, or `InvalidArgument` naming
-/// the field and value that is wrong.
-pub(super) fn subscribe_options(request: &pb::WatchRequest) -> Result<SubscribeOptions, Status> {
+/// the field and value that is wrong: `max_capacity` is the daemon's
+/// [`Limits::max_capacity`](super::Limits::max_capacity).
+pub(super) fn subscribe_options(
+    request: &pb::WatchRequest,
+    max_capacity: usize,
+) -> Result<SubscribeOptions, Status> {
     let invalid = |message: String| Status::invalid_argument(message);
     let capacity = match usize::try_from(request.capacity) {
         Ok(0) => DEFAULT_CAPACITY,
-        Ok(c) if c <= MAX_CAPACITY => c,
+        Ok(c) if c <= max_capacity => c,
         _ => {
             return Err(invalid(format!(
-                "capacity {} is above the maximum of {MAX_CAPACITY} events",
+                "capacity {} is above the maximum of {max_capacity} events (the daemon's --grpc-max-capacity)",
                 request.capacity
             )));
         }
     };
+    check_filter_sizes(request).map_err(invalid)?;
     let mut kinds = std::collections::HashSet::new();
     for (i, &value) in request.kinds.iter().enumerate() {
         let known = pb::EventType::try_from(value)
@@ -237,6 +245,51 @@ pub(super) fn subscribe_options(request: &pb::WatchRequest) -> Result<SubscribeO
             include_container_changed: request.include_container_changed,
         },
     })
+}
+
+/// The filter's sizes against the API's limits: how many UIDs and labels,
+/// how long each string. The message names the field, the count or length,
+/// and the limit.
+fn check_filter_sizes(request: &pb::WatchRequest) -> Result<(), String> {
+    let count = |field: &str, count: usize, max: usize| {
+        if count > max {
+            Err(format!(
+                "{field} has {count} entries; at most {max} are allowed"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let length = |field: &dyn std::fmt::Display, text: &str, max: usize| {
+        if text.len() > max {
+            Err(format!(
+                "{field} is {} bytes long; at most {max} are allowed",
+                text.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    count("pod_uids", request.pod_uids.len(), MAX_FILTER_POD_UIDS)?;
+    count("labels", request.labels.len(), MAX_FILTER_LABELS)?;
+    length(&"namespace", &request.namespace, MAX_NAMESPACE_LEN)?;
+    for (i, uid) in request.pod_uids.iter().enumerate() {
+        length(&format_args!("pod_uids[{i}]"), uid, MAX_POD_UID_LEN)?;
+    }
+    for (key, value) in &request.labels {
+        let shown: String = key.chars().take(40).collect();
+        length(
+            &format_args!("labels key {shown:?}"),
+            key,
+            MAX_LABEL_KEY_LEN,
+        )?;
+        length(
+            &format_args!("labels[{shown:?}] value"),
+            value,
+            MAX_LABEL_VALUE_LEN,
+        )?;
+    }
+    Ok(())
 }
 
 // --- conversions: protobuf to our model (the client's side) ---
@@ -601,32 +654,33 @@ mod tests {
     #[test]
     fn watch_requests_are_checked_field_by_field() {
         let base = pb::WatchRequest::default();
-        let options = subscribe_options(&base).expect("the empty request takes everything");
+        let options =
+            subscribe_options(&base, MAX_CAPACITY).expect("the empty request takes everything");
         assert_eq!(options, SubscribeOptions::default());
         let bad_kind = pb::WatchRequest {
             kinds: vec![pb::EventType::ContainerDied.into(), 42],
             ..base.clone()
         };
-        let err = subscribe_options(&bad_kind).expect_err("unknown kind");
+        let err = subscribe_options(&bad_kind, MAX_CAPACITY).expect_err("unknown kind");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert_eq!(err.message(), "kinds[1]: unknown event type 42");
         let unspecified = pb::WatchRequest {
             kinds: vec![0],
             ..base.clone()
         };
-        let err = subscribe_options(&unspecified).expect_err("unspecified kind");
+        let err = subscribe_options(&unspecified, MAX_CAPACITY).expect_err("unspecified kind");
         assert!(
             err.message().contains("EVENT_TYPE_UNSPECIFIED"),
             "{}",
             err.message()
         );
         let huge = pb::WatchRequest {
-            capacity: 1_000_001,
+            capacity: 65_537,
             ..base.clone()
         };
-        let err = subscribe_options(&huge).expect_err("capacity");
+        let err = subscribe_options(&huge, MAX_CAPACITY).expect_err("capacity");
         assert!(
-            err.message().contains("capacity 1000001"),
+            err.message().contains("capacity 65537"),
             "{}",
             err.message()
         );
@@ -634,7 +688,74 @@ mod tests {
             kinds: vec![pb::EventType::ContainerChanged.into()],
             ..base
         };
-        assert!(subscribe_options(&changed).is_err());
+        assert!(subscribe_options(&changed, MAX_CAPACITY).is_err());
+    }
+
+    #[test]
+    fn filters_past_the_size_limits_are_refused_naming_field_count_and_limit() {
+        let refused = |request: pb::WatchRequest| {
+            subscribe_options(&request, MAX_CAPACITY)
+                .expect_err("refused")
+                .message()
+                .to_string()
+        };
+        let uids = pb::WatchRequest {
+            pod_uids: (0..1025).map(|i| format!("uid-{i}")).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(uids),
+            "pod_uids has 1025 entries; at most 1024 are allowed"
+        );
+        let labels = pb::WatchRequest {
+            labels: (0..65)
+                .map(|i| (format!("k{i}"), "v".to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(labels),
+            "labels has 65 entries; at most 64 are allowed"
+        );
+        let long_uid = pb::WatchRequest {
+            pod_uids: vec!["a".into(), "u".repeat(129)],
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(long_uid),
+            "pod_uids[1] is 129 bytes long; at most 128 are allowed"
+        );
+        let long_value = pb::WatchRequest {
+            labels: [("app".to_string(), "v".repeat(64))].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(long_value),
+            "labels[\"app\"] value is 64 bytes long; at most 63 are allowed"
+        );
+        let long_ns = pb::WatchRequest {
+            namespace: "n".repeat(64),
+            ..Default::default()
+        };
+        assert!(refused(long_ns).starts_with("namespace is 64 bytes long"));
+        let at_limits = pb::WatchRequest {
+            pod_uids: (0..1024).map(|i| format!("{i:0>128}")).collect(),
+            labels: (0..64)
+                .map(|i| (format!("{i:0>317}"), "v".repeat(63)))
+                .collect(),
+            namespace: "n".repeat(63),
+            ..Default::default()
+        };
+        assert!(subscribe_options(&at_limits, MAX_CAPACITY).is_ok());
+        let over_daemon_limit = pb::WatchRequest {
+            capacity: 2000,
+            ..Default::default()
+        };
+        let err = subscribe_options(&over_daemon_limit, 1000).expect_err("above 1000");
+        assert_eq!(
+            err.message(),
+            "capacity 2000 is above the maximum of 1000 events (the daemon's --grpc-max-capacity)"
+        );
     }
 
     #[test]
@@ -647,7 +768,7 @@ mod tests {
             include_container_changed: true,
         };
         let request = watch_request(&filter, 5).expect("expressible");
-        let options = subscribe_options(&request).expect("valid");
+        let options = subscribe_options(&request, MAX_CAPACITY).expect("valid");
         assert_eq!(
             options,
             SubscribeOptions {

@@ -1,16 +1,28 @@
 //! The `pleg.v1.Pleg` service: `Watch` streams one hub subscription each;
 //! `ListPods`, `GetPodStatus` and `Health` read the cache and the checks.
+//!
+//! # Limits
+//! Each `Watch` holds a permit of the `watches` semaphore and `capacity`
+//! permits of the `queued` one ([`Limits`]) inside its response stream:
+//! tonic drops the stream when the client cancels, its connection closes or
+//! resets, or the keepalive gives up on it, and the permits go back with
+//! it. A client that never reads holds its bounded hub queue and no more:
+//! hyper polls the stream only when HTTP/2 flow control lets it send.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
 use super::convert::{delivery_to_pb, health_to_pb, listing_to_pb, subscribe_options};
-use super::{Health, pb, pod_listing, pod_listings};
+use super::{
+    Health, Limits, MAX_MESSAGE_SIZE, MAX_PAGE_SIZE, PageKey, pb, pod_listing, pod_listings_page,
+};
 use crate::hub::Subscription;
 use crate::model::PodUid;
 use crate::server::Daemon;
@@ -25,6 +37,11 @@ pub struct PlegService {
     daemon: Daemon,
     /// Cancelled to end every `Watch` stream (shutdown).
     ending: CancellationToken,
+    limits: Limits,
+    /// One permit per open `Watch`.
+    watches: Arc<Semaphore>,
+    /// One permit per queue place of the open `Watch` streams.
+    queued: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for PlegService {
@@ -37,12 +54,35 @@ impl std::fmt::Debug for PlegService {
 }
 
 impl PlegService {
-    /// The service over `daemon`.
+    /// The service over `daemon`, with the default [`Limits`].
     pub fn new(daemon: Daemon) -> Self {
+        PlegService::with_limits(daemon, Limits::default())
+    }
+
+    /// The service over `daemon`, with these limits (checked by
+    /// [`Limits::validate`] beforehand; a 0 here refuses every `Watch`).
+    pub fn with_limits(daemon: Daemon, limits: Limits) -> Self {
         PlegService {
             daemon,
             ending: CancellationToken::new(),
+            limits,
+            watches: Arc::new(Semaphore::new(
+                limits.max_watches.min(Semaphore::MAX_PERMITS),
+            )),
+            queued: Arc::new(Semaphore::new(
+                limits.max_queued_events.min(Semaphore::MAX_PERMITS),
+            )),
         }
+    }
+
+    /// The limits it enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// `Watch` streams open now.
+    pub fn open_watches(&self) -> usize {
+        self.limits.max_watches.min(Semaphore::MAX_PERMITS) - self.watches.available_permits()
     }
 
     /// Ends every open `Watch` stream after the deliveries already queued for
@@ -74,7 +114,26 @@ impl pb::pleg_server::Pleg for PlegService {
         if self.ending.is_cancelled() {
             return Err(Status::unavailable("the pleg daemon is shutting down"));
         }
-        let options = subscribe_options(request.get_ref())?;
+        let options = subscribe_options(request.get_ref(), self.limits.max_capacity)?;
+        let Ok(watch_permit) = self.watches.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "the pleg daemon serves at most {} Watch streams at once (--grpc-max-watches); \
+                 all are in use, try again later",
+                self.limits.max_watches
+            )));
+        };
+        let places = u32::try_from(options.capacity).unwrap_or(u32::MAX);
+        let Ok(queue_permit) = self.queued.clone().try_acquire_many_owned(places) else {
+            return Err(Status::resource_exhausted(format!(
+                "a Watch with capacity {} does not fit: the open Watch streams hold {} of the \
+                 {} queued events the pleg daemon allows (--grpc-max-queued-events); \
+                 ask for a smaller capacity or try again later",
+                options.capacity,
+                self.limits.max_queued_events.min(Semaphore::MAX_PERMITS)
+                    - self.queued.available_permits(),
+                self.limits.max_queued_events
+            )));
+        };
         let subscription = self
             .daemon
             .pleg
@@ -88,6 +147,8 @@ impl pb::pleg_server::Pleg for PlegService {
             subscription,
             ending: Box::pin(self.ending.clone().cancelled_owned()),
             draining: None,
+            _permits: (watch_permit, queue_permit),
+            in_a_row: 0,
         }))
     }
 
@@ -95,13 +156,46 @@ impl pb::pleg_server::Pleg for PlegService {
         &self,
         request: Request<pb::ListPodsRequest>,
     ) -> Result<Response<pb::ListPodsResponse>, Status> {
-        let namespace = &request.get_ref().namespace;
-        let namespace = (!namespace.is_empty()).then_some(namespace.as_str());
-        let pods = pod_listings(&self.daemon.pleg, namespace)
-            .iter()
-            .map(listing_to_pb)
-            .collect();
-        Ok(Response::new(pb::ListPodsResponse { pods }))
+        let request = request.get_ref();
+        if request.namespace.len() > super::MAX_NAMESPACE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "namespace is {} bytes long; at most {} are allowed",
+                request.namespace.len(),
+                super::MAX_NAMESPACE_LEN
+            )));
+        }
+        let namespace = (!request.namespace.is_empty()).then_some(request.namespace.as_str());
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(PageKey::from_token(&request.page_token).ok_or_else(|| {
+                let shown: String = request.page_token.chars().take(64).collect();
+                Status::invalid_argument(format!(
+                    "page_token {shown:?} is not a token this daemon issued \
+                     (send the next_page_token of the previous answer, or none for the first page)"
+                ))
+            })?)
+        };
+        // 0: every pod in one answer, as before paging existed.
+        let limit = match usize::try_from(request.page_size) {
+            Ok(0) => usize::MAX,
+            Ok(size) => size.min(MAX_PAGE_SIZE),
+            Err(_) => MAX_PAGE_SIZE,
+        };
+        let (page, next) = pod_listings_page(&self.daemon.pleg, namespace, after.as_ref(), limit);
+        let answer = pb::ListPodsResponse {
+            pods: page.iter().map(listing_to_pb).collect(),
+            next_page_token: next.map(|key| key.to_token()).unwrap_or_default(),
+        };
+        let size = prost::Message::encoded_len(&answer);
+        if size > MAX_MESSAGE_SIZE {
+            return Err(Status::resource_exhausted(format!(
+                "{} pods take {size} bytes, more than the {MAX_MESSAGE_SIZE} bytes of one answer; \
+                 ask for pages (page_size, page_token)",
+                answer.pods.len()
+            )));
+        }
+        Ok(Response::new(answer))
     }
 
     async fn get_pod_status(
@@ -136,7 +230,18 @@ pub struct WatchResponseStream {
     /// Once the service is ending: how many more deliveries to hand out
     /// (those queued when the end was noticed, and a pending `Resync`).
     draining: Option<usize>,
+    /// Its `Watch` slot and queue places, given back when it is dropped.
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Deliveries handed out since the encoder last saw `Pending`.
+    in_a_row: usize,
 }
+
+/// How many deliveries the stream hands out before it lets the encoder
+/// flush: tonic encodes what a stream has ready into one chunk of up to
+/// 32 KiB, and hyper holds two chunks of a stream whose client does not
+/// read, so a small chunk keeps a stalled stream's memory outside its hub
+/// queue to a few KiB (about 16 events' worth).
+const DELIVERIES_PER_CHUNK: usize = 16;
 
 impl std::fmt::Debug for WatchResponseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,9 +263,22 @@ impl Stream for WatchResponseStream {
             this.draining = Some(this.subscription.queued() + 1);
         }
         let delivery = match &mut this.draining {
+            None if this.in_a_row >= DELIVERIES_PER_CHUNK => {
+                // Pending with a chunk in hand makes tonic flush it; the
+                // wake brings the encoder straight back for more.
+                this.in_a_row = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             None => match this.subscription.poll_recv(cx) {
-                Poll::Ready(delivery) => delivery,
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(delivery) => {
+                    this.in_a_row += 1;
+                    delivery
+                }
+                Poll::Pending => {
+                    this.in_a_row = 0;
+                    return Poll::Pending;
+                }
             },
             Some(0) => None,
             Some(left) => {

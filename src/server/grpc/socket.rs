@@ -5,9 +5,13 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use super::{DRAIN_GRACE, PlegService};
+use super::{DRAIN_GRACE, Limits, MAX_MESSAGE_SIZE, PlegService};
 use crate::server::Daemon;
 use crate::unix::{self, BindError, PeerPolicy, SocketAccess};
+
+/// HTTP/2 streams open at once on one connection (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`); a client past it waits for one to end.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Why [`serve`] failed. Every variant names the socket.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +174,8 @@ pub async fn bind_with(socket: &Path, access: SocketAccess) -> Result<BoundSocke
     Ok(unix::bind_with(socket, access).await?)
 }
 
-/// Serves on a bound socket until `shutdown`, then removes the socket.
+/// Serves on a bound socket until `shutdown`, then removes the socket, with
+/// the default [`Limits`].
 ///
 /// # Errors
 /// The transport failed while serving.
@@ -179,11 +184,14 @@ pub async fn serve_bound(
     bound: BoundSocket,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    serve_bound_with(daemon, bound, None, shutdown).await
+    serve_bound_with(daemon, bound, None, Limits::default(), shutdown).await
 }
 
 /// Serves on a bound socket until `shutdown`, letting in only the
-/// connections `policy` allows (every one without), then removes the socket.
+/// connections `policy` allows (every one without), then removes the
+/// socket, with these limits: at most `max_watches` streams, HTTP/2
+/// keepalive pings that close a connection whose peer stopped answering,
+/// answers of at most [`MAX_MESSAGE_SIZE`] bytes.
 ///
 /// # Errors
 /// The transport failed while serving.
@@ -191,6 +199,7 @@ pub async fn serve_bound_with(
     daemon: Daemon,
     bound: BoundSocket,
     policy: Option<PeerPolicy>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (listener, file) = bound.into_parts();
@@ -200,8 +209,14 @@ pub async fn serve_bound_with(
     if let Some(policy) = policy {
         incoming = incoming.with_policy(policy);
     }
-    tracing::info!(socket = %socket.display(), "gRPC API listening");
-    let service = PlegService::new(daemon);
+    tracing::info!(
+        socket = %socket.display(),
+        max_watches = limits.max_watches,
+        max_capacity = limits.max_capacity,
+        max_queued_events = limits.max_queued_events,
+        "gRPC API listening"
+    );
+    let service = PlegService::with_limits(daemon, limits);
     let ending = service.ending();
     let signal = {
         let ending = ending.clone();
@@ -211,7 +226,16 @@ pub async fn serve_bound_with(
         }
     };
     let serving = tonic::transport::Server::builder()
-        .add_service(service.into_server())
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // hyper's default for tonic is no limit; unary calls and Watch
+        // streams of one connection together, far above max_watches.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(
+            service
+                .into_server()
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
     // Once shut down, connections get DRAIN_GRACE to close after their
     // Watch streams ended; a client that keeps a unary call hanging longer

@@ -165,3 +165,23 @@ async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
     server.stop().await;
     assert!(watch.next().await.is_none(), "a clean end after shutdown");
 }
+
+/// What one queued event costs the daemon, the figure behind the default
+/// [`Limits`](super::Limits) (README, operator's guide): a queue slot per
+/// subscriber it is queued for, and the event itself once, however many
+/// queues hold it. Printed with `--nocapture`.
+#[test]
+fn a_queued_event_costs_a_queue_slot_and_one_shared_event() {
+    let slot = std::mem::size_of::<Delivery>();
+    // An `Arc` allocation holds two counters and the event; the container
+    // name and reason are heap strings of their own (the pod's metadata and
+    // long container IDs are shared with the cache).
+    let event = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<PodLifecycleEvent>();
+    let strings = 2 * 32; // two short strings, a 32-byte allocation each
+    println!(
+        "queue slot {slot} B; event {event} B + {strings} B of strings = {} B when no other queue shares it",
+        event + strings
+    );
+    assert_eq!(slot, 16, "a queued delivery is one pointer and a tag");
+    assert!(event + strings <= 512, "{event} + {strings}");
+}

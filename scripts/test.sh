@@ -18,8 +18,14 @@ cleanup() {
   for version in "${started[@]}"; do
     scripts/containerd.sh down --version "$version" >/dev/null || true
   done
+  # The fault suite's own instance (tests/faults_containerd.rs starts it).
+  if [ "${faults_was_up:-1}" -ne 0 ]; then
+    PLEG_CRI_INSTANCE=faults scripts/containerd.sh down >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
+faults_was_up=1
+PLEG_CRI_INSTANCE=faults scripts/containerd.sh status >/dev/null 2>&1 && faults_was_up=0
 for version in 1.7 1.6; do
   if ! scripts/containerd.sh status --version "$version" >/dev/null 2>&1; then
     scripts/containerd.sh up --version "$version"

@@ -173,7 +173,7 @@ impl Daemon {
     async fn watch(&self, uids: &[&str]) -> WatchStream {
         let mut client = Client::connect(&self.socket).await.expect("connect");
         let filter = Filter::all().with_pod_uids(uids.iter().map(|u| pleg::PodUid::new(*u)));
-        client.watch(&filter, 100_000).await.expect("watch")
+        client.watch(&filter, 10_000).await.expect("watch")
     }
 
     /// Polls `/healthz` until its status is `want`; the time it took.
@@ -448,4 +448,94 @@ async fn the_runtime_socket_deleted_and_recreated_is_followed_again() {
     for k in &want {
         assert_eq!(seen.get(k), Some(&1), "{k:?}: {seen:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_of_the_event_stream_is_detected_and_what_it_takes_is_never_lost_silently()
+ {
+    let _turn = TURN.lock().await;
+    up();
+    let daemon = Daemon::start("evented", "3m").await;
+    // Another consumer of containerd 1.7's event stream, like `crictl events`.
+    let thief =
+        pleg::runtime::cri::CriRuntime::connect(pleg::runtime::cri::CriConfig::new(endpoint()))
+            .await
+            .expect("connect the second consumer");
+    let mut stolen = pleg::Runtime::container_events(&*thief)
+        .await
+        .expect("open the second stream");
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = taken.clone();
+    let consumer = tokio::spawn(async move {
+        while let Some(item) = std::future::poll_fn(|cx| stolen.as_mut().poll_next(cx)).await {
+            if item.is_ok() {
+                counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let driver = driver();
+    let mut pods = Vec::new();
+    for i in 0..4 {
+        pods.push(TestPod::run(&driver, &format!("thief-{i}")).await);
+    }
+    let uids: Vec<&str> = pods.iter().map(TestPod::uid).collect();
+    let mut watch = daemon.watch(&uids).await;
+    // Churn: short-lived containers, some of whose events go to the other
+    // consumer.
+    let mut apps = Vec::new();
+    for round in 0..3 {
+        for pod in &pods {
+            apps.push(
+                pod.start(&driver, &format!("r{round}"), 0, sh("exit 0"))
+                    .await,
+            );
+        }
+    }
+    for id in &apps {
+        cri_support::wait_exited(&driver, id).await;
+    }
+    for pod in &pods {
+        pod.remove(&driver).await;
+    }
+    let want: Vec<(EventType, String)> = apps
+        .iter()
+        .flat_map(|id| {
+            [
+                EventType::ContainerStarted,
+                EventType::ContainerDied,
+                EventType::ContainerRemoved,
+            ]
+            .map(|k| (k, id.clone()))
+        })
+        .collect();
+    let mut seen = tally(&mut watch, Duration::from_secs(30), |s| {
+        want.iter().all(|k| s.contains_key(k))
+    })
+    .await;
+    and_then_nothing_more(&mut watch, &mut seen, Duration::from_secs(3)).await;
+    let resyncs = seen
+        .remove(&(EventType::PodSync, "resync".to_string()))
+        .unwrap_or(0);
+    let missing: Vec<_> = want.iter().filter(|k| !seen.contains_key(k)).collect();
+    let taken = taken.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "second consumer took {taken} events; {} of {} transitions missing; {resyncs} stream-gap Resyncs",
+        missing.len(),
+        want.len()
+    );
+    for (k, n) in &seen {
+        assert_eq!(*n, 1, "{k:?} came {n} times");
+    }
+    // Whatever went missing was told.
+    assert!(
+        missing.is_empty() || resyncs > 0,
+        "missing {missing:?} without a Resync"
+    );
+    // And health says so, once the other consumer took something.
+    if taken > 1 {
+        let reply = daemon.get("/healthz?verbose").await.expect("healthz");
+        eprintln!("{}", reply.body);
+        assert!(reply.body.contains("another consumer"), "{}", reply.body);
+    }
+    consumer.abort();
 }

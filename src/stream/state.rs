@@ -33,6 +33,22 @@ pub(crate) struct StreamConfig {
     pub(crate) gap_relist_interval: Duration,
 }
 
+impl StreamConfig {
+    /// Relisting while a new stream has had no event for `stable_after`:
+    /// every [`QUIET_RELIST_PERIOD`] (or the evented period, if shorter),
+    /// with the generic threshold.
+    pub(crate) fn quiet_relist(&self) -> RelistDuration {
+        RelistDuration::new(
+            QUIET_RELIST_PERIOD.min(self.evented_relist.relist_period),
+            self.generic_relist.relist_threshold,
+        )
+    }
+}
+
+/// The relist period of a new stream that has had no event yet, once it
+/// has been open for `stable_after`.
+pub(crate) const QUIET_RELIST_PERIOD: Duration = Duration::from_secs(10);
+
 /// What every state carries along.
 #[derive(Clone, Debug)]
 pub(crate) struct Standing {
@@ -93,6 +109,9 @@ pub(crate) enum State<S> {
         stream: S,
         since: Instant,
         awaiting_first_event: bool,
+        /// The stream has been quiet since it opened for `stable_after`:
+        /// relisting went from the generic period to the quiet one.
+        quiet: bool,
         gap: Gap,
     },
     /// Waiting until `until` before connecting again.
@@ -233,6 +252,7 @@ pub(crate) fn step<S>(
                     stream,
                     since: now,
                     awaiting_first_event: true,
+                    quiet: false,
                     gap: Gap::default(),
                 },
                 // Until the stream's first event, relisting keeps the
@@ -253,6 +273,7 @@ pub(crate) fn step<S>(
                 stream,
                 since,
                 awaiting_first_event,
+                quiet: _,
                 mut gap,
             },
             Input::Event { gap: lost },
@@ -270,6 +291,7 @@ pub(crate) fn step<S>(
                     stream,
                     since,
                     awaiting_first_event: false,
+                    quiet: false,
                     gap,
                 },
                 actions,
@@ -281,18 +303,32 @@ pub(crate) fn step<S>(
                 stream,
                 since,
                 awaiting_first_event,
+                mut quiet,
                 mut gap,
             },
             Input::Tick,
         ) => {
             let mut actions = vec![Action::AdvanceCacheTime];
             relist_after_gap(&mut gap, config, now, &mut actions);
+            // A quiet node: no first event for `stable_after`. Relisting
+            // every second until something happens would cost the most
+            // where nothing happens, so it slows to the quiet period; the
+            // event a closed stream's handler may take is still found
+            // within that period.
+            if awaiting_first_event
+                && !quiet
+                && now.saturating_duration_since(since) >= config.stable_after
+            {
+                quiet = true;
+                actions.push(Action::SetRelist(config.quiet_relist()));
+            }
             Transition {
                 next: State::Streaming {
                     standing,
                     stream,
                     since,
                     awaiting_first_event,
+                    quiet,
                     gap,
                 },
                 actions,

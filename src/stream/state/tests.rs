@@ -298,3 +298,40 @@ async fn the_runtime_coming_back_ends_a_backoff_or_a_failure_fallback_at_once() 
     assert_eq!(name(&next), StreamState::Fallback);
     assert!(actions.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_stream_with_no_event_slows_to_the_quiet_period_once_and_the_first_event_still_counts()
+ {
+    let now = Instant::now();
+    let state = streaming(now);
+    let quiet = config().quiet_relist();
+    assert_eq!(quiet.relist_period, Duration::from_secs(10));
+    // Before stable_after: only the cache tick.
+    let Transition { next, actions } =
+        step(state, Input::Tick, &config(), now + Duration::from_secs(5));
+    assert_eq!(actions, vec![Action::AdvanceCacheTime]);
+    // Past it: the quiet period, once.
+    let Transition { next, actions } =
+        step(next, Input::Tick, &config(), now + Duration::from_secs(10));
+    assert_eq!(
+        actions,
+        vec![Action::AdvanceCacheTime, Action::SetRelist(quiet)]
+    );
+    let Transition { next, actions } =
+        step(next, Input::Tick, &config(), now + Duration::from_secs(11));
+    assert_eq!(actions, vec![Action::AdvanceCacheTime]);
+    // The first event still brings its relist and the evented period.
+    let Transition { actions, .. } = step(
+        next,
+        Input::Event { gap: false },
+        &config(),
+        now + Duration::from_secs(12),
+    );
+    assert_eq!(
+        actions,
+        vec![
+            Action::Relist(Why::FirstEvent),
+            Action::SetRelist(RelistDuration::EVENTED)
+        ]
+    );
+}

@@ -506,15 +506,10 @@ impl Core {
         }
         self.conditions.retain_pods(|u| u != uid);
         self.recount(old.map(|p| &**p), None);
-        for pod in old
-            .into_iter()
-            .map(|p| &**p)
-            .chain(std::iter::once(advanced))
-        {
-            for c in pod.sandboxes.iter().chain(&pod.containers) {
-                self.seen_at.remove(&c.id);
-            }
+        if let Some(old) = old {
+            self.forget_times(old);
         }
+        self.forget_times(advanced);
         self.forget(uid, old, &events, origin)
     }
 

@@ -96,9 +96,7 @@ impl Core {
                     .await
             } else {
                 if let Some(old) = &change.old {
-                    for c in old.sandboxes.iter().chain(&old.containers) {
-                        self.seen_at.remove(&c.id);
-                    }
+                    self.forget_times(old);
                 }
                 Some(self.forget(&change.uid, change.old.as_ref(), events, Origin::Relist))
             };
@@ -207,6 +205,10 @@ impl Core {
     /// Keeps the pods whose fetch failed at this relist, with since when,
     /// for health and the gauge.
     fn note_failing(&mut self, failed: &HashSet<PodUid>, at: Instant) {
+        // The common case, nothing failing before or now, costs nothing.
+        if failed.is_empty() && self.failing.is_empty() {
+            return;
+        }
         let errors = std::mem::take(&mut self.last_fetch_errors);
         let mut previous = std::mem::take(&mut self.failing);
         for uid in failed {

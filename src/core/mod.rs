@@ -326,6 +326,13 @@ impl Core {
         self.publish(&batch)
     }
 
+    /// Forgets the stream times of a pod's sandboxes and containers.
+    fn forget_times(&mut self, pod: &Pod) {
+        for c in pod.sandboxes.iter().chain(&pod.containers) {
+            self.seen_at.remove(&c.id);
+        }
+    }
+
     /// Counts a pod's batch and hands it to the hub.
     fn publish(&self, batch: &[Arc<PodLifecycleEvent>]) -> usize {
         for event in batch {

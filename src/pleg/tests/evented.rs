@@ -6,10 +6,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use super::pod;
+use super::{pod_with_sandbox, until_handled, until_state};
 use crate::clock::{Clock, ManualClock};
 use crate::core::Applied;
-use crate::model::{Container, ContainerState, Pod, PodMeta, PodUid};
+use crate::model::{Container, ContainerState, PodMeta, PodUid};
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{ContainerEvent, ContainerEventKind, SandboxSnapshot};
 use crate::stream::{Mode, StaleReason, StreamState};
@@ -40,17 +40,6 @@ fn now() -> SystemTime {
 
 fn generator(runtime: &Arc<FakeRuntime>) -> Pleg {
     Pleg::new(runtime.clone(), Config::default().with_clock(clock())).expect("valid config")
-}
-
-/// A pod `uid` with a ready sandbox `sb-<uid>` and these containers.
-fn pod_with_sandbox(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
-    let mut p = pod(uid, containers);
-    p.sandboxes.push(Container::new(
-        format!("sb-{uid}"),
-        format!("{uid}-name"),
-        Running,
-    ));
-    p
 }
 
 fn snapshot(uid: Option<&str>, sandbox_id: &str, state: ContainerState) -> SandboxSnapshot {
@@ -116,28 +105,9 @@ fn kinds(events: &[Arc<crate::PodLifecycleEvent>]) -> Vec<(EventType, String)> {
         .collect()
 }
 
-/// Waits until the stream state is `state`.
-async fn until_state(pleg: &Pleg, state: StreamState) {
-    let mut status = pleg.watch_stream_status();
-    status
-        .wait_for(|s| s.state == state)
-        .await
-        .expect("the generator publishes its status while it lives");
-}
-
 /// Stream events the driver has handled so far.
 fn handled(pleg: &Pleg) -> u64 {
     pleg.stream_status().events_handled
-}
-
-/// Waits until the driver has handled `count` stream events in all, with
-/// the relists they brought.
-async fn until_handled(pleg: &Pleg, count: u64) {
-    let mut status = pleg.watch_stream_status();
-    status
-        .wait_for(|s| s.events_handled >= count)
-        .await
-        .expect("the generator publishes its status while it lives");
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::pod;
+use super::{pod_with_sandbox, until_handled, until_state};
 use crate::clock::{Clock, ManualClock};
 use crate::core::Applied;
-use crate::model::{Container, ContainerState, Pod, PodMeta, PodUid};
+use crate::model::{Container, ContainerState, PodMeta, PodUid};
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{ContainerEvent, ContainerEventKind, SandboxSnapshot};
 use crate::stream::StreamState;
@@ -22,16 +22,6 @@ fn clock() -> Arc<ManualClock> {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         Duration::from_micros(1),
     )
-}
-
-fn pod_with_sandbox(uid: &str, containers: &[(&str, ContainerState)]) -> Pod {
-    let mut p = pod(uid, containers);
-    p.sandboxes.push(Container::new(
-        format!("sb-{uid}"),
-        format!("{uid}-name"),
-        Running,
-    ));
-    p
 }
 
 fn event_at(
@@ -52,22 +42,6 @@ fn event_at(
         }),
         containers: vec![Container::new(id, format!("{id}-name"), state)],
     }
-}
-
-async fn until_state(pleg: &Pleg, state: StreamState) {
-    let mut status = pleg.watch_stream_status();
-    status
-        .wait_for(|s| s.state == state)
-        .await
-        .expect("the generator publishes its status while it lives");
-}
-
-async fn until_handled(pleg: &Pleg, count: u64) {
-    let mut status = pleg.watch_stream_status();
-    status
-        .wait_for(|s| s.events_handled >= count)
-        .await
-        .expect("the generator publishes its status while it lives");
 }
 
 fn drain(sub: &mut Subscription) -> Vec<Delivery> {

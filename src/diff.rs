@@ -305,6 +305,19 @@ impl Diff {
         self.events.clear();
         self.counts = RuntimeCounts::default();
     }
+
+    /// Gives back the room a burst left behind (the first listing of a
+    /// large node has an event per container), keeping twice what this
+    /// diff used, so that usual relists still reuse their buffers.
+    pub(crate) fn trim(&mut self) {
+        fn trim<T>(v: &mut Vec<T>) {
+            if v.capacity() > 1024 && v.capacity() > 4 * v.len() {
+                v.shrink_to(2 * v.len());
+            }
+        }
+        trim(&mut self.changes);
+        trim(&mut self.events);
+    }
 }
 
 /// The transitions between two versions of one pod (`None`: not there), in

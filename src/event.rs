@@ -81,6 +81,10 @@ pub struct PodLifecycleEvent {
     pub runtime_time: Option<SystemTime>,
     /// When the generator emitted the event (its clock's time).
     pub observed_at: SystemTime,
+    /// For `ContainerDied`: when the container started, as its status says.
+    pub started_at: Option<SystemTime>,
+    /// For `ContainerDied`: when it finished, as its status says.
+    pub finished_at: Option<SystemTime>,
 }
 
 impl PodLifecycleEvent {
@@ -102,6 +106,8 @@ impl PodLifecycleEvent {
             source,
             runtime_time: None,
             observed_at,
+            started_at: None,
+            finished_at: None,
         }
     }
 

@@ -66,6 +66,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod changes;
 pub mod clock;
 pub mod condition;
 mod core;
@@ -77,14 +78,20 @@ pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 mod naming;
+pub mod phase;
 mod pleg;
 mod relist;
 pub mod runtime;
+pub mod select;
 pub mod server;
+pub mod session;
 pub mod stream;
 mod task;
+pub mod terminal;
 pub mod unix;
+pub mod wait;
 
 pub use crate::core::{FailingPod, RelistSummary};
 pub use crate::pleg::{Config, ConfigError, Pleg, StatsSnapshot};

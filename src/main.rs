@@ -8,9 +8,12 @@
 //! is not available (`watch`/`pods` without `--wait`), 6 the daemon is not
 //! reachable (`--daemon`).
 
-#![forbid(unsafe_code)]
+// One call is unsafe: the allocator's tuning in `malloc`, before any thread
+// starts.
+#![deny(unsafe_code)]
 
 mod cli;
+mod malloc;
 
 use std::process::ExitCode;
 
@@ -19,6 +22,7 @@ use clap::Parser;
 use cli::{Cli, Command, Exit, Failure};
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Run(args) => tokio.block_on(cli::run::run(args)),
         Command::Watch(args) => tokio.block_on(cli::watch::run(args)),
         Command::Pods(args) => tokio.block_on(cli::pods::run(args)),
+        Command::Wait(args) => tokio.block_on(cli::wait::run(args)),
+        Command::Monitor(args) => tokio.block_on(cli::monitor::run(args)),
     };
     // Nothing may keep the process alive after the command is done.
     tokio.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -443,10 +443,12 @@ impl Listing {
                 merged.push(pod);
             }
         }
-        // Repack every pod's entries into fresh vectors allocated in the
-        // canonical order, so that walking the listing reads memory front to
-        // back. The runtime's vectors are freed only after all are allocated,
-        // so that the new ones do not land in their holes.
+        // Repack every pod's entries into fresh vectors of their exact size,
+        // allocated in the canonical order, so that walking the listing
+        // reads memory front to back. The runtime's vectors are freed only
+        // after all are allocated, so that the new ones do not land in their
+        // holes: at 10,000 pods, a diff of entries scattered that way took
+        // four times as long (`cargo bench --bench diff`, `diff/10000/0`).
         let mut spent: Vec<Vec<Container>> = Vec::with_capacity(merged.len() * 2);
         for pod in &mut merged {
             duplicates_dropped +=

@@ -597,6 +597,12 @@ impl Pleg {
         self.inner.shared.hub.subscribe()
     }
 
+    /// Subscribes to the events `filter` selects, with the default
+    /// capacity (1000).
+    pub fn subscribe_filtered(&self, filter: hub::Filter) -> Subscription {
+        self.inner.shared.hub.subscribe_filtered(filter)
+    }
+
     /// Subscribes with a capacity and a filter.
     ///
     /// # Errors
@@ -608,6 +614,11 @@ impl Pleg {
     /// The fan-out hub (subscribing, counts).
     pub fn hub(&self) -> &Hub {
         &self.inner.shared.hub
+    }
+
+    /// The wall clock the generator stamps events with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.shared.clock
     }
 
     /// A read-only handle on the pod-status cache.

@@ -72,6 +72,21 @@ async fn fake_runtime() -> FakeCriServer {
     server
 }
 
+/// `pleg pods --output json <args>`, which must succeed.
+fn pods_json(args: &[&str]) -> serde_json::Value {
+    let out = pleg()
+        .args(["pods", "--output", "json"])
+        .args(args)
+        .output()
+        .expect("run pods");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 /// `pleg run` against the fake, relisting every 100 ms with a 1 s threshold.
 fn daemon(server: &FakeCriServer, dir: &TempDir, port: u16, extra: &[&str]) -> Running {
     let child = pleg()
@@ -151,6 +166,14 @@ fn bad_flags_exit_2_naming_the_offending_value() {
         (
             vec!["watch", "--relist-period", "2h"],
             "--relist-period 2h0m0s: out of range",
+        ),
+        (
+            vec!["watch", "--selector", "app in (web"],
+            "label selector \"app in (web\": expected ',' or ')' after a value, found the end at column 12",
+        ),
+        (
+            vec!["watch", "--namespace-regex", "prod-("],
+            "unclosed group",
         ),
         (
             vec!["run", "--grpc-max-watches", "0", "--check-config"],
@@ -626,6 +649,18 @@ async fn pods_shows_the_cache_as_a_table_and_as_json() {
     assert_eq!(pods[0]["name"], "web");
     assert_eq!(pods[0]["containers"][0]["state"], "running");
     assert_eq!(pods[0]["containers"][0]["last_event"], "ContainerStarted");
+    assert_eq!(
+        (
+            pods[0]["phase"].as_str(),
+            pods[0]["health"].as_str(),
+            &pods[0]["health_reason"]
+        ),
+        (Some("Running"), Some("Ready"), &serde_json::Value::Null)
+    );
+    assert!(
+        table.contains("shop/web  uid=uid-1  Running (Ready)"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,21 +911,444 @@ async fn pods_from_a_daemon_pages_through_three_thousand_pods() {
     assert_eq!(page.len(), 500);
     assert!(next.is_some(), "more pages");
 
-    let out = pleg()
-        .args(["pods", "--output", "json", "--daemon"])
-        .arg(&socket)
-        .output()
-        .expect("run pods");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let pods = pods_json(&["--daemon", &socket.to_string_lossy()]);
     let pods = pods.as_array().expect("array");
     assert_eq!(pods.len(), PODS);
     let mut names: Vec<&str> = pods.iter().filter_map(|p| p["name"].as_str()).collect();
     names.sort();
     names.dedup();
     assert_eq!(names.len(), PODS, "every pod once");
+}
+
+/// `pleg wait` against the runtime (no daemon): met at once, met when a
+/// container starts, not met within the timeout, and bad flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_exits_0_when_met_1_on_timeout_and_2_on_a_bad_flag() {
+    let server = fake_runtime().await;
+    let wait = |extra: &[&str]| {
+        let mut command = pleg();
+        command
+            .args([
+                "wait",
+                "--runtime-endpoint",
+                &server.endpoint(),
+                "--grpc-socket",
+                "",
+            ])
+            .args(["--relist-period", "100ms", "-n", "shop", "--name", "web"])
+            .args(extra);
+        command
+    };
+    let out = wait(&["--running", "app", "-o", "json"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(json["met"], true);
+    assert_eq!(
+        (json["phase"].as_str(), json["health"].as_str()),
+        (Some("Running"), Some("Ready"))
+    );
+    assert_eq!(json["pod_uid"], "uid-1");
+
+    // A container that starts while the wait waits.
+    server.put_container(container(
+        "sb1-late",
+        "sb1",
+        "late",
+        0,
+        CriState::ContainerCreated,
+    ));
+    let waiting = wait(&["--running", "late", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start pleg wait");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.put_container(container(
+        "sb1-late",
+        "sb1",
+        "late",
+        0,
+        CriState::ContainerRunning,
+    ));
+    let status = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .expect("join")
+        .expect("pleg wait");
+    assert_eq!(status.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.starts_with("shop/web: met (Running(late)): Running (Ready)"),
+        "{text}"
+    );
+
+    let out = wait(&["--gone", "--timeout", "1s"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "not met");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("shop/web: not met within 1s (Gone): Running (Ready)"),
+        "{text}"
+    );
+
+    for bad in [
+        vec![],
+        vec!["--gone", "--exited"],
+        vec!["--phase-not", "Sleeping"],
+        vec!["--gone", "--timeout", "0s"],
+    ] {
+        let out = wait(&bad).output().expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Stderr lines of a child, as they come.
+fn stderr_lines(child: &mut Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads stderr lines until one contains `what`.
+async fn until_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) {
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = rx.recv().await {
+            if line.contains(what) {
+                return;
+            }
+        }
+        panic!("stderr ended before {what:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what:?} on stderr"));
+}
+
+fn monitor(server: &FakeCriServer, extra: &[&str]) -> Command {
+    let mut command = pleg();
+    command
+        .args([
+            "monitor",
+            "--runtime-endpoint",
+            &server.endpoint(),
+            "--grpc-socket",
+            "",
+            "--relist-period",
+            "100ms",
+        ])
+        .args(extra);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_reports_a_replaced_container_recovered_and_exits_0() {
+    let server = fake_runtime().await;
+    let mut child = monitor(
+        &server,
+        &[
+            "--namespace-regex",
+            "sh.p",
+            "--name-regex",
+            "web",
+            "--timeout",
+            "60s",
+            "-o",
+            "json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start pleg monitor");
+    let mut stderr = stderr_lines(&mut child);
+    until_line(&mut stderr, "pleg: monitoring: 0 died").await;
+    assert!(server.exit_container("sb1-app", 137));
+    // The other pod's death is outside the selection.
+    assert!(server.exit_container("sb2-app", 1));
+    until_line(&mut stderr, "1 died, 0 recovered, 1 pending").await;
+    server.put_container(container(
+        "sb1-app-1",
+        "sb1",
+        "app",
+        1,
+        CriState::ContainerRunning,
+    ));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("pleg monitor");
+    assert_eq!(out.status.code(), Some(0), "everything recovered");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["unrecovered"], serde_json::json!([]));
+    assert_eq!(doc["error"], serde_json::Value::Null);
+    let recovered = doc["recovered"].as_array().expect("a list");
+    assert_eq!(recovered.len(), 1, "{doc}");
+    let item = &recovered[0];
+    assert_eq!(
+        (
+            item["namespace"].as_str(),
+            item["name"].as_str(),
+            item["pod_uid"].as_str()
+        ),
+        (Some("shop"), Some("web"), Some("uid-1"))
+    );
+    assert_eq!(item["container"], "app");
+    assert_eq!(item["replacement_id"], "sb1-app-1");
+    for field in ["died_at", "replaced_at", "running_at"] {
+        assert!(item[field].is_string(), "{field}: {item}");
+    }
+    assert!(item["recovery_ms"].is_u64(), "{item}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_exits_1_when_a_death_is_not_replaced_and_2_on_a_bad_selector() {
+    let server = fake_runtime().await;
+    let mut child = monitor(&server, &["--name-regex", "web", "--timeout", "2s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pleg monitor");
+    let mut stderr = stderr_lines(&mut child);
+    until_line(&mut stderr, "pleg: monitoring: 0 died").await;
+    assert!(server.exit_container("sb1-app", 2));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("pleg monitor");
+    assert_eq!(out.status.code(), Some(1), "not recovered");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE  POD"), "{table}");
+    assert!(
+        lines[1].starts_with("shop")
+            && lines[1].contains("app")
+            && lines[1].ends_with("UNRECOVERED"),
+        "{table}"
+    );
+
+    let out = monitor(&server, &["--selector", "app in (web,"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("column"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_terminal_prints_one_report_per_end_of_a_pod() {
+    let server = fake_runtime().await;
+    let mut child = pleg()
+        .args([
+            "watch",
+            "--runtime-endpoint",
+            &server.endpoint(),
+            "--grpc-socket",
+            "",
+            "--relist-period",
+            "100ms",
+            "--terminal",
+            "-o",
+            "json",
+            "-n",
+            "shop",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pleg watch");
+    let mut lines = stdout_lines(&mut child);
+    let mut stderr = stderr_lines(&mut child);
+    until_line(&mut stderr, "relisting").await;
+    // Seen running by the first relist or not, its end is one report.
+    assert!(server.exit_container("sb1-app", 3));
+    let report = next_json(&mut lines).await;
+    assert_eq!(report["type"], "TerminalReport");
+    assert_eq!(
+        (report["namespace"].as_str(), report["pod"].as_str()),
+        (Some("shop"), Some("web"))
+    );
+    assert_eq!(report["phase"], "Failed");
+    assert_eq!(report["exit_code"], 3);
+    let containers = report["containers"].as_array().expect("a list");
+    assert_eq!(containers.len(), 1);
+    assert_eq!(
+        (
+            containers[0]["name"].as_str(),
+            containers[0]["exit_code"].as_i64(),
+            containers[0]["reason"].as_str()
+        ),
+        (Some("app"), Some(3), Some("Error"))
+    );
+    drop(Running(child));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_from_a_daemon_reports_what_its_monitor_saw() {
+    let server = fake_runtime().await;
+    let dir = temp::dir("cli-monitor-daemon");
+    let port = free_port();
+    let _daemon = daemon(&server, &dir, port, &["--mode", "generic"]);
+    eventually_async("healthz 200", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let nowhere = format!("unix://{}", dir.path().join("no-runtime.sock").display());
+    let mut child = pleg()
+        .args(["monitor", "--runtime-endpoint", &nowhere, "--daemon"])
+        .arg(dir.path().join("pleg.sock"))
+        .args(["-n", "infra", "--timeout", "60s", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pleg monitor");
+    let mut stderr = stderr_lines(&mut child);
+    until_line(&mut stderr, "pleg: monitoring: 0 died").await;
+    assert!(server.exit_container("sb2-app", 1));
+    until_line(&mut stderr, "1 died").await;
+    server.put_container(container(
+        "sb2-app-1",
+        "sb2",
+        "app",
+        1,
+        CriState::ContainerRunning,
+    ));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("pleg monitor");
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let recovered = doc["recovered"].as_array().expect("a list");
+    assert_eq!(recovered.len(), 1, "{doc}");
+    assert_eq!(
+        (
+            recovered[0]["name"].as_str(),
+            recovered[0]["replacement_id"].as_str()
+        ),
+        (Some("db"), Some("sb2-app-1"))
+    );
+    assert!(recovered[0]["recovery_ms"].is_u64());
+}
+
+/// A crash loop in `pleg pods`: from a daemon, which followed the deaths
+/// (here the failed attempts are removed, so no single listing shows
+/// them), and from one listing of the runtime, which sees the failed
+/// attempts the runtime keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_shows_a_crash_loop_from_the_daemon_and_from_the_attempts_the_runtime_keeps() {
+    let server = fake_runtime().await;
+    let dir = temp::dir("cli-crash-loop");
+    let port = free_port();
+    let _daemon = daemon(
+        &server,
+        &dir,
+        port,
+        &["--mode", "generic", "--crash-loop-exits", "2"],
+    );
+    let socket = dir.path().join("pleg.sock");
+    // What the daemon lists of pod web, once `ready` says so.
+    let until = |what: &'static str, ready: fn(&[pleg::model::Container]) -> bool| {
+        let socket = socket.clone();
+        async move {
+            eventually_async(what, WAIT, || {
+                let socket = socket.clone();
+                async move {
+                    let mut client = Client::connect(&socket).await.ok()?;
+                    let pods = client.list_pods(Some("shop")).await.ok()?;
+                    let web = pods.into_iter().find(|p| p.status.meta.name == "web")?;
+                    ready(&web.status.containers).then_some(())
+                }
+            })
+            .await;
+        }
+    };
+    let exited = |cs: &[pleg::model::Container]| {
+        cs.len() == 1 && cs[0].state == pleg::model::ContainerState::Exited
+    };
+    until("app running", |cs| {
+        cs.len() == 1 && cs[0].state == pleg::model::ContainerState::Running
+    })
+    .await;
+    assert!(server.exit_container("sb1-app", 1));
+    until("attempt 0 exited", exited).await;
+    server.remove_container("sb1-app");
+    server.put_container(container(
+        "sb1-app-1",
+        "sb1",
+        "app",
+        1,
+        CriState::ContainerRunning,
+    ));
+    until("attempt 1 running", |cs| {
+        cs.len() == 1 && cs[0].attempt == 1 && cs[0].state == pleg::model::ContainerState::Running
+    })
+    .await;
+    assert!(server.exit_container("sb1-app-1", 1));
+    until("attempt 1 exited", |cs| {
+        cs.len() == 1 && cs[0].attempt == 1 && cs[0].state == pleg::model::ContainerState::Exited
+    })
+    .await;
+    server.remove_container("sb1-app-1");
+    until("no container left", |cs| cs.is_empty()).await;
+
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let from_daemon = pods_json(&["-n", "shop", "--daemon", &socket_arg]);
+    let web = &from_daemon[0];
+    assert_eq!(web["name"], "web", "{from_daemon}");
+    assert_eq!(
+        (web["health"].as_str(), web["health_reason"].as_str()),
+        (Some("Failed"), Some("CrashLoop")),
+        "the daemon saw both failed exits: {from_daemon}"
+    );
+    assert!(
+        web["health_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("container app")),
+        "{from_daemon}"
+    );
+
+    // Pod db keeps its three failed attempts: one listing (the default
+    // rule, 3 exits) tells the loop.
+    assert!(server.exit_container("sb2-app", 1));
+    for attempt in 1..3 {
+        let id = format!("sb2-app-{attempt}");
+        server.put_container(container(
+            &id,
+            "sb2",
+            "app",
+            attempt,
+            CriState::ContainerRunning,
+        ));
+        assert!(server.exit_container(&id, 1));
+    }
+    let listed = pods_json(&[
+        "-n",
+        "infra",
+        "--runtime-endpoint",
+        &server.endpoint(),
+        "--grpc-socket",
+        "",
+    ]);
+    let db = &listed[0];
+    assert_eq!(db["name"], "db", "{listed}");
+    assert_eq!(
+        (db["health"].as_str(), db["health_reason"].as_str()),
+        (Some("Failed"), Some("CrashLoop")),
+        "{listed}"
+    );
 }

@@ -4,8 +4,10 @@
 //! own default `:authority`, derived from the socket's path (which h2 as
 //! published refuses: see `vendor/h2/PLEG-PATCH.md`). It calls a real
 //! `pleg run` daemon: over the project-local containerd 1.7 (Health,
-//! ListPods, and a Watch that sees a real container start and die), and over
-//! the test kit's fake CRI server.
+//! ListPods, a Watch that sees a real container start and die, a WaitFor
+//! met when it starts, and a Monitor that sees it die and recover), and over
+//! the test kit's fake CRI server (WaitFor met and not met, a Monitor whose
+//! death is never recovered).
 //!
 //! The interpreter is the project-local venv's (`scripts/python-env.sh`,
 //! which `scripts/test.sh` runs): `$PLEG_PY_DIR/bin/python`, by default
@@ -84,17 +86,32 @@ fn call(socket: &Path, args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
-/// A running `pleg_client.py watch`, its JSON lines, and its first one
-/// (`{"ready": true}`) already read: the daemon accepted the call.
-struct Watch {
+/// A one-shot call run in the background (a wait that answers later).
+fn call_in_background(socket: &Path, args: &[&str]) -> tokio::task::JoinHandle<Value> {
+    let socket = socket.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        call(&socket, &args)
+    })
+}
+
+/// A running streaming call of `pleg_client.py` (`watch` or `monitor`),
+/// its JSON lines, and its first one (`{"ready": true}`) already read: the
+/// daemon accepted the call.
+struct Stream {
     _process: Running,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-impl Watch {
-    async fn open(socket: &Path, args: &[&str]) -> Watch {
+impl Stream {
+    async fn open(socket: &Path, args: &[&str]) -> Stream {
+        Stream::call(socket, &[&["watch"], args].concat()).await
+    }
+
+    async fn call(socket: &Path, args: &[&str]) -> Stream {
         let mut process = Running(
-            client(socket, &[&["watch"], args].concat())
+            client(socket, args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -110,7 +127,7 @@ impl Watch {
                 }
             }
         });
-        let mut watch = Watch {
+        let mut watch = Stream {
             _process: process,
             lines,
         };
@@ -123,9 +140,24 @@ impl Watch {
     async fn next_line(&mut self, within: Duration) -> Value {
         let line = tokio::time::timeout(within, self.lines.recv())
             .await
-            .expect("a line from the Python watch in time")
-            .expect("the Python watch still running");
+            .expect("a line from the Python client in time")
+            .expect("the Python client still running");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Every line until the call ends.
+    async fn rest(mut self, within: Duration) -> Vec<Value> {
+        let mut items = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .expect("the Python client's call to end in time");
+            let Some(line) = line else { return items };
+            items.push(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+            );
+        }
     }
 
     /// The next lifecycle event of pod `uid`.
@@ -139,6 +171,16 @@ impl Watch {
             }
         }
     }
+}
+
+/// The report a `monitor` call ends with (its last line).
+fn report_of(updates: &[Value]) -> &Value {
+    let report = &updates.last().expect("a monitor update")["report"];
+    assert!(
+        report.is_object(),
+        "the monitor ends with its report: {updates:?}"
+    );
+    report
 }
 
 /// `GET path` from the daemon's health port, or `None` while nothing answers
@@ -224,17 +266,69 @@ async fn grpcio_without_options_follows_a_container_on_containerd() {
         ]
     );
 
-    let mut watch = Watch::open(&socket, &["--namespace", NAMESPACE]).await;
+    let mut watch = Stream::open(&socket, &["--namespace", NAMESPACE]).await;
     let driver = driver();
     let pod = TestPod::run(&driver, "grpc-py").await;
+    let name = pod.spec.name.clone();
+    // A WaitFor asked before the container exists, and a Monitor of this pod.
+    let wait = call_in_background(
+        &socket,
+        &[
+            "wait-for",
+            "--namespace",
+            NAMESPACE,
+            "--name",
+            &name,
+            "--running",
+            "app",
+            "--timeout-ms",
+            "60000",
+        ],
+    );
+    let mut monitor = Stream::call(
+        &socket,
+        &[
+            "monitor",
+            "--namespace-regex",
+            &format!("^{NAMESPACE}$"),
+            "--name-regex",
+            &format!("^{name}$"),
+            "--timeout-ms",
+            "60000",
+        ],
+    )
+    .await;
+    let progress = monitor.next_line(Duration::from_secs(30)).await;
+    assert!(
+        progress.get("progress").is_some(),
+        "counts first: {progress}"
+    );
+    // It runs until the test lets it exit, so the wait, however late the
+    // interpreter starts, finds it running.
     let app = pod
         .start(
             &driver,
             "app",
             0,
-            vec!["/bin/sh".into(), "-c".into(), "sleep 1; exit 3".into()],
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "while [ ! -e /trigger/app ]; do sleep 0.1; done; exit 3".into(),
+            ],
         )
         .await;
+    let waited = wait.await.expect("the WaitFor call");
+    assert_eq!(waited["met"], true, "{waited}");
+    assert_eq!(waited["status"]["pod"]["uid"], pod.uid(), "{waited}");
+    let running: Vec<_> = waited["status"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter(|c| c["name"] == "app" && c["state"] == "CONTAINER_STATE_RUNNING")
+        .collect();
+    assert_eq!(running.len(), 1, "app runs in the final status: {waited}");
+    assert_eq!(running[0]["id"], app.as_str());
+    pod.trigger("app");
 
     let sandbox_started = watch.next_of(pod.uid()).await;
     assert_eq!(sandbox_started["type"], "EVENT_TYPE_CONTAINER_STARTED");
@@ -270,6 +364,39 @@ async fn grpcio_without_options_follows_a_container_on_containerd() {
     assert_eq!(container["exit_code"], 3);
     assert_eq!(container["reason"], "Error");
     assert_eq!(container["last_event"]["type"], "EVENT_TYPE_CONTAINER_DIED");
+
+    // The kubelet's restart: attempt 1 of the same container. The monitor
+    // reports the death recovered and ends without waiting for its timeout.
+    let again = pod
+        .start(
+            &driver,
+            "app",
+            1,
+            vec!["/bin/sh".into(), "-c".into(), "sleep 300".into()],
+        )
+        .await;
+    let updates = monitor.rest(Duration::from_secs(45)).await;
+    let report = report_of(&updates);
+    assert!(report.get("unrecovered").is_none(), "{report}");
+    assert!(report.get("error").is_none(), "{report}");
+    let recovered = report["recovered"].as_array().expect("recovered");
+    assert_eq!(recovered.len(), 1, "{report}");
+    let item = &recovered[0];
+    assert_eq!(item["namespace"], NAMESPACE);
+    assert_eq!(item["name"], name.as_str());
+    assert_eq!(item["pod_uid"], pod.uid());
+    assert_eq!(item["container"], "app");
+    assert_eq!(item["dead_id"], app.as_str());
+    assert_eq!(item["replacement_id"], again.as_str());
+    assert!(
+        item["recovery_ms"].is_string(),
+        "uint64 as a string: {item}"
+    );
+    let died = updates
+        .iter()
+        .filter_map(|u| u["progress"]["died"].as_u64())
+        .max();
+    assert_eq!(died, Some(1), "progress counted the death: {updates:?}");
 
     pod.remove(&driver).await;
 }
@@ -330,10 +457,73 @@ async fn grpcio_without_options_reads_a_daemon_over_the_fake_cri() {
         "no pod in infra: {other_namespace}"
     );
 
-    let mut watch = Watch::open(&socket, &["--namespace", "shop"]).await;
+    let met = call(
+        &socket,
+        &[
+            "wait-for",
+            "--namespace",
+            "shop",
+            "--name",
+            "web",
+            "--running",
+            "app",
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    assert_eq!(met["met"], true, "{met}");
+    assert_eq!(met["status"]["pod"]["uid"], "uid-1", "{met}");
+    let not_met = call(
+        &socket,
+        &[
+            "wait-for",
+            "--namespace",
+            "shop",
+            "--name",
+            "web",
+            "--gone",
+            "--timeout-ms",
+            "300",
+        ],
+    );
+    // protobuf's JSON mapping leaves out a false `met`.
+    assert!(not_met.get("met").is_none(), "{not_met}");
+    assert_eq!(not_met["status"]["pod"]["uid"], "uid-1", "{not_met}");
+    let waited: u64 = not_met["waited_ms"]
+        .as_str()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("waited_ms: {not_met}"));
+    assert!(waited >= 300, "{not_met}");
+
+    let mut watch = Stream::open(&socket, &["--namespace", "shop"]).await;
+    let mut monitor = Stream::call(
+        &socket,
+        &[
+            "monitor",
+            "--namespace-regex",
+            "^shop$",
+            "--timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let progress = monitor.next_line(Duration::from_secs(30)).await;
+    assert!(
+        progress.get("progress").is_some(),
+        "counts first: {progress}"
+    );
     assert!(cri.exit_container("app1", 3), "app1 was running");
     let died = watch.next_of("uid-1").await;
     assert_eq!(died["type"], "EVENT_TYPE_CONTAINER_DIED", "{died}");
     assert_eq!(died["container"]["id"], "app1");
     assert_eq!(died["exit_code"], 3);
+    // Never replaced: unrecovered at the monitor's deadline.
+    let updates = monitor.rest(Duration::from_secs(30)).await;
+    let report = report_of(&updates);
+    assert!(report.get("recovered").is_none(), "{report}");
+    let unrecovered = report["unrecovered"].as_array().expect("unrecovered");
+    assert_eq!(unrecovered.len(), 1, "{report}");
+    assert_eq!(unrecovered[0]["dead_id"], "app1");
+    assert_eq!(unrecovered[0]["container"], "app");
+    assert_eq!(unrecovered[0]["pod_uid"], "uid-1");
 }

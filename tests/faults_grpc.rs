@@ -538,10 +538,15 @@ impl Drop for Running {
 
 /// A process's resident set, in KiB.
 fn vm_rss_kib_of(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A size in `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("a VmRSS line")
 }
@@ -581,7 +586,12 @@ async fn published_reaches(port: u16, target: f64) {
 /// PLEG_BIN=target/release/pleg cargo test --test faults_grpc measure -- --ignored --nocapture
 /// ```
 ///
-/// `PLEG_MEASURE_WATCHES=0` gives the baseline without subscribers.
+/// `PLEG_MEASURE_WATCHES=0` gives the baseline without subscribers,
+/// `PLEG_MEASURE_PODS=N` another node size, and `MALLOC_*` variables reach
+/// the daemon (glibc's tuning, which `src/malloc.rs` otherwise sets).
+/// Figures (the README's operator's guide has the table): peak VmRSS
+/// 141-145 MiB at 50,000 containers with 32 watches or none, 107 MiB at
+/// 40,000.
 ///
 /// The worst case, every queued event distinct (each queue filtering pods
 /// no other queue sees), is the budget times the cost of one event, which
@@ -591,13 +601,18 @@ async fn published_reaches(port: u16, target: f64) {
 async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue_full() {
     use k8s_cri::v1::{ContainerState as CriState, PodSandboxState};
     use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
-    // 12,500 pods of 4 containers, in 16 namespaces.
-    const PODS: usize = 12_500;
+    // 12,500 pods of 4 containers, in 16 namespaces
+    // (`PLEG_MEASURE_PODS=N`: N pods, at least 2,000).
+    let pods: usize = std::env::var("PLEG_MEASURE_PODS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12_500)
+        .max(2_000);
     const PER_POD: usize = 4;
     const EXITS: usize = 2_000;
     let _measuring = MEASURING.lock().await;
     let server = FakeCriServer::start().await.expect("fake CRI server");
-    for p in 0..PODS {
+    for p in 0..pods {
         let sb = format!("sb-{p:05}");
         server.put_sandbox(sandbox(
             &sb,
@@ -627,6 +642,7 @@ async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue
     let daemon = Running(
         Command::new(&binary)
             .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
             .args(["run", "--runtime-endpoint", &server.endpoint()])
             .args([
                 "--mode",
@@ -647,9 +663,10 @@ async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue
     let pid = daemon.0.id();
     let limits = Limits::default();
     // Every sandbox and container starts.
-    let mut published = (PODS * (PER_POD + 1)) as f64;
+    let mut published = (pods * (PER_POD + 1)) as f64;
     published_reaches(port, published).await;
     let rss_cached = vm_rss_kib_of(pid);
+    let peak_cached = proc_status_kib(pid, "VmHWM:");
 
     // Every slot taken at the default capacity; 2,000 exits fill every
     // queue (1,000 each, the same events) and overflow it.
@@ -679,14 +696,15 @@ async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue
     let listed = within("ListPods", 60, client.list_pods(None))
         .await
         .expect("ListPods");
-    assert_eq!(listed.len(), PODS);
+    assert_eq!(listed.len(), pods);
     let rss_listed = vm_rss_kib_of(pid);
+    let peak = proc_status_kib(pid, "VmHWM:");
     println!(
-        "pleg run ({}), {} containers in {PODS} pods: VmRSS {rss_cached} KiB cached; \
+        "pleg run ({}), {} containers in {pods} pods: VmRSS {rss_cached} KiB cached (peak so far {peak_cached} KiB); \
          {rss_full} KiB with {watches} watches of capacity 1000 full ({discarded:?} events discarded); \
-         {rss_listed} KiB after a paged ListPods of every pod",
+         {rss_listed} KiB after a paged ListPods of every pod; peak (VmHWM) {peak} KiB",
         binary.display(),
-        PODS * PER_POD,
+        pods * PER_POD,
     );
     // No bound is asserted: what this measures is dominated by the
     // relisting of 50,000 containers, which the gRPC limits do not govern

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use pleg::model::{Container, ContainerState, Pod, PodMeta, PodUid};
 use pleg::runtime::fake::FakeRuntime;
+use pleg::select::PodSelector;
 use pleg::server::Daemon;
 use pleg::server::grpc::{
     self, Client, ClientError, Health, ServeError, WatchStream, pb, pod_listing, pod_listings,
@@ -209,6 +210,12 @@ async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
         Filter::all()
             .with_kinds([EventType::ContainerDied])
             .with_namespace("shop"),
+        // A label selector and a namespace regex, ANDed: pod a only.
+        Filter::all().with_selector(
+            PodSelector::labels("app notin (db), app")
+                .and_then(|s| s.with_namespace_regex("sh.*"))
+                .expect("valid selector"),
+        ),
     ];
     let mut client = server.client().await;
     let mut watches = Vec::new();
@@ -297,6 +304,15 @@ async fn each_watcher_sees_exactly_the_events_its_filter_selects() {
         ]),
         "pod uids b, c"
     );
+    assert_eq!(
+        triples(&received[5]),
+        ids(&[
+            ("a", ContainerStarted, "sb-a"),
+            ("a", ContainerStarted, "a1"),
+            ("a", ContainerDied, "a1"),
+        ]),
+        "app notin (db), app, in a namespace matching sh.*"
+    );
     let died = received[4]
         .iter()
         .filter_map(Delivery::event)
@@ -343,7 +359,30 @@ async fn list_pods_and_get_pod_status_answer_from_the_cache() {
     let all = within("ListPods", client.list_pods(None))
         .await
         .expect("ListPods");
-    assert_eq!(all, pod_listings(&daemon.pleg, None), "the cache, as is");
+    // The daemon tells each pod's health (no crash loop here: the
+    // status's own); the rest is the cache, as is.
+    for listing in &all {
+        assert_eq!(
+            listing.health,
+            Some(pleg::phase::PodHealth::of(&listing.status)),
+            "{listing:?}"
+        );
+    }
+    let told = |listings: &[pleg::server::grpc::PodListing]| -> Vec<_> {
+        listings
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                l.health = None;
+                l
+            })
+            .collect()
+    };
+    assert_eq!(
+        told(&all),
+        pod_listings(&daemon.pleg, None),
+        "the cache, as is"
+    );
     let uids: Vec<_> = all.iter().map(|l| l.status.uid().to_string()).collect();
     assert_eq!(uids, ["c", "a", "b"], "by namespace, then name");
     let a = &all[1];
@@ -369,15 +408,23 @@ async fn list_pods_and_get_pod_status_answer_from_the_cache() {
     let shop = within("ListPods shop", client.list_pods(Some("shop")))
         .await
         .expect("ListPods");
-    assert_eq!(shop, pod_listings(&daemon.pleg, Some("shop")));
+    assert_eq!(told(&shop), pod_listings(&daemon.pleg, Some("shop")));
     assert_eq!(shop.len(), 2);
 
     let uid = PodUid::new("a");
     let one = within("GetPodStatus", client.pod_status(&uid))
         .await
         .expect("GetPodStatus");
-    assert_eq!(one, pod_listing(&daemon.pleg, &uid));
-    assert!(one.is_some());
+    assert_eq!(
+        one.as_ref().and_then(|l| l.health.clone()),
+        Some(pleg::phase::PodHealth::of(
+            &one.as_ref().expect("pod a").status
+        ))
+    );
+    assert_eq!(
+        one.map(|l| told(&[l])).and_then(|mut l| l.pop()),
+        pod_listing(&daemon.pleg, &uid)
+    );
     let none = within("GetPodStatus", client.pod_status(&PodUid::new("nope")))
         .await
         .expect("NotFound is None");
@@ -458,6 +505,31 @@ async fn watch_requests_with_unknown_kinds_or_huge_capacity_are_refused() {
     .await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(err.message(), "kinds[1]: unknown event type 99");
+    let err = refused(pb::WatchRequest {
+        selector: "app in (web".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with(
+            "selector: label selector \"app in (web\": expected ',' or ')' after a value, found the end at column 12"
+        ),
+        "{}",
+        err.message()
+    );
+    let err = refused(pb::WatchRequest {
+        name_regex: "web-(".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("name_regex: name regex \"web-(\": not a valid regex"),
+        "{}",
+        err.message()
+    );
     let err = refused(pb::WatchRequest {
         capacity: 5_000_000,
         ..Default::default()
@@ -685,8 +757,7 @@ async fn watches_past_the_limit_fail_resource_exhausted_naming_the_flag_and_a_fr
         ClientError::Rpc { code, message, .. } => {
             assert_eq!(*code, tonic::Code::ResourceExhausted, "{err}");
             assert!(
-                message.contains("at most 2 Watch streams")
-                    && message.contains("--grpc-max-watches"),
+                message.contains("at most 2 streams") && message.contains("--grpc-max-watches"),
                 "{message}"
             );
         }
@@ -856,5 +927,416 @@ async fn list_pods_pages_hold_every_pod_once_even_when_pods_come_and_go_between_
             other => panic!("{bad}: expected INVALID_ARGUMENT, got {other}"),
         }
     }
+    server.stop().await;
+}
+
+// --- the toolkit's calls: WaitFor, Monitor, TerminalReports, WatchSession ---
+
+fn selection(selector: &str) -> Option<pb::PodSelection> {
+    Some(pb::PodSelection {
+        selector: selector.into(),
+        ..pb::PodSelection::default()
+    })
+}
+
+/// Relists until `task` has finished, then gives its result.
+async fn relist_until_done<T>(pleg: &Pleg, task: JoinHandle<T>) -> T {
+    within("the call to answer", async {
+        loop {
+            pleg.relist().await.expect("listing works");
+            if task.is_finished() {
+                return task.await.expect("the call's task");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_answers_met_with_the_final_status_or_not_met_with_the_last_one() {
+    let dir = temp_dir();
+    let (runtime, daemon) = daemon();
+    runtime.set_pods(vec![pod("u1", "shop", "web", &[("c1", Created)])]);
+    daemon.pleg.relist().await.expect("listing works");
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+
+    let waiting = tokio::spawn({
+        let mut raw = server.raw().await;
+        async move {
+            raw.wait_for(pb::WaitForRequest {
+                pods: Some(pb::PodSelection {
+                    namespace: "shop".into(),
+                    name: "u1-name".into(),
+                    ..pb::PodSelection::default()
+                }),
+                until: Some(pb::wait_for_request::Until::RunningContainer(
+                    "c1-name".into(),
+                )),
+                timeout_ms: 10_000,
+            })
+            .await
+        }
+    });
+    runtime.set_pods(vec![pod("u1", "shop", "web", &[("c1", Running)])]);
+    let answer = relist_until_done(&daemon.pleg, waiting)
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert!(answer.met, "{}", answer.message);
+    let status = answer.status.expect("the final status");
+    assert_eq!(status.phase(), pb::PodPhase::Running);
+    assert_eq!(status.health(), pb::PodHealth::Ready);
+    assert_eq!(status.containers[0].state(), pb::ContainerState::Running);
+
+    let mut raw = server.raw().await;
+    let answer = within(
+        "a short wait",
+        raw.wait_for(pb::WaitForRequest {
+            pods: selection("app=web"),
+            until: Some(pb::wait_for_request::Until::RunningContainer(
+                "nosuch".into(),
+            )),
+            timeout_ms: 200,
+        }),
+    )
+    .await
+    .expect("not met is an answer")
+    .into_inner();
+    assert!(!answer.met);
+    assert!(answer.waited_ms >= 200, "{}", answer.waited_ms);
+    assert!(
+        answer.message.contains("not met within"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(
+        answer.status.and_then(|s| s.pod).map(|p| p.uid).as_deref(),
+        Some("u1"),
+        "the last status seen"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toolkit_requests_that_make_no_sense_are_refused_naming_the_field() {
+    let dir = temp_dir();
+    let (_runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+    let mut raw = server.raw().await;
+    let running = || Some(pb::wait_for_request::Until::RunningContainer("app".into()));
+    let cases = [
+        (
+            pb::WaitForRequest {
+                pods: selection("app in (web,"),
+                until: running(),
+                timeout_ms: 1000,
+            },
+            "pods.selector",
+        ),
+        (
+            pb::WaitForRequest {
+                pods: None,
+                until: None,
+                timeout_ms: 1000,
+            },
+            "until is not set",
+        ),
+        (
+            pb::WaitForRequest {
+                pods: None,
+                until: running(),
+                timeout_ms: 0,
+            },
+            "timeout_ms",
+        ),
+        (
+            pb::WaitForRequest {
+                pods: None,
+                until: Some(pb::wait_for_request::Until::PhaseNot(pb::PodPhases {
+                    phases: vec![99],
+                })),
+                timeout_ms: 1000,
+            },
+            "phase_not.phases[0]",
+        ),
+        (
+            pb::WaitForRequest {
+                pods: Some(pb::PodSelection {
+                    name: "a".into(),
+                    name_regex: "a.*".into(),
+                    ..pb::PodSelection::default()
+                }),
+                until: running(),
+                timeout_ms: 1000,
+            },
+            "pods.name and pods.name_regex",
+        ),
+    ];
+    for (request, named) in cases {
+        let status = within("a refusal", raw.wait_for(request))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(named),
+            "{named}: {}",
+            status.message()
+        );
+    }
+    let status = within(
+        "a monitor refusal",
+        raw.monitor(pb::MonitorRequest {
+            pods: selection("app in (web,"),
+            timeout_ms: 1000,
+        }),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("pods.selector") && status.message().contains("column 13"),
+        "{}",
+        status.message()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_streams_progress_then_the_report_of_a_recovered_container() {
+    let dir = temp_dir();
+    let (runtime, daemon) = daemon();
+    let app =
+        |id: &str, attempt: u32, state| Container::new(id, "app", state).with_attempt(attempt);
+    let web = |containers: Vec<Container>| {
+        containers.into_iter().fold(
+            Pod::new(PodMeta::new("u1", "web-1", "shop").with_label("app", "web"))
+                .with_sandbox(Container::new("sb-u1", "web-1", Running)),
+            Pod::with_container,
+        )
+    };
+    runtime.set_pods(vec![web(vec![app("a0", 0, Running)])]);
+    daemon.pleg.relist().await.expect("listing works");
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+    let mut raw = server.raw().await;
+    let mut updates = within(
+        "the monitor to start",
+        raw.monitor(pb::MonitorRequest {
+            pods: selection("app in (web,db)"),
+            timeout_ms: 30_000,
+        }),
+    )
+    .await
+    .expect("a monitor")
+    .into_inner();
+
+    let start = within("the first progress", updates.message())
+        .await
+        .expect("a good stream")
+        .expect("an update");
+    assert!(
+        matches!(
+            start.item,
+            Some(pb::monitor_update::Item::Progress(pb::MonitorProgress {
+                died: 0,
+                ..
+            }))
+        ),
+        "{start:?}"
+    );
+    runtime.set_pods(vec![web(vec![app("a0", 0, Exited)])]);
+    daemon.pleg.relist().await.expect("listing works");
+    let progress = within("progress", updates.message())
+        .await
+        .expect("a good stream")
+        .expect("an update");
+    let Some(pb::monitor_update::Item::Progress(p)) = progress.item else {
+        panic!("progress: {progress:?}");
+    };
+    assert_eq!((p.died, p.recovered, p.pending), (1, 0, 1));
+
+    runtime.set_pods(vec![web(vec![app("a0", 0, Exited), app("a1", 1, Running)])]);
+    daemon.pleg.relist().await.expect("listing works");
+    let report = within("the report", async {
+        loop {
+            let update = updates
+                .message()
+                .await
+                .expect("a good stream")
+                .expect("an update");
+            if let Some(pb::monitor_update::Item::Report(r)) = update.item {
+                return r;
+            }
+        }
+    })
+    .await;
+    let [r] = report.recovered.as_slice() else {
+        panic!("one recovery: {report:?}")
+    };
+    assert_eq!(
+        (
+            r.container.as_deref(),
+            r.dead_id.as_str(),
+            r.replacement_id.as_deref()
+        ),
+        (Some("app"), "a0", Some("a1"))
+    );
+    assert!(r.recovery_ms.is_some() && report.unrecovered.is_empty() && report.error.is_none());
+    assert!(
+        within("the end", updates.message())
+            .await
+            .expect("ends OK")
+            .is_none(),
+        "the report is the last item"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_reports_stream_one_report_per_end_with_every_exit_code() {
+    let dir = temp_dir();
+    let (runtime, daemon) = daemon();
+    let two = |a: ContainerState, b: ContainerState| {
+        let exit = |c: Container, code: i32| {
+            if c.state == Exited {
+                c.with_exit(code, if code == 0 { "Completed" } else { "Error" })
+            } else {
+                c
+            }
+        };
+        Pod::new(PodMeta::new("u1", "job", "batch"))
+            .with_sandbox(Container::new("sb-u1", "job", Running))
+            .with_container(exit(Container::new("ok", "ok", a), 0))
+            .with_container(exit(Container::new("bad", "bad", b), 3))
+    };
+    runtime.set_pods(vec![two(Running, Running)]);
+    daemon.pleg.relist().await.expect("listing works");
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+    let mut raw = server.raw().await;
+    let mut reports = within(
+        "the stream",
+        raw.terminal_reports(pb::TerminalReportsRequest {
+            pods: Some(pb::PodSelection {
+                namespace: "batch".into(),
+                ..pb::PodSelection::default()
+            }),
+            capacity: 0,
+        }),
+    )
+    .await
+    .expect("a stream")
+    .into_inner();
+    runtime.set_pods(vec![two(Exited, Exited)]);
+    daemon.pleg.relist().await.expect("listing works");
+    let item = within("a report", reports.message())
+        .await
+        .expect("a good stream")
+        .expect("an item");
+    let Some(pb::terminal_report_event::Item::Report(report)) = item.item else {
+        panic!("a report: {item:?}");
+    };
+    assert_eq!(report.phase(), pb::TerminalPhase::Failed);
+    assert_eq!(report.exit_code, Some(3));
+    let mut codes: Vec<(String, Option<i32>)> = report
+        .containers
+        .iter()
+        .map(|c| (c.name.clone(), c.exit_code))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![("bad".into(), Some(3)), ("ok".into(), Some(0))]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_has_one_subscriber_at_a_time_and_sees_only_its_pods() {
+    let dir = temp_dir();
+    let (runtime, daemon) = daemon();
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+    let session = |name: &str| pb::WatchSessionRequest {
+        session: name.into(),
+        ..pb::WatchSessionRequest::default()
+    };
+    let mut raw = server.raw().await;
+    let mut first = within("the session", raw.watch_session(session("s1")))
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let refused = within("a second subscriber", raw.watch_session(session("s1")))
+        .await
+        .expect_err("one at a time");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(refused.message().contains("s1"), "{}", refused.message());
+
+    let labelled = |uid: &str, session: &str| {
+        Pod::new(
+            PodMeta::new(uid, uid, "lab")
+                .with_label("session", session)
+                .with_label("component", "db"),
+        )
+        .with_sandbox(Container::new(format!("sb-{uid}"), uid, Running))
+    };
+    runtime.set_pods(vec![labelled("mine", "s1"), labelled("theirs", "s2")]);
+    daemon.pleg.relist().await.expect("listing works");
+    let update = within("an update", first.message())
+        .await
+        .expect("a good stream")
+        .expect("an update");
+    let Some(pb::session_update::Item::Event(event)) = update.item else {
+        panic!("an event: {update:?}");
+    };
+    assert_eq!(event.session, "s1");
+    assert_eq!(event.component.as_deref(), Some("db"));
+    let pod = event.event.and_then(|e| e.pod).expect("the pod");
+    assert_eq!(pod.uid, "mine");
+
+    // Once the first stream is gone, the session is free again.
+    drop(first);
+    within("the session to be free", async {
+        loop {
+            match raw.watch_session(session("s1")).await {
+                Ok(_) => return,
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_pods_carry_their_phase_health_and_reason() {
+    let dir = temp_dir();
+    let (runtime, daemon) = daemon();
+    runtime.set_pods(vec![
+        pod("u1", "shop", "web", &[("c1", Exited)]),
+        pod("u2", "shop", "web", &[("c2", Running)]),
+    ]);
+    daemon.pleg.relist().await.expect("listing works");
+    let server = Server::start(&daemon, &socket_in(&dir)).await;
+    let mut raw = server.raw().await;
+    let pods = within("a listing", raw.list_pods(pb::ListPodsRequest::default()))
+        .await
+        .expect("listed")
+        .into_inner()
+        .pods;
+    let summary: Vec<(pb::PodPhase, pb::PodHealth, String)> = pods
+        .iter()
+        .map(|p| (p.phase(), p.health(), p.health_reason.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (pb::PodPhase::Failed, pb::PodHealth::Failed, "Error".into()),
+            (pb::PodPhase::Running, pb::PodHealth::Ready, String::new()),
+        ]
+    );
+    assert!(
+        pods[0].health_message.contains("exited with 3"),
+        "{}",
+        pods[0].health_message
+    );
     server.stop().await;
 }

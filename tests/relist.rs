@@ -505,7 +505,7 @@ async fn events_of_one_pod_go_out_together_with_condition_met_last() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn died_events_carry_exit_code_reason_name_and_attempt_from_the_status() {
+async fn died_events_carry_exit_code_reason_times_name_and_attempt_from_the_status() {
     let (runtime, pleg) = generator();
     let mut sub = pleg.subscribe();
     let meta = PodMeta::new("p", "web", "shop").with_label("app", "web");
@@ -519,6 +519,10 @@ async fn died_events_carry_exit_code_reason_name_and_attempt_from_the_status() {
         Pod::new(meta).with_container(Container::new("c", "nginx", Exited).with_attempt(2));
     let mut status = PodStatus::from_pod(&exited);
     status.containers[0] = status.containers[0].clone().with_exit(3, "Error");
+    let started_at = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let finished_at = started_at + Duration::from_secs(42);
+    status.containers[0].started_at = Some(started_at);
+    status.containers[0].finished_at = Some(finished_at);
     runtime.set_pods(vec![exited]);
     runtime.push_status("p", Ok(status));
     pleg.relist().await.expect("listing works");
@@ -529,6 +533,10 @@ async fn died_events_carry_exit_code_reason_name_and_attempt_from_the_status() {
     assert_eq!(died.kind, ContainerDied);
     assert_eq!(died.exit_code, Some(3));
     assert_eq!(died.reason.as_deref(), Some("Error"));
+    assert_eq!(
+        (died.started_at, died.finished_at, died.runtime_time),
+        (Some(started_at), Some(finished_at), Some(finished_at))
+    );
     assert_eq!(died.pod.namespace, "shop");
     assert_eq!(died.pod.labels.get("app").map(String::as_str), Some("web"));
     let container = died.container.as_ref().expect("container event");

@@ -4,12 +4,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pleg::runtime::cri::{CriConfig, CriRuntime, DEFAULT_ENDPOINT, RuntimeEndpoint};
+use pleg::select::{LabelSelector, Pattern, PodSelector};
 use pleg::server::grpc;
 use pleg::{Config, EventType, Filter, Mode, PodUid, RelistDuration};
 
+pub(crate) mod monitor;
 pub(crate) mod output;
 pub(crate) mod pods;
 pub(crate) mod run;
+pub(crate) mod wait;
 pub(crate) mod watch;
 
 /// The process exit codes, documented in `--help` and the README.
@@ -29,6 +32,8 @@ pub enum Exit {
     RuntimeUnavailable = 5,
     /// The daemon given with `--daemon` is not reachable.
     DaemonUnreachable = 6,
+    /// Any other failure (of `wait`).
+    Other = 7,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -71,7 +76,8 @@ pub(crate) type Outcome = Result<(), Failure>;
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure while running, 2 bad command line, 3 health address
 unavailable, 4 gRPC socket unavailable, 5 runtime unavailable (without --wait),
-6 daemon unreachable.";
+6 daemon unreachable, 7 any other failure (wait). For wait, 1 means the condition was not
+met within the timeout.";
 
 /// pleg: a node-level Pod Lifecycle Event Generator.
 #[derive(Debug, Parser)]
@@ -92,6 +98,19 @@ pub(crate) enum Command {
     Watch(WatchArgs),
     /// Show the pods and containers pleg knows, like `crictl ps -a`.
     Pods(PodsArgs),
+    /// Wait until a pod meets a condition, then print its status. Exit 0
+    /// when met, 1 when not met within --timeout, 2 on a bad flag, 5 or 6
+    /// when the runtime or the daemon cannot be reached, 7 on any other
+    /// failure.
+    Wait(WaitArgs),
+    /// Monitor how the selected pods and containers recover after they die
+    /// (a chaos run): live progress, then a table (or one JSON document).
+    /// Exit 0 when everything that died recovered (or nothing died), 1 when
+    /// anything did not recover within --timeout, 2 on a bad flag, 5 or 6
+    /// when the runtime or the daemon cannot be reached, 7 when the monitor
+    /// could not watch to the end (events were lost) though all it saw
+    /// recovered.
+    Monitor(MonitorArgs),
 }
 
 /// Generator mode.
@@ -220,8 +239,16 @@ const RELIST_THRESHOLD_RANGE: (Duration, Duration) =
 const REQUEST_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(3600));
 
+/// `--crash-loop-window`: 1 s to 24 h.
+pub(crate) const CRASH_LOOP_WINDOW_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
 /// Checks a duration flag against its range, naming the flag.
-fn in_range(flag: &str, value: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+pub(crate) fn in_range(
+    flag: &str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<(), String> {
     if value < min || value > max {
         return Err(format!(
             "{flag} {}: out of range; it must be between {} and {}",
@@ -302,6 +329,15 @@ pub(crate) struct RunArgs {
     /// Prefix for every metric name (kubelet_ gives the kubelet's full names).
     #[arg(long, env = "PLEG_METRICS_PREFIX", default_value = "")]
     pub metrics_prefix: String,
+    /// Failed exits (a non-zero code, on rising attempts of one container
+    /// name) within --crash-loop-window that make a pod's health failed,
+    /// for a crash loop, in the daemon's pod listings and other answers;
+    /// 1 to 100.
+    #[arg(long, env = "PLEG_CRASH_LOOP_EXITS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub crash_loop_exits: u16,
+    /// The window of --crash-loop-exits; 1s to 24h.
+    #[arg(long, env = "PLEG_CRASH_LOOP_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub crash_loop_window: Duration,
     /// Log format.
     #[arg(long, env = "PLEG_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -341,6 +377,17 @@ pub(crate) struct FilterArgs {
     /// Only pods with this label, key=value (repeatable; all must match).
     #[arg(long = "label", short = 'l', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Only pods whose labels satisfy this Kubernetes label selector
+    /// (`kubectl`'s syntax: `app in (web,db),tier!=canary,!legacy`); every
+    /// other filter must hold too.
+    #[arg(long, value_parser = parse_selector)]
+    pub selector: Option<LabelSelector>,
+    /// Only pods whose whole namespace matches this regex.
+    #[arg(long, value_parser = |s: &str| parse_pattern("namespace regex", s))]
+    pub namespace_regex: Option<Pattern>,
+    /// Only pods whose whole name matches this regex.
+    #[arg(long, value_parser = |s: &str| parse_pattern("name regex", s))]
+    pub name_regex: Option<Pattern>,
     /// Only these event types (repeatable): `ContainerStarted`, `ContainerDied`,
     /// `ContainerRemoved`, `PodSync`, `ContainerChanged`, `ConditionMet`.
     #[arg(long = "type", value_parser = parse_event_type)]
@@ -368,7 +415,17 @@ impl FilterArgs {
         if !self.kinds.is_empty() {
             filter = filter.with_kinds(self.kinds.iter().copied());
         }
-        filter
+        let mut selector = PodSelector::everything();
+        if let Some(labels) = &self.selector {
+            selector = selector.with_labels(labels.clone());
+        }
+        if let Some(pattern) = &self.namespace_regex {
+            selector = selector.with_namespace_pattern(pattern.clone());
+        }
+        if let Some(pattern) = &self.name_regex {
+            selector = selector.with_name_pattern(pattern.clone());
+        }
+        filter.with_selector(selector)
     }
 }
 
@@ -497,6 +554,139 @@ pub(crate) struct WatchArgs {
     /// Which events.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Print one terminal report per end of a selected pod (Succeeded,
+    /// Failed or Deleted, with every container's exit code and reason) in
+    /// place of the events.
+    #[arg(long)]
+    pub terminal: bool,
+}
+
+/// Flags of `pleg monitor`.
+#[derive(Debug, Args)]
+pub(crate) struct MonitorArgs {
+    /// Runtime or daemon, output.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The pods to monitor: a Kubernetes label selector (`kubectl`'s
+    /// syntax: `app in (web,db),tier!=canary`).
+    #[arg(long, short = 'l', value_parser = parse_selector)]
+    pub selector: Option<LabelSelector>,
+    /// Only pods whose whole namespace matches this regex.
+    #[arg(long, value_parser = |s: &str| parse_pattern("namespace regex", s))]
+    pub namespace_regex: Option<Pattern>,
+    /// Only pods whose whole name matches this regex.
+    #[arg(long, value_parser = |s: &str| parse_pattern("name regex", s))]
+    pub name_regex: Option<Pattern>,
+    /// Only pods in this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// How long to monitor at most (it ends early once everything that
+    /// died has recovered).
+    #[arg(long, default_value = "60s", value_parser = parse_wait_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+impl MonitorArgs {
+    /// The selection.
+    pub(crate) fn filter(&self) -> Filter {
+        let mut selector = PodSelector::everything();
+        if let Some(labels) = &self.selector {
+            selector = selector.with_labels(labels.clone());
+        }
+        if let Some(pattern) = &self.namespace_regex {
+            selector = selector.with_namespace_pattern(pattern.clone());
+        }
+        if let Some(pattern) = &self.name_regex {
+            selector = selector.with_name_pattern(pattern.clone());
+        }
+        let filter = Filter::all().with_selector(selector);
+        match &self.namespace {
+            Some(namespace) => filter.with_namespace(namespace),
+            None => filter,
+        }
+    }
+}
+
+/// Flags of `pleg wait`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("until").required(true).args(["running", "exited", "gone", "phase_not"])))]
+pub(crate) struct WaitArgs {
+    /// Runtime or daemon, output.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The pod's namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: String,
+    /// The pod's name.
+    #[arg(long)]
+    pub name: String,
+    /// Until this container (its latest attempt) runs.
+    #[arg(long, value_name = "CONTAINER")]
+    pub running: Option<String>,
+    /// Until every container of the pod has exited.
+    #[arg(long)]
+    pub exited: bool,
+    /// Until the pod is gone.
+    #[arg(long)]
+    pub gone: bool,
+    /// Until the pod is in none of these phases (Pending, Running,
+    /// Succeeded, Failed, Unknown), or gone.
+    #[arg(long, value_delimiter = ',', value_parser = parse_phase)]
+    pub phase_not: Vec<pleg::phase::PodPhase>,
+    /// How long to wait.
+    #[arg(long, default_value = "30s", value_parser = parse_wait_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+impl WaitArgs {
+    /// The pod, by namespace and name.
+    pub(crate) fn filter(&self) -> Result<Filter, Failure> {
+        let named = PodSelector::named(&self.name).map_err(|e| Failure::new(Exit::Usage, e))?;
+        Ok(Filter::all()
+            .with_namespace(&self.namespace)
+            .with_selector(named))
+    }
+
+    /// The condition.
+    pub(crate) fn until(&self) -> pleg::wait::Until {
+        use pleg::wait::Until;
+        if let Some(container) = &self.running {
+            Until::running(container)
+        } else if self.exited {
+            Until::AllExited
+        } else if self.gone {
+            Until::Gone
+        } else {
+            Until::not_in(self.phase_not.iter().copied())
+        }
+    }
+}
+
+fn parse_phase(raw: &str) -> Result<pleg::phase::PodPhase, String> {
+    pleg::phase::PodPhase::ALL
+        .iter()
+        .copied()
+        .find(|p| p.as_str().eq_ignore_ascii_case(raw.trim()))
+        .ok_or_else(|| {
+            let known: Vec<&str> = pleg::phase::PodPhase::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect();
+            format!(
+                "{raw:?}: unknown phase; expected one of {}",
+                known.join(", ")
+            )
+        })
+}
+
+fn parse_wait_timeout(raw: &str) -> Result<std::time::Duration, String> {
+    let d = pleg::duration::parse(raw).map_err(|e| format!("{raw:?}: {e}"))?;
+    if d.is_zero() || d > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "{raw:?}: out of range; it must be between 1ns and 24h"
+        ));
+    }
+    Ok(d)
 }
 
 /// Flags of `pleg pods`.
@@ -591,6 +781,14 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{raw:?}: expected key=value")),
     }
+}
+
+fn parse_selector(raw: &str) -> Result<LabelSelector, String> {
+    LabelSelector::parse(raw).map_err(|e| e.to_string())
+}
+
+fn parse_pattern(what: &'static str, raw: &str) -> Result<Pattern, String> {
+    Pattern::new(what, raw).map_err(|e| e.to_string())
 }
 
 fn parse_event_type(raw: &str) -> Result<EventType, String> {

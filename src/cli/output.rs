@@ -26,6 +26,8 @@ pub(crate) struct Printer {
     format: Format,
     colour: bool,
     out: std::io::Stdout,
+    /// Set: print terminal reports in place of events (`--terminal`).
+    terminal: Option<pleg::terminal::TerminalReports>,
 }
 
 impl Printer {
@@ -35,11 +37,42 @@ impl Printer {
             format,
             colour,
             out: std::io::stdout(),
+            terminal: None,
+        }
+    }
+
+    /// Prints terminal reports in place of events from now on.
+    pub(crate) fn reporting_terminations(mut self) -> Self {
+        self.terminal = Some(pleg::terminal::TerminalReports::new());
+        self
+    }
+
+    /// Whether it prints terminal reports.
+    pub(crate) fn is_reporting_terminations(&self) -> bool {
+        self.terminal.is_some()
+    }
+
+    /// Learns of a pod from its status (a late start: what a daemon lists).
+    pub(crate) fn track(&mut self, status: &pleg::model::PodStatus) {
+        if let Some(reports) = &mut self.terminal {
+            reports.track(status);
         }
     }
 
     /// Prints one delivery and flushes.
     pub(crate) fn print(&mut self, delivery: &Delivery) -> std::io::Result<()> {
+        if let (Some(reports), Delivery::Event(e)) = (&mut self.terminal, delivery) {
+            let Some(report) = reports.observe(e) else {
+                return Ok(());
+            };
+            let line = match self.format {
+                Format::Text => report_line(&report),
+                Format::Json => json_report(&report).to_string(),
+            };
+            let mut out = self.out.lock();
+            writeln!(out, "{line}")?;
+            return out.flush();
+        }
         let line = match (self.format, delivery) {
             (Format::Text, Delivery::Event(e)) => text_line(e, self.colour),
             (Format::Text, Delivery::Resync { missed, reason, .. }) => match reason {
@@ -67,6 +100,56 @@ impl Printer {
         writeln!(out, "{line}")?;
         out.flush()
     }
+}
+
+/// One terminal report on one line: when, which pod, how it ended, and
+/// each container's code and reason.
+fn report_line(r: &pleg::terminal::TerminalReport) -> String {
+    let containers: Vec<String> = r
+        .containers
+        .iter()
+        .map(|c| {
+            let code = c
+                .exit_code
+                .map_or_else(|| "?".to_owned(), |code| code.to_string());
+            match (c.exited, c.reason.as_deref().filter(|r| !r.is_empty())) {
+                (false, _) => format!("{}=running", c.name),
+                (true, Some(reason)) => format!("{}={code} ({reason})", c.name),
+                (true, None) => format!("{}={code}", c.name),
+            }
+        })
+        .collect();
+    format!(
+        "{}  {}/{}  {}  {}",
+        clock(r.at),
+        r.pod.namespace,
+        r.pod.name,
+        r.phase.as_str(),
+        containers.join(", ")
+    )
+}
+
+fn json_report(r: &pleg::terminal::TerminalReport) -> Value {
+    let time = |t: Option<SystemTime>| t.map_or(Value::Null, |t| rfc3339(t).into());
+    json!({
+        "time": rfc3339(r.at),
+        "type": "TerminalReport",
+        "namespace": r.pod.namespace,
+        "pod": r.pod.name,
+        "pod_uid": r.pod.uid.to_string(),
+        "phase": r.phase.as_str(),
+        "exit_code": r.exit_code(),
+        "containers": r.containers.iter().map(|c| json!({
+            "name": c.name,
+            "id": c.id.to_string(),
+            "attempt": c.attempt,
+            "exited": c.exited,
+            "exit_code": c.exit_code,
+            "reason": c.reason,
+            "started_at": time(c.started_at),
+            "finished_at": time(c.finished_at),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// `HH:MM:SS.mmm` in UTC.
@@ -147,6 +230,12 @@ pub(crate) fn json_event(e: &PodLifecycleEvent) -> Value {
         o.insert("reason".into(), reason.clone().into());
     }
     o.insert("source".into(), e.source.as_str().into());
+    if let Some(t) = e.started_at {
+        o.insert("started_at".into(), rfc3339(t).into());
+    }
+    if let Some(t) = e.finished_at {
+        o.insert("finished_at".into(), rfc3339(t).into());
+    }
     if let Some(t) = e.runtime_time {
         o.insert("runtime_time".into(), rfc3339(t).into());
     }
@@ -216,11 +305,7 @@ pub(crate) fn pods_table(pods: &[PodListing]) -> String {
     }
     for p in pods {
         let s = &p.status;
-        let ready = if s.has_ready_sandbox() {
-            "Ready"
-        } else {
-            "NotReady"
-        };
+        let ready = p.health().to_string();
         let _ = writeln!(
             out,
             "{}/{}  uid={}  {}{}",
@@ -321,6 +406,16 @@ pub(crate) fn pods_json(pods: &[PodListing]) -> Value {
                 o.insert("uid".into(), s.meta.uid.as_str().into());
                 o.insert("name".into(), s.meta.name.clone().into());
                 o.insert("namespace".into(), s.meta.namespace.clone().into());
+                let health = p.health();
+                o.insert("phase".into(), health.phase.as_str().into());
+                o.insert("health".into(), health.health.as_str().into());
+                o.insert(
+                    "health_reason".into(),
+                    health.reason.map_or(Value::Null, |r| r.as_str().into()),
+                );
+                if let Some(message) = &health.message {
+                    o.insert("health_message".into(), message.clone().into());
+                }
                 o.insert(
                     "labels".into(),
                     Value::Object(

@@ -2,6 +2,7 @@
 //! cache (read in pages) when one answers, else from one relist of the
 //! runtime (never its event stream).
 
+use pleg::phase::CrashLoops;
 use pleg::server::grpc::{PodListing, pod_listings};
 use pleg::{Config, Pleg};
 
@@ -26,7 +27,18 @@ pub(crate) async fn run(args: PodsArgs) -> Outcome {
         pleg.relist()
             .await
             .map_err(|e| Failure::new(Exit::RuntimeUnavailable, e))?;
-        pod_listings(&pleg, args.namespace.as_deref())
+        let mut pods = pod_listings(&pleg, args.namespace.as_deref());
+        // One listing follows no deaths: a crash loop shows only in the
+        // earlier attempts the runtime still keeps.
+        let mut loops = CrashLoops::default();
+        for p in &pods {
+            loops.seed(&p.status);
+        }
+        let now = std::time::SystemTime::now();
+        for p in &mut pods {
+            p.health = Some(loops.health(&p.status, now));
+        }
+        pods
     };
     pods.sort_by(|a, b| {
         (&a.status.meta.namespace, &a.status.meta.name)

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use pleg::Pleg;
+use pleg::phase::CrashLoopRule;
 use pleg::runtime::cri::CriRuntime;
 use pleg::server::{Daemon, grpc, http};
 use pleg::unix::{PeerPolicy, SocketAccess, SocketIdentity};
@@ -94,6 +95,12 @@ fn check(args: &RunArgs) -> Result<Checked, Failure> {
             ),
         ));
     }
+    super::in_range(
+        "--crash-loop-window",
+        args.crash_loop_window,
+        super::CRASH_LOOP_WINDOW_RANGE,
+    )
+    .map_err(|e| Failure::new(Exit::Usage, anyhow!(e)))?;
     let group = match &args.grpc_socket_group {
         None => None,
         Some(name) => match pleg::unix::group_id(name) {
@@ -214,7 +221,11 @@ async fn start(
         pleg.clone(),
         runtime.endpoint().to_string(),
         &args.metrics_prefix,
-    );
+    )
+    .with_crash_loop_rule(CrashLoopRule::new(
+        usize::from(args.crash_loop_exits),
+        args.crash_loop_window,
+    ));
     daemon
         .metrics()
         .log_lines_dropped
@@ -264,13 +275,20 @@ async fn start(
         header_read_timeout: args.http_header_timeout,
         max_connections: args.http_max_connections,
     };
+    // Subscribed before the first relist, so it misses nothing; it ends
+    // with the shutdown token, with nothing to wait for.
+    daemon
+        .track_crash_loops(shutdown.clone())
+        .map_err(|e| Failure::new(Exit::Failure, e))?;
+    // The loop runs before the first probe is answered: the listener is
+    // bound already, so a probe that comes early waits in its backlog
+    // rather than seeing a loop that has not started yet as a dead one.
+    pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
+    started.pleg = Some(pleg);
     let stop = shutdown.clone();
     started.http = Some(tokio::spawn(async move {
         http::serve_with(daemon, listener, limits, stop.cancelled_owned()).await
     }));
-
-    pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
-    started.pleg = Some(pleg);
     tracing::info!(
         endpoint = ?runtime.endpoint().to_string(),
         mode = mode.as_str(),

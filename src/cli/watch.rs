@@ -27,6 +27,9 @@ pub(crate) async fn run(args: WatchArgs) -> Outcome {
         && std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none();
     let mut printer = Printer::new(source.output, colour);
+    if args.terminal {
+        printer = printer.reporting_terminations();
+    }
     let filter = args.filter.filter();
 
     let mode = match source.source("watching events", false).await? {
@@ -37,6 +40,10 @@ pub(crate) async fn run(args: WatchArgs) -> Outcome {
 
     let runtime = source.runtime.connect(source.wait).await?;
     let pleg = Pleg::new(runtime, config).map_err(|e| Failure::new(Exit::Usage, e))?;
+    let mut filter = filter;
+    if printer.is_reporting_terminations() {
+        filter.kinds = None;
+    }
     let sub = pleg
         .subscribe_with(SubscribeOptions::filtered(filter))
         .map_err(|e| Failure::new(Exit::Usage, anyhow!(e)))?;
@@ -71,10 +78,27 @@ async fn follow_daemon(
     printer: &mut Printer,
 ) -> Outcome {
     let socket = client.socket().to_path_buf();
+    let mut watching = filter.clone();
+    if printer.is_reporting_terminations() {
+        // Every event of the selected pods ends them, whatever `--type`.
+        watching.kinds = None;
+    }
     let mut stream = client
-        .watch(filter, pleg::hub::DEFAULT_CAPACITY)
+        .watch(&watching, pleg::hub::DEFAULT_CAPACITY)
         .await
         .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?;
+    if printer.is_reporting_terminations() {
+        // Subscribed first, then what runs already: a pod that runs now is
+        // reported with every container when it ends.
+        let namespace = filter.namespace.clone();
+        let listed = client
+            .list_pods(namespace.as_deref())
+            .await
+            .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?;
+        for pod in listed.iter().filter(|p| filter.matches_pod(&p.status.meta)) {
+            printer.track(&pod.status);
+        }
+    }
     let signal = wait_for_signal();
     tokio::pin!(signal);
     loop {

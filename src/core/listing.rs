@@ -141,6 +141,7 @@ impl Core {
             summary.record(outcome, &mut failed, &uid);
         }
         drop(changed);
+        diff.trim();
         self.diff = diff;
         self.note_failing(&failed, started);
         self.reinspect = failed;

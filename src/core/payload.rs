@@ -70,6 +70,8 @@ pub(crate) fn build(
     {
         out.exit_code = c.exit_code;
         out.reason.clone_from(&c.reason);
+        out.started_at = c.started_at;
+        out.finished_at = c.finished_at;
         if origin == Origin::Relist {
             out.runtime_time = c.finished_at;
         }

@@ -4,10 +4,15 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use crate::Pleg;
+use crate::hub::Delivery;
 use crate::metrics::ServerMetrics;
+use crate::model::PodStatus;
+use crate::phase::{CrashLoopRule, CrashLoops, PodHealth};
 
 pub mod grpc;
 pub mod http;
@@ -23,6 +28,9 @@ pub struct Daemon {
     registry: Arc<Registry>,
     /// The servers' own figures, registered in `registry`.
     metrics: ServerMetrics,
+    /// Every pod's failed exits, to tell crash loops in the health the
+    /// servers answer with (fed by [`Daemon::track_crash_loops`]).
+    crash_loops: Arc<Mutex<CrashLoops>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -56,7 +64,65 @@ impl Daemon {
             runtime_endpoint: runtime_endpoint.into(),
             registry: Arc::new(registry),
             metrics,
+            crash_loops: Arc::new(Mutex::new(CrashLoops::default())),
         }
+    }
+
+    /// Tells crash loops by this rule (3 failed exits within 5 minutes by
+    /// default) from then on; what was noted is forgotten.
+    #[must_use]
+    pub fn with_crash_loop_rule(self, rule: CrashLoopRule) -> Self {
+        *self.crash_loops.lock() = CrashLoops::new(rule);
+        self
+    }
+
+    /// A pod's phase and health as the servers answer them: the status's
+    /// own ([`PodHealth::of`]), `Failed` (`CrashLoop`) while one of its
+    /// containers crash-loops.
+    pub fn health(&self, status: &PodStatus) -> PodHealth {
+        let now = self.pleg.clock().now();
+        self.crash_loops.lock().health(status, now)
+    }
+
+    /// Follows every pod's deaths, for [`Daemon::health`], until `stop`:
+    /// it subscribes, then seeds itself from what the cache holds (the
+    /// earlier attempts a runtime keeps), and seeds again after any gap.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime.
+    pub fn track_crash_loops(
+        &self,
+        stop: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, crate::NoTokioRuntime> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| crate::NoTokioRuntime)?;
+        let mut subscription = self.pleg.subscribe();
+        let loops = Arc::clone(&self.crash_loops);
+        let pleg = self.pleg.clone();
+        let seed = move |loops: &Mutex<CrashLoops>| {
+            let entries = pleg.cache().entries();
+            let mut loops = loops.lock();
+            for entry in &entries {
+                loops.seed(&entry.status);
+            }
+        };
+        seed(&loops);
+        let clock = Arc::clone(self.pleg.clock());
+        Ok(handle.spawn(async move {
+            // Pods that stopped failing are forgotten after the window.
+            let mut expire = tokio::time::interval(std::time::Duration::from_secs(60));
+            expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = expire.tick() => loops.lock().expire(clock.now()),
+                    delivery = subscription.recv() => match delivery {
+                        Some(Delivery::Event(event)) => loops.lock().observe(&event),
+                        Some(Delivery::Resync { .. }) => seed(&loops),
+                        None => return,
+                    },
+                }
+            }
+        }))
     }
 
     /// The servers' own figures (connections, dropped log lines).

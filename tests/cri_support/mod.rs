@@ -303,3 +303,104 @@ impl TestPod {
         let _ = std::fs::remove_dir_all(&self.trigger_dir);
     }
 }
+
+// --- shared by the toolkit's tests (containerd_toolkit, containerd_monitor) ---
+
+/// How long an `events_until` waits.
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+
+/// A started generator that relists every 100 ms (never the event stream),
+/// with the kubelet's 3-minute threshold.
+pub async fn relisting() -> Pleg {
+    let pleg = Pleg::new(
+        runtime().await,
+        Config::generic().with_relist(RelistDuration::new(
+            Duration::from_millis(100),
+            Duration::from_secs(180),
+        )),
+    )
+    .expect("valid config");
+    pleg.start().expect("start");
+    pleg
+}
+
+/// Events until one matches `last` (included), waiting at most [`EVENT_WAIT`] in
+/// all; `what` names it in the failure.
+pub async fn events_until(
+    sub: &mut Subscription,
+    what: &str,
+    last: impl Fn(&PodLifecycleEvent) -> bool,
+) -> Vec<Arc<PodLifecycleEvent>> {
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+    let mut got = Vec::new();
+    loop {
+        let e = match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(Delivery::Event(e))) => e,
+            Ok(other) => panic!("{other:?} while waiting for {what}, after {got:?}"),
+            Err(_) => panic!(
+                "timed out after {EVENT_WAIT:?} waiting for {what}; came: {:?}",
+                described(&got)
+            ),
+        };
+        let done = last(&e);
+        got.push(e);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// Whether `e` is an event of this kind about this container or sandbox.
+pub fn is(e: &PodLifecycleEvent, kind: EventType, id: &str) -> bool {
+    e.kind == kind && e.container_id().is_some_and(|c| c.as_str() == id)
+}
+
+/// Events in full, for failure messages.
+pub fn described(events: &[Arc<PodLifecycleEvent>]) -> Vec<String> {
+    events.iter().map(|e| e.to_string()).collect()
+}
+
+/// Removes the pods it was given if the test panics before removing them.
+/// Drop cannot await, so the removal runs on a thread of its own, with its
+/// own connection; errors are ignored (the pod may be gone already).
+pub struct Cleanup {
+    sandboxes: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new() -> Self {
+        Cleanup {
+            sandboxes: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, pod: &TestPod) {
+        self.sandboxes.push(pod.sandbox_id.clone());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() || self.sandboxes.is_empty() {
+            return;
+        }
+        let sandboxes = std::mem::take(&mut self.sandboxes);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(runtime) = CriRuntime::connect(CriConfig::new(endpoint())).await {
+                    for id in sandboxes {
+                        let _ = runtime.stop_pod(&id).await;
+                        let _ = runtime.remove_pod(&id).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -11,12 +11,19 @@ Usage (from the project-local venv, see scripts/python-env.sh):
     python pleg_client.py --proto-dir proto --socket PATH health
     python pleg_client.py --proto-dir proto --socket PATH list-pods [--namespace NS]
     python pleg_client.py --proto-dir proto --socket PATH watch [--namespace NS]
+    python pleg_client.py --proto-dir proto --socket PATH wait-for \
+        --namespace NS --name NAME (--running CONTAINER | --all-exited | --gone) \
+        --timeout-ms N
+    python pleg_client.py --proto-dir proto --socket PATH monitor \
+        [--namespace-regex R] [--name-regex R] [--selector S] --timeout-ms N
 
 Each answer is printed as one JSON object per line (the proto field names,
 enums by name, int64 as strings: protobuf's JSON mapping). ``watch`` first
 prints ``{"ready": true}`` once the daemon accepted the call (the response
 headers arrived: from then on events are queued for it), then one line per
-``Event`` until the stream ends or the process is killed. A failed call
+``Event`` until the stream ends or the process is killed. ``monitor`` does
+the same with its ``MonitorUpdate`` messages (progress, then the report) and
+ends with the stream; ``wait-for`` prints its ``WaitForResponse``. A failed call
 prints ``{"error": CODE, "details": ...}`` and exits 1.
 """
 
@@ -53,8 +60,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proto-dir", required=True)
     parser.add_argument("--socket", required=True)
-    parser.add_argument("command", choices=["health", "list-pods", "watch"])
+    parser.add_argument(
+        "command", choices=["health", "list-pods", "watch", "wait-for", "monitor"]
+    )
     parser.add_argument("--namespace", default="")
+    parser.add_argument("--name", default="")
+    parser.add_argument("--namespace-regex", default="")
+    parser.add_argument("--name-regex", default="")
+    parser.add_argument("--selector", default="")
+    until = parser.add_mutually_exclusive_group()
+    until.add_argument("--running", metavar="CONTAINER")
+    until.add_argument("--all-exited", action="store_true")
+    until.add_argument("--gone", action="store_true")
+    parser.add_argument("--timeout-ms", type=int, default=30000)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pleg-py-") as out_dir:
@@ -77,6 +95,39 @@ def main():
                 elif args.command == "list-pods":
                     request = pleg_pb2.ListPodsRequest(namespace=args.namespace)
                     emit(as_dict(stub.ListPods(request, timeout=10)))
+                elif args.command == "wait-for":
+                    pods = pleg_pb2.PodSelection(
+                        namespace=args.namespace, name=args.name
+                    )
+                    if args.running:
+                        request = pleg_pb2.WaitForRequest(
+                            pods=pods, running_container=args.running
+                        )
+                    elif args.all_exited:
+                        request = pleg_pb2.WaitForRequest(pods=pods, all_exited=True)
+                    elif args.gone:
+                        request = pleg_pb2.WaitForRequest(pods=pods, gone=True)
+                    else:
+                        sys.exit("wait-for needs --running, --all-exited or --gone")
+                    request.timeout_ms = args.timeout_ms
+                    # The call's own deadline leaves the daemon time to answer
+                    # "not met" at the wait's timeout.
+                    deadline = args.timeout_ms / 1000 + 30
+                    emit(as_dict(stub.WaitFor(request, timeout=deadline)))
+                elif args.command == "monitor":
+                    pods = pleg_pb2.PodSelection(
+                        namespace_regex=args.namespace_regex,
+                        name_regex=args.name_regex,
+                        selector=args.selector,
+                    )
+                    request = pleg_pb2.MonitorRequest(
+                        pods=pods, timeout_ms=args.timeout_ms
+                    )
+                    call = stub.Monitor(request, timeout=args.timeout_ms / 1000 + 30)
+                    call.initial_metadata()
+                    emit({"ready": True})
+                    for update in call:
+                        emit(as_dict(update))
                 else:
                     request = pleg_pb2.WatchRequest(namespace=args.namespace)
                     call = stub.Watch(request)

@@ -12,6 +12,8 @@ use k8s_cri::v1 as cri;
 use crate::model::{Container, ContainerId, ContainerState, Listing, Pod, PodMeta, PodUid};
 use crate::runtime::{ContainerEvent, ContainerEventKind, RuntimeStats, SandboxSnapshot};
 
+use super::listed::{ListedContainer, ListedSandbox};
+
 /// The kubelet's label carrying a container's pod UID.
 const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
@@ -19,17 +21,20 @@ const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 
 /// Groups the runtime's sandboxes and containers into pods.
+///
+/// `known` holds the pod identities of the previous listing: a pod whose
+/// sandbox metadata and labels are unchanged keeps its `Arc<PodMeta>`, so
+/// the records, the cache and the events share one copy, and a relist
+/// builds no identity for a pod that did not change.
 pub(super) fn listing(
     stats: &RuntimeStats,
-    sandboxes: Vec<cri::PodSandbox>,
-    containers: Vec<cri::Container>,
+    known: &mut KnownMetas,
+    sandboxes: impl IntoIterator<Item = impl Into<ListedSandbox>>,
+    containers: impl IntoIterator<Item = impl Into<ListedContainer>>,
 ) -> Listing {
-    struct Building {
-        pod: Pod,
-        newest_sandbox: i64,
-    }
-    let mut pods: HashMap<PodUid, Building> = HashMap::with_capacity(sandboxes.len());
-    let mut pod_of_sandbox: HashMap<String, PodUid> = HashMap::with_capacity(sandboxes.len());
+    let sandboxes = sandboxes.into_iter().map(Into::<ListedSandbox>::into);
+    let mut pods: HashMap<PodUid, Building> = HashMap::with_capacity(sandboxes.size_hint().0);
+    let mut pod_of_sandbox: HashMap<String, PodUid> = HashMap::with_capacity(pods.capacity());
     // Sandboxes listed but skipped: their containers cannot be placed on a
     // later relist either, so they are skipped (and counted) too.
     let mut skipped_sandboxes: Vec<String> = Vec::new();
@@ -56,12 +61,12 @@ pub(super) fn listing(
         )
         .with_attempt(metadata.attempt);
         entry.created_at = time(sandbox.created_at);
-        let meta = || pod_meta(&metadata, &sandbox.labels);
+        let meta = || known.get(&uid, &metadata, &sandbox.labels);
         match pods.get_mut(&uid) {
             Some(building) => {
                 if sandbox.created_at > building.newest_sandbox {
                     building.newest_sandbox = sandbox.created_at;
-                    building.pod.meta = Arc::new(meta());
+                    building.pod.meta = meta();
                 }
                 building.pod.sandboxes.push(entry);
             }
@@ -69,7 +74,11 @@ pub(super) fn listing(
                 pods.insert(
                     uid.clone(),
                     Building {
-                        pod: Pod::new(meta()).with_sandbox(entry),
+                        pod: Pod {
+                            meta: meta(),
+                            sandboxes: vec![entry],
+                            containers: Vec::new(),
+                        },
                         newest_sandbox: sandbox.created_at,
                     },
                 );
@@ -77,7 +86,7 @@ pub(super) fn listing(
         }
         pod_of_sandbox.insert(sandbox.id, uid);
     }
-    for c in containers {
+    for c in containers.into_iter().map(Into::<ListedContainer>::into) {
         if c.id.is_empty() {
             stats.skip_record("container", "empty ID");
             continue;
@@ -85,19 +94,10 @@ pub(super) fn listing(
         let uid = match pod_of_sandbox.get(&c.pod_sandbox_id) {
             Some(uid) => uid.clone(),
             None => {
-                if let Some(uid) = c.labels.get(POD_UID_LABEL).filter(|u| !u.is_empty()) {
+                if let Some(uid) = c.label(POD_UID_LABEL).filter(|u| !u.is_empty()) {
                     let uid = PodUid::new(uid);
-                    pods.entry(uid.clone()).or_insert_with(|| {
-                        let label = |key: &str| c.labels.get(key).cloned().unwrap_or_default();
-                        Building {
-                            pod: Pod::new(PodMeta::new(
-                                uid.as_str(),
-                                label(POD_NAME_LABEL),
-                                label(POD_NAMESPACE_LABEL),
-                            )),
-                            newest_sandbox: i64::MIN,
-                        }
-                    });
+                    pods.entry(uid.clone())
+                        .or_insert_with(|| Building::from_labels(&uid, &c));
                     uid
                 } else if skipped_sandboxes.contains(&c.pod_sandbox_id) {
                     stats.skip_record(
@@ -119,30 +119,94 @@ pub(super) fn listing(
                 }
             }
         };
-        let entry = container_entry(stats, &c);
+        let entry = container_entry(stats, c);
         if let Some(building) = pods.get_mut(&uid) {
             building.pod.containers.push(entry);
         }
     }
+    known.keep(pods.values().map(|b| &b.pod.meta));
     Listing::new(pods.into_values().map(|b| b.pod))
 }
 
+/// A pod of a listing being built.
+struct Building {
+    pod: Pod,
+    /// The creation time of its newest sandbox, whose metadata it has.
+    newest_sandbox: i64,
+}
+
+impl Building {
+    /// The pod of a container whose sandbox is not listed, from the
+    /// kubelet's labels on the container.
+    fn from_labels(uid: &PodUid, c: &ListedContainer) -> Self {
+        let label = |key: &str| c.label(key).cloned().unwrap_or_default();
+        Building {
+            pod: Pod::new(PodMeta::new(
+                uid.as_str(),
+                label(POD_NAME_LABEL),
+                label(POD_NAMESPACE_LABEL),
+            )),
+            newest_sandbox: i64::MIN,
+        }
+    }
+}
+
+/// The pod identities of the last listing, by UID (see [`listing`]).
+#[derive(Debug, Default)]
+pub(crate) struct KnownMetas(HashMap<PodUid, Arc<PodMeta>>);
+
+impl KnownMetas {
+    /// The identity of a pod, the known one when nothing in it changed.
+    fn get(
+        &self,
+        uid: &PodUid,
+        metadata: &cri::PodSandboxMetadata,
+        labels: &HashMap<String, String>,
+    ) -> Arc<PodMeta> {
+        match self.0.get(uid) {
+            Some(known)
+                if known.name == metadata.name
+                    && known.namespace == metadata.namespace
+                    && known.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| known.labels.get(k).is_some_and(|kv| kv == v)) =>
+            {
+                known.clone()
+            }
+            _ => Arc::new(pod_meta(metadata, labels)),
+        }
+    }
+
+    /// Keeps the identities of this listing's pods (and forgets the others).
+    fn keep<'a>(&mut self, metas: impl Iterator<Item = &'a Arc<PodMeta>>) {
+        let mut kept = HashMap::with_capacity(self.0.len().max(metas.size_hint().0));
+        for meta in metas {
+            kept.insert(meta.uid.clone(), meta.clone());
+        }
+        self.0 = kept;
+    }
+}
+
 /// A listed container in our model.
-fn container_entry(stats: &RuntimeStats, c: &cri::Container) -> Container {
-    let (name, attempt) = match &c.metadata {
-        Some(m) => (m.name.clone(), m.attempt),
-        None => (
-            c.labels
-                .get(CONTAINER_NAME_LABEL)
-                .cloned()
-                .unwrap_or_default(),
-            0,
-        ),
+fn container_entry(stats: &RuntimeStats, c: ListedContainer) -> Container {
+    let mut c = c;
+    let (name, attempt) = match c.metadata.take() {
+        Some(m) => (m.name, m.attempt),
+        None => (c.take_label(CONTAINER_NAME_LABEL).unwrap_or_default(), 0),
     };
-    let mut entry = Container::new(c.id.as_str(), name, stats.decode_container_state(c.state))
-        .with_attempt(attempt);
+    let mut entry = Container::new(
+        std::mem::take(&mut c.id),
+        name,
+        stats.decode_container_state(c.state),
+    )
+    .with_attempt(attempt);
     entry.created_at = time(c.created_at);
-    entry.image = image_name(c.image.as_ref(), &c.image_ref);
+    entry.image = if c.image.is_empty() {
+        c.image_ref
+    } else {
+        c.image
+    };
     entry
 }
 
@@ -346,12 +410,12 @@ mod tests {
         use ContainerState::*;
         let stats = RuntimeStats::default();
         let states: Vec<ContainerState> = (0..4)
-            .map(|raw| container_entry(&stats, &container("c", "s", "app", raw)).state)
+            .map(|raw| container_entry(&stats, container("c", "s", "app", raw).into()).state)
             .collect();
         assert_eq!(states, [Created, Running, Exited, Unknown]);
         assert_eq!(stats.unknown_values(), 0);
         assert_eq!(
-            container_entry(&stats, &container("c", "s", "app", 7)).state,
+            container_entry(&stats, container("c", "s", "app", 7).into()).state,
             Unknown
         );
         assert_eq!(stats.unknown_values(), 1);
@@ -449,7 +513,12 @@ mod tests {
         old.labels = HashMap::from([("app".to_string(), "old".to_string())]);
         let mut new = sandbox("s-new", "uid-1", "web", 0, 200);
         new.labels = HashMap::from([("app".to_string(), "new".to_string())]);
-        let listing = listing(&stats, vec![new, old], vec![]);
+        let listing = listing(
+            &stats,
+            &mut KnownMetas::default(),
+            vec![new, old],
+            Vec::<cri::Container>::new(),
+        );
         let web = pod(&listing, "uid-1");
         assert_eq!(web.meta.name, "web");
         assert_eq!(web.meta.namespace, "default");
@@ -491,7 +560,7 @@ mod tests {
             container("c5", "s4", "in-a-skipped-sandbox", 1),
             by_label,
         ];
-        let listing = listing(&stats, sandboxes, containers);
+        let listing = listing(&stats, &mut KnownMetas::default(), sandboxes, containers);
         assert_eq!(listing.len(), 3, "uid-1, uid-2 and uid-9 (from the labels)");
         assert_eq!(
             stats.skipped_records(),
@@ -540,7 +609,7 @@ mod tests {
         let mut c = container("c1", "s1", "ignored", 1);
         c.metadata = None;
         c.labels = HashMap::from([(CONTAINER_NAME_LABEL.to_string(), "app".to_string())]);
-        let entry = container_entry(&stats, &c);
+        let entry = container_entry(&stats, c.into());
         assert_eq!((entry.name.as_str(), entry.attempt), ("app", 0));
     }
 

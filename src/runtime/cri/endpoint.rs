@@ -328,12 +328,15 @@ impl CriRuntime {
             // allow pings without an open stream once per two hours.
             .keep_alive_while_idle(false)
             .connect_lazy();
+        let listing = super::listed::ListingClient::new(channel.clone(), config.max_message_size);
         let client = RuntimeServiceClient::new(channel)
             .max_decoding_message_size(config.max_message_size)
             .max_encoding_message_size(config.max_message_size);
         Ok(Arc::new(CriRuntime {
             endpoint,
             client,
+            listing,
+            known: parking_lot::Mutex::new(super::convert::KnownMetas::default()),
             request_timeout: config.request_timeout,
             connect_timeout: config.connect_timeout,
             version: OnceCell::new(),

@@ -56,6 +56,7 @@ use crate::model::{Container, ContainerId, ContainerState, Listing, Pod, PodStat
 mod convert;
 mod endpoint;
 mod events;
+mod listed;
 
 pub use convert::container_from_status;
 pub use endpoint::{ConnectError, CriConfig, RuntimeEndpoint, RuntimeVersion};
@@ -90,6 +91,10 @@ enum RpcFailure {
 pub struct CriRuntime {
     endpoint: RuntimeEndpoint,
     client: RuntimeServiceClient<Channel>,
+    /// The listing calls, decoded slim (see `listed`).
+    listing: listed::ListingClient,
+    /// The pod identities of the last listing.
+    known: parking_lot::Mutex<convert::KnownMetas>,
     request_timeout: Duration,
     connect_timeout: Duration,
     version: OnceCell<RuntimeVersion>,
@@ -161,25 +166,31 @@ impl CriRuntime {
     async fn list(&self) -> Result<Listing> {
         self.ready().await?;
         let sandboxes = self
-            .call(CriMethod::ListPodSandbox, |mut c| async move {
-                c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-                    .await
+            .call(CriMethod::ListPodSandbox, |_| {
+                self.listing.clone().sandboxes()
             })
-            .await?
-            .items;
+            .await?;
         let containers = self
-            .call(CriMethod::ListContainers, |mut c| async move {
-                c.list_containers(cri::ListContainersRequest { filter: None })
-                    .await
+            .call(CriMethod::ListContainers, |_| {
+                self.listing.clone().containers()
             })
-            .await?
-            .containers;
-        Ok(convert::listing(&self.stats, sandboxes, containers))
+            .await?;
+        let mut known = self.known.lock();
+        Ok(convert::listing(
+            &self.stats,
+            &mut known,
+            sandboxes,
+            containers,
+        ))
     }
 
     async fn status(&self, pod: &Pod) -> Result<PodStatus> {
         self.ready().await?;
         let mut status = PodStatus::new(pod.meta.clone());
+        // Exact sizes: the cache keeps these vectors for as long as the
+        // pod lives (a pod of one sandbox would otherwise hold room for four).
+        status.sandboxes.reserve_exact(pod.sandboxes.len());
+        status.containers.reserve_exact(pod.containers.len());
         let mut sandbox_ids: Vec<&Container> = pod.sandboxes.iter().collect();
         sandbox_ids.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         for (newest, sandbox) in sandbox_ids
@@ -239,6 +250,8 @@ impl CriRuntime {
                 Err(failure) => return Err(self.error(CriMethod::ContainerStatus, failure)),
             }
         }
+        status.sandboxes.shrink_to_fit();
+        status.containers.shrink_to_fit();
         Ok(status)
     }
 

@@ -11,7 +11,10 @@ use futures_core::Stream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use super::convert::{delivery_from_pb, health_from_pb, listing_from_pb, watch_request};
+use super::convert::{
+    MonitorItem, delivery_from_pb, health_from_pb, listing_from_pb, monitor_update_from_pb,
+    selection_request, watch_request,
+};
 use super::{DEFAULT_PAGE_SIZE, Health, MAX_MESSAGE_SIZE, PodListing, pb};
 use crate::hub::{Delivery, Filter};
 use crate::model::PodUid;
@@ -193,6 +196,40 @@ impl Client {
         })
     }
 
+    /// Monitors the recovery of the pods `filter` selects for at most
+    /// `timeout`, in the daemon (its `Monitor` call): the stream yields
+    /// progress, then the report, then ends.
+    ///
+    /// # Errors
+    /// A filter the wire cannot express, or the daemon's refusal.
+    pub async fn monitor(
+        &mut self,
+        filter: &Filter,
+        timeout: Duration,
+    ) -> Result<MonitorStream, ClientError> {
+        let invalid = |reason| ClientError::InvalidRequest {
+            socket: self.socket.clone(),
+            call: "Monitor",
+            reason,
+        };
+        let pods = selection_request(filter).map_err(invalid)?;
+        let timeout_ms = u32::try_from(timeout.as_millis())
+            .map_err(|_| invalid(format!("timeout {timeout:?} is too long")))?;
+        let updates = self
+            .inner
+            .monitor(pb::MonitorRequest {
+                pods: Some(pods),
+                timeout_ms,
+            })
+            .await
+            .map_err(|status| self.rpc_error("Monitor", &status))?
+            .into_inner();
+        Ok(MonitorStream {
+            socket: self.socket.clone(),
+            updates,
+        })
+    }
+
     /// Every pod in the daemon's cache (only those in `namespace`, if
     /// given), sorted by namespace, name and UID, read in pages of
     /// [`DEFAULT_PAGE_SIZE`] (a daemon older than paging answers with every
@@ -356,5 +393,38 @@ impl Stream for WatchStream {
                 message: status.message().to_string(),
             }),
         }))
+    }
+}
+
+/// The client side of a `Monitor` call; dropping it cancels the monitor.
+#[derive(Debug)]
+pub struct MonitorStream {
+    socket: PathBuf,
+    updates: tonic::Streaming<pb::MonitorUpdate>,
+}
+
+impl MonitorStream {
+    /// The next item; `None` once the daemon has sent the report and ended
+    /// the stream.
+    pub async fn next(&mut self) -> Option<Result<MonitorItem, ClientError>> {
+        let item = self.updates.message().await;
+        match item {
+            Ok(None) => None,
+            Ok(Some(update)) => {
+                Some(
+                    monitor_update_from_pb(update).map_err(|reason| ClientError::Protocol {
+                        socket: self.socket.clone(),
+                        call: "Monitor",
+                        reason,
+                    }),
+                )
+            }
+            Err(status) => Some(Err(ClientError::Rpc {
+                socket: self.socket.clone(),
+                call: "Monitor",
+                code: status.code(),
+                message: status.message().to_string(),
+            })),
+        }
     }
 }

@@ -104,6 +104,8 @@ fn event_to_pb(event: &PodLifecycleEvent) -> pb::LifecycleEvent {
         source: source_to_pb(event.source).into(),
         observed_at_unix_nanos: unix_nanos(event.observed_at),
         runtime_time_unix_nanos: event.runtime_time.map(unix_nanos),
+        started_at_unix_nanos: event.started_at.map(unix_nanos),
+        finished_at_unix_nanos: event.finished_at.map(unix_nanos),
     }
 }
 
@@ -150,14 +152,19 @@ fn container_to_pb(c: &Container, last: Option<&LastEvent>) -> pb::ContainerStat
     }
 }
 
-pub(super) fn listing_to_pb(listing: &PodListing) -> pb::PodStatus {
+/// A listing on the wire, with this phase and health (the daemon's, which
+/// knows crash loops, or [`PodListing::health`]).
+pub(super) fn listing_to_pb(
+    listing: &PodListing,
+    health: &crate::phase::PodHealth,
+) -> pb::PodStatus {
     let status = &listing.status;
     let entries = |list: &[Container]| -> Vec<pb::ContainerStatus> {
         list.iter()
             .map(|c| container_to_pb(c, listing.last_event(&c.id)))
             .collect()
     };
-    pb::PodStatus {
+    let answer = pb::PodStatus {
         pod: Some(pod_to_pb(&status.meta)),
         sandboxes: entries(&status.sandboxes),
         containers: entries(&status.containers),
@@ -170,7 +177,9 @@ pub(super) fn listing_to_pb(listing: &PodListing) -> pb::PodStatus {
             .filter(|e| status.find(&e.id).is_none())
             .map(last_event_to_pb)
             .collect(),
-    }
+        ..pb::PodStatus::default()
+    };
+    with_health(answer, health)
 }
 
 pub(super) fn health_to_pb(health: &Health) -> pb::HealthResponse {
@@ -235,6 +244,12 @@ pub(super) fn subscribe_options(
         }
         pod_uids.insert(PodUid::new(uid));
     }
+    let selector = pod_selector(
+        &request.selector,
+        &request.namespace_regex,
+        &request.name_regex,
+    )
+    .map_err(invalid)?;
     Ok(SubscribeOptions {
         capacity,
         filter: Filter {
@@ -242,9 +257,51 @@ pub(super) fn subscribe_options(
             namespace: (!request.namespace.is_empty()).then(|| request.namespace.clone()),
             labels: request.labels.clone(),
             kinds: (!kinds.is_empty()).then_some(kinds),
+            selector,
             include_container_changed: request.include_container_changed,
         },
     })
+}
+
+/// The longest label selector and the longest regex a request may give.
+const MAX_SELECTOR: usize = 4_096;
+const MAX_REGEX: usize = 1_024;
+
+/// A request's `selector`, `namespace_regex` and `name_regex` as one
+/// selector; the message names the field and, for a selector, the column.
+pub(crate) fn pod_selector(
+    selector: &str,
+    namespace_regex: &str,
+    name_regex: &str,
+) -> Result<crate::select::PodSelector, String> {
+    use crate::select::{LabelSelector, PodSelector};
+    let too_long = |field: &str, len: usize, max: usize| {
+        format!("{field} is {len} bytes long; at most {max} are allowed")
+    };
+    if selector.len() > MAX_SELECTOR {
+        return Err(too_long("selector", selector.len(), MAX_SELECTOR));
+    }
+    for (field, regex) in [
+        ("namespace_regex", namespace_regex),
+        ("name_regex", name_regex),
+    ] {
+        if regex.len() > MAX_REGEX {
+            return Err(too_long(field, regex.len(), MAX_REGEX));
+        }
+    }
+    let labels = LabelSelector::parse(selector).map_err(|e| format!("selector: {e}"))?;
+    let mut pods = PodSelector::everything().with_labels(labels);
+    if !namespace_regex.is_empty() {
+        pods = pods
+            .with_namespace_regex(namespace_regex)
+            .map_err(|e| format!("namespace_regex: {e}"))?;
+    }
+    if !name_regex.is_empty() {
+        pods = pods
+            .with_name_regex(name_regex)
+            .map_err(|e| format!("name_regex: {e}"))?;
+    }
+    Ok(pods)
 }
 
 /// The filter's sizes against the API's limits: how many UIDs and labels,
@@ -387,6 +444,8 @@ fn event_from_pb(event: pb::LifecycleEvent) -> Result<PodLifecycleEvent, String>
         source: source_field("event.source", event.source)?,
         runtime_time: optional_time_field("event.runtime_time", event.runtime_time_unix_nanos)?,
         observed_at: time_field("event.observed_at", event.observed_at_unix_nanos)?,
+        started_at: optional_time_field("event.started_at", event.started_at_unix_nanos)?,
+        finished_at: optional_time_field("event.finished_at", event.finished_at_unix_nanos)?,
     })
 }
 
@@ -460,6 +519,7 @@ fn container_from_pb(
 }
 
 pub(super) fn listing_from_pb(status: pb::PodStatus) -> Result<PodListing, String> {
+    let health = pod_health_from_pb(&status);
     let meta = Arc::new(pod_from_pb("pod_status.pod", status.pod)?);
     let uid = meta.uid.clone();
     let mut last_events = Vec::new();
@@ -490,9 +550,34 @@ pub(super) fn listing_from_pb(status: pb::PodStatus) -> Result<PodListing, Strin
             )?,
             meta,
         },
+        health,
         error: status.error,
         last_events: sorted_last_events(last_events),
     })
+}
+
+/// The phase and health a daemon answered; `None` when it did not say (an
+/// older daemon) or said something this client does not know.
+fn pod_health_from_pb(status: &pb::PodStatus) -> Option<crate::phase::PodHealth> {
+    use crate::phase::{Health, HealthReason, PodHealth};
+    let phase = pb::PodPhase::try_from(status.phase)
+        .ok()
+        .and_then(phase_from_pb)?;
+    let health = match pb::PodHealth::try_from(status.health).ok()? {
+        pb::PodHealth::Unspecified => return None,
+        pb::PodHealth::Unknown => Health::Unknown,
+        pb::PodHealth::Ready => Health::Ready,
+        pb::PodHealth::NotReady => Health::NotReady,
+        pb::PodHealth::Succeeded => Health::Succeeded,
+        pb::PodHealth::Failed => Health::Failed,
+    };
+    let message = (!status.health_message.is_empty()).then(|| status.health_message.clone());
+    Some(PodHealth::from_parts(
+        phase,
+        health,
+        HealthReason::from_name(&status.health_reason),
+        message,
+    ))
 }
 
 pub(super) fn health_from_pb(health: pb::HealthResponse) -> Result<Health, String> {
@@ -573,7 +658,337 @@ pub(super) fn watch_request(filter: &Filter, capacity: usize) -> Result<pb::Watc
             .collect(),
         include_container_changed: filter.include_container_changed,
         capacity,
+        selector: filter.selector.labels.to_string(),
+        namespace_regex: filter
+            .selector
+            .namespace
+            .as_ref()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        name_regex: filter
+            .selector
+            .name
+            .as_ref()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
     })
+}
+
+// --- the toolkit's calls ---
+
+pub(super) fn phase_to_pb(phase: crate::phase::PodPhase) -> pb::PodPhase {
+    use crate::phase::PodPhase;
+    match phase {
+        PodPhase::Pending => pb::PodPhase::Pending,
+        PodPhase::Running => pb::PodPhase::Running,
+        PodPhase::Succeeded => pb::PodPhase::Succeeded,
+        PodPhase::Failed => pb::PodPhase::Failed,
+        PodPhase::Unknown => pb::PodPhase::Unknown,
+    }
+}
+
+fn phase_from_pb(phase: pb::PodPhase) -> Option<crate::phase::PodPhase> {
+    use crate::phase::PodPhase;
+    match phase {
+        pb::PodPhase::Unspecified => None,
+        pb::PodPhase::Pending => Some(PodPhase::Pending),
+        pb::PodPhase::Running => Some(PodPhase::Running),
+        pb::PodPhase::Succeeded => Some(PodPhase::Succeeded),
+        pb::PodPhase::Failed => Some(PodPhase::Failed),
+        pb::PodPhase::Unknown => Some(PodPhase::Unknown),
+    }
+}
+
+pub(super) fn health_class_to_pb(health: crate::phase::Health) -> pb::PodHealth {
+    use crate::phase::Health;
+    match health {
+        Health::Unknown => pb::PodHealth::Unknown,
+        Health::Ready => pb::PodHealth::Ready,
+        Health::NotReady => pb::PodHealth::NotReady,
+        Health::Succeeded => pb::PodHealth::Succeeded,
+        Health::Failed => pb::PodHealth::Failed,
+    }
+}
+
+/// Sets a status's phase, health, reason and message.
+fn with_health(mut status: pb::PodStatus, health: &crate::phase::PodHealth) -> pb::PodStatus {
+    status.phase = phase_to_pb(health.phase).into();
+    status.health = health_class_to_pb(health.health).into();
+    status.health_reason = health
+        .reason
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default();
+    status.health_message = health.message.clone().unwrap_or_default();
+    status
+}
+
+/// The longest a `WaitFor` or `Monitor` may run: a day.
+const MAX_TOOLKIT_TIMEOUT_MS: u32 = 86_400_000;
+
+pub(super) fn toolkit_timeout(field: &str, timeout_ms: u32) -> Result<Duration, Status> {
+    if timeout_ms == 0 || timeout_ms > MAX_TOOLKIT_TIMEOUT_MS {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {timeout_ms}; give 1 to {MAX_TOOLKIT_TIMEOUT_MS} milliseconds"
+        )));
+    }
+    Ok(Duration::from_millis(u64::from(timeout_ms)))
+}
+
+/// A `PodSelection` as a filter; the messages name the field as
+/// `pods.<field>`.
+pub(super) fn selection_filter(selection: Option<&pb::PodSelection>) -> Result<Filter, Status> {
+    let Some(s) = selection else {
+        return Ok(Filter::all());
+    };
+    let prefixed = |status: Status| Status::invalid_argument(format!("pods.{}", status.message()));
+    if !s.name.is_empty() && !s.name_regex.is_empty() {
+        return Err(Status::invalid_argument(
+            "pods.name and pods.name_regex are both set; give one of them",
+        ));
+    }
+    let name_regex = if s.name.is_empty() {
+        s.name_regex.clone()
+    } else {
+        if s.name.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "pods.name is {} bytes long; at most 253 are allowed",
+                s.name.len()
+            )));
+        }
+        regex::escape(&s.name)
+    };
+    let request = pb::WatchRequest {
+        pod_uids: s.pod_uids.clone(),
+        namespace: s.namespace.clone(),
+        labels: s.labels.clone(),
+        selector: s.selector.clone(),
+        namespace_regex: s.namespace_regex.clone(),
+        name_regex,
+        ..pb::WatchRequest::default()
+    };
+    Ok(subscribe_options(&request, MAX_CAPACITY)
+        .map_err(prefixed)?
+        .filter)
+}
+
+/// A `WaitForRequest`'s condition.
+pub(super) fn until_from_pb(request: &pb::WaitForRequest) -> Result<crate::wait::Until, Status> {
+    use crate::wait::Until;
+    use pb::wait_for_request::Until as Pb;
+    let invalid = |m: String| Status::invalid_argument(m);
+    match &request.until {
+        None => Err(invalid(
+            "until is not set; give running_container, all_exited, gone or phase_not".into(),
+        )),
+        Some(Pb::RunningContainer(name)) if name.is_empty() => Err(invalid(
+            "running_container is empty; name the container".into(),
+        )),
+        Some(Pb::RunningContainer(name)) => Ok(Until::running(name.clone())),
+        Some(Pb::AllExited(true)) => Ok(Until::AllExited),
+        Some(Pb::Gone(true)) => Ok(Until::Gone),
+        Some(Pb::AllExited(false) | Pb::Gone(false)) => Err(invalid(
+            "until is all_exited or gone set to false; set it to true".into(),
+        )),
+        Some(Pb::PhaseNot(set)) => {
+            if set.phases.is_empty() {
+                return Err(invalid(
+                    "phase_not.phases is empty; name at least one phase".into(),
+                ));
+            }
+            let mut phases = Vec::new();
+            for (i, &value) in set.phases.iter().enumerate() {
+                let phase = pb::PodPhase::try_from(value)
+                    .ok()
+                    .and_then(phase_from_pb)
+                    .ok_or_else(|| {
+                        invalid(format!("phase_not.phases[{i}]: {value} is not a pod phase"))
+                    })?;
+                phases.push(phase);
+            }
+            Ok(Until::not_in(phases))
+        }
+    }
+}
+
+fn recovery_to_pb(r: &crate::monitor::Recovery) -> pb::Recovery {
+    pb::Recovery {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        pod_uid: r.pod_uid.to_string(),
+        container: r.container.clone(),
+        dead_id: r.dead_id.to_string(),
+        died_at_unix_nanos: unix_nanos(r.died_at),
+        replacement_id: r.replacement_id.as_ref().map(ToString::to_string),
+        replacement_pod_uid: r.replacement_pod_uid.as_ref().map(ToString::to_string),
+        replaced_at_unix_nanos: r.replaced_at.map(unix_nanos),
+        running_at_unix_nanos: r.running_at.map(unix_nanos),
+        recovery_ms: r
+            .recovery()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+pub(super) fn progress_to_pb(p: &crate::monitor::MonitorProgress) -> pb::MonitorUpdate {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    pb::MonitorUpdate {
+        item: Some(pb::monitor_update::Item::Progress(pb::MonitorProgress {
+            died: count(p.died),
+            recovered: count(p.recovered),
+            pending: count(p.pending()),
+        })),
+    }
+}
+
+pub(super) fn report_to_pb(report: &crate::monitor::MonitorReport) -> pb::MonitorUpdate {
+    pb::MonitorUpdate {
+        item: Some(pb::monitor_update::Item::Report(pb::MonitorReport {
+            recovered: report.recovered.iter().map(recovery_to_pb).collect(),
+            unrecovered: report.unrecovered.iter().map(recovery_to_pb).collect(),
+            error: report.error.as_ref().map(ToString::to_string),
+        })),
+    }
+}
+
+fn resync_to_pb(missed: u64, reason: ResyncReason) -> pb::Resync {
+    pb::Resync {
+        missed,
+        reason: resync_reason_to_pb(reason).into(),
+    }
+}
+
+pub(super) fn terminal_to_pb(report: &crate::terminal::TerminalReport) -> pb::TerminalReportEvent {
+    use crate::terminal::TerminalPhase;
+    let phase = match report.phase {
+        TerminalPhase::Succeeded => pb::TerminalPhase::Succeeded,
+        TerminalPhase::Failed => pb::TerminalPhase::Failed,
+        TerminalPhase::Deleted => pb::TerminalPhase::Deleted,
+    };
+    pb::TerminalReportEvent {
+        item: Some(pb::terminal_report_event::Item::Report(
+            pb::TerminalReport {
+                pod: Some(pod_to_pb(&report.pod)),
+                phase: phase.into(),
+                containers: report
+                    .containers
+                    .iter()
+                    .map(|c| pb::ContainerOutcome {
+                        id: c.id.to_string(),
+                        name: c.name.clone(),
+                        attempt: c.attempt,
+                        exited: c.exited,
+                        exit_code: c.exit_code,
+                        reason: c.reason.clone(),
+                        started_at_unix_nanos: c.started_at.map(unix_nanos),
+                        finished_at_unix_nanos: c.finished_at.map(unix_nanos),
+                    })
+                    .collect(),
+                at_unix_nanos: unix_nanos(report.at),
+                exit_code: report.exit_code(),
+            },
+        )),
+    }
+}
+
+pub(super) fn terminal_resync_to_pb(missed: u64, reason: ResyncReason) -> pb::TerminalReportEvent {
+    pb::TerminalReportEvent {
+        item: Some(pb::terminal_report_event::Item::Resync(resync_to_pb(
+            missed, reason,
+        ))),
+    }
+}
+
+pub(super) fn session_update_to_pb(update: &crate::session::SessionUpdate) -> pb::SessionUpdate {
+    use crate::session::SessionUpdate;
+    let item = match update {
+        SessionUpdate::Event(e) => pb::session_update::Item::Event(pb::SessionEvent {
+            session: e.session.clone(),
+            component: e.component.clone(),
+            event: Some(event_to_pb(&e.event)),
+            ip: e.ip.clone(),
+            phase: phase_to_pb(e.health.phase).into(),
+            health: health_class_to_pb(e.health.health).into(),
+            health_reason: e
+                .health
+                .reason
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            error: e.error.clone(),
+        }),
+        SessionUpdate::Resync { missed, reason } => {
+            pb::session_update::Item::Resync(resync_to_pb(*missed, *reason))
+        }
+    };
+    pb::SessionUpdate { item: Some(item) }
+}
+
+/// A filter's pods as a `PodSelection` (its event kinds do not matter).
+pub(super) fn selection_request(filter: &Filter) -> Result<pb::PodSelection, String> {
+    let w = watch_request(filter, 1)?;
+    Ok(pb::PodSelection {
+        pod_uids: w.pod_uids,
+        namespace: w.namespace,
+        labels: w.labels,
+        selector: w.selector,
+        namespace_regex: w.namespace_regex,
+        name_regex: w.name_regex,
+        name: String::new(),
+    })
+}
+
+fn recovery_from_pb(field: &str, r: pb::Recovery) -> Result<crate::monitor::Recovery, String> {
+    if r.pod_uid.is_empty() {
+        return Err(format!("{field}.pod_uid is empty"));
+    }
+    let mut recovery = crate::monitor::Recovery::died(
+        &PodMeta::new(r.pod_uid, r.name, r.namespace),
+        r.container,
+        r.dead_id.into(),
+        time_field(&format!("{field}.died_at"), r.died_at_unix_nanos)?,
+    );
+    recovery.replacement_id = r.replacement_id.map(Into::into);
+    recovery.replacement_pod_uid = r.replacement_pod_uid.map(PodUid::new);
+    recovery.replaced_at =
+        optional_time_field(&format!("{field}.replaced_at"), r.replaced_at_unix_nanos)?;
+    recovery.running_at =
+        optional_time_field(&format!("{field}.running_at"), r.running_at_unix_nanos)?;
+    Ok(recovery)
+}
+
+/// What a `Monitor` stream says, read back.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum MonitorItem {
+    /// The counts so far.
+    Progress(crate::monitor::MonitorProgress),
+    /// The end.
+    Report(crate::monitor::MonitorReport),
+}
+
+pub(super) fn monitor_update_from_pb(update: pb::MonitorUpdate) -> Result<MonitorItem, String> {
+    match update.item {
+        None => Err("monitor update with no item (from a newer daemon?)".into()),
+        Some(pb::monitor_update::Item::Progress(p)) => {
+            let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+            Ok(MonitorItem::Progress(
+                crate::monitor::MonitorProgress::counted(count(p.died), count(p.recovered)),
+            ))
+        }
+        Some(pb::monitor_update::Item::Report(r)) => {
+            let list = |what: &str, items: Vec<pb::Recovery>| {
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| recovery_from_pb(&format!("report.{what}[{i}]"), r))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            Ok(MonitorItem::Report(crate::monitor::MonitorReport {
+                recovered: list("recovered", r.recovered)?,
+                unrecovered: list("unrecovered", r.unrecovered)?,
+                error: r.error.map(crate::monitor::MonitorError::Daemon),
+                ..crate::monitor::MonitorReport::default()
+            }))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -597,6 +1012,8 @@ mod tests {
         e.exit_code = Some(137);
         e.reason = Some("OOMKilled".into());
         e.runtime_time = Some(UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
+        e.started_at = Some(UNIX_EPOCH + Duration::from_secs(1_699_999_990));
+        e.finished_at = e.runtime_time;
         e
     }
 
@@ -637,6 +1054,7 @@ mod tests {
             at,
             source: EventSource::Relist,
         };
+        let health = Some(crate::phase::PodHealth::of(&status));
         let listing = PodListing {
             status,
             error: Some("runtime call PodStatus failed: boom".into()),
@@ -645,8 +1063,9 @@ mod tests {
                 last("ctr-2", EventType::ContainerDied),
                 last("sb-1", EventType::ContainerStarted),
             ],
+            health,
         };
-        let wire = listing_to_pb(&listing);
+        let wire = listing_to_pb(&listing, &listing.health());
         assert_eq!(wire.other_last_events.len(), 1, "ctr-1 is gone");
         assert_eq!(listing_from_pb(wire), Ok(listing));
     }
@@ -765,6 +1184,10 @@ mod tests {
             namespace: Some("shop".into()),
             labels: [("app".to_string(), "web".to_string())].into(),
             kinds: Some([EventType::ContainerDied, EventType::ContainerChanged].into()),
+            selector: crate::select::PodSelector::labels("tier in (front,back),!canary")
+                .and_then(|s| s.with_namespace_regex("sh.*"))
+                .and_then(|s| s.with_name_regex("web-[0-9]+"))
+                .expect("valid selector"),
             include_container_changed: true,
         };
         let request = watch_request(&filter, 5).expect("expressible");

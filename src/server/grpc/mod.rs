@@ -86,8 +86,9 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Client, ClientError, WatchStream};
-pub use service::{PlegService, WatchResponseStream};
+pub use client::{Client, ClientError, MonitorStream, WatchStream};
+pub use convert::MonitorItem;
+pub use service::{PlegService, ToolkitStream, WatchResponseStream};
 pub use socket::{
     BoundSocket, MAX_STREAMS_PER_CONNECTION, ServeError, bind, bind_with, serve, serve_bound,
     serve_bound_with,
@@ -305,9 +306,21 @@ pub struct PodListing {
     /// including ones no longer in `status` (a removed container); in ID
     /// order.
     pub last_events: Vec<LastEvent>,
+    /// Phase and health as a daemon answered them (crash loops included,
+    /// from the deaths it followed); `None` from an embedded generator's
+    /// cache, or from a daemon too old to say. See [`PodListing::health`].
+    pub health: Option<crate::phase::PodHealth>,
 }
 
 impl PodListing {
+    /// Phase and health: the daemon's, else derived from the status alone
+    /// ([`crate::phase::PodHealth::of`]).
+    pub fn health(&self) -> crate::phase::PodHealth {
+        self.health
+            .clone()
+            .unwrap_or_else(|| crate::phase::PodHealth::of(&self.status))
+    }
+
     /// The last event about this container or sandbox, if pleg published one.
     pub fn last_event(&self, id: &crate::ContainerId) -> Option<&LastEvent> {
         self.last_events.iter().find(|e| &e.id == id)
@@ -449,6 +462,7 @@ impl From<CacheEntry> for PodListing {
             last_events: entry.last_events.to_vec(),
             status: (*entry.status).clone(),
             error: entry.error.map(|e| e.to_string()),
+            health: None,
         }
     }
 }

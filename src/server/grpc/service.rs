@@ -19,13 +19,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
-use super::convert::{delivery_to_pb, health_to_pb, listing_to_pb, subscribe_options};
+use super::convert::{delivery_to_pb, health_to_pb, subscribe_options};
 use super::{
     Health, Limits, MAX_MESSAGE_SIZE, MAX_PAGE_SIZE, PageKey, pb, pod_listing, pod_listings_page,
 };
 use crate::hub::Subscription;
 use crate::model::PodUid;
 use crate::server::Daemon;
+
+mod toolkit;
+
+pub use toolkit::ToolkitStream;
 
 // --- the server ---
 
@@ -42,6 +46,8 @@ pub struct PlegService {
     watches: Arc<Semaphore>,
     /// One permit per queue place of the open `Watch` streams.
     queued: Arc<Semaphore>,
+    /// `WatchSession`'s watchers.
+    sessions: toolkit::Sessions,
 }
 
 impl std::fmt::Debug for PlegService {
@@ -72,6 +78,7 @@ impl PlegService {
             queued: Arc::new(Semaphore::new(
                 limits.max_queued_events.min(Semaphore::MAX_PERMITS),
             )),
+            sessions: toolkit::Sessions::default(),
         }
     }
 
@@ -97,6 +104,33 @@ impl PlegService {
         self.ending.clone()
     }
 
+    /// A stream's slot and queue places, or why there are none: the
+    /// limits of the module's docs, shared by every streaming call.
+    fn admit(&self, call: &str, capacity: usize) -> Result<Permits, Status> {
+        if self.ending.is_cancelled() {
+            return Err(Status::unavailable("the pleg daemon is shutting down"));
+        }
+        let Ok(watch_permit) = self.watches.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "the pleg daemon serves at most {} streams at once (--grpc-max-watches; \
+                 {call} is one); all are in use, try again later",
+                self.limits.max_watches
+            )));
+        };
+        let places = u32::try_from(capacity).unwrap_or(u32::MAX);
+        let Ok(queue_permit) = self.queued.clone().try_acquire_many_owned(places) else {
+            return Err(Status::resource_exhausted(format!(
+                "a {call} with capacity {capacity} does not fit: the open streams hold {} of the \
+                 {} queued events the pleg daemon allows (--grpc-max-queued-events); \
+                 ask for a smaller capacity or try again later",
+                self.limits.max_queued_events.min(Semaphore::MAX_PERMITS)
+                    - self.queued.available_permits(),
+                self.limits.max_queued_events
+            )));
+        };
+        Ok((watch_permit, queue_permit))
+    }
+
     /// The tonic service to add to a server.
     pub fn into_server(self) -> pb::pleg_server::PlegServer<PlegService> {
         pb::pleg_server::PlegServer::new(self)
@@ -115,25 +149,7 @@ impl pb::pleg_server::Pleg for PlegService {
             return Err(Status::unavailable("the pleg daemon is shutting down"));
         }
         let options = subscribe_options(request.get_ref(), self.limits.max_capacity)?;
-        let Ok(watch_permit) = self.watches.clone().try_acquire_owned() else {
-            return Err(Status::resource_exhausted(format!(
-                "the pleg daemon serves at most {} Watch streams at once (--grpc-max-watches); \
-                 all are in use, try again later",
-                self.limits.max_watches
-            )));
-        };
-        let places = u32::try_from(options.capacity).unwrap_or(u32::MAX);
-        let Ok(queue_permit) = self.queued.clone().try_acquire_many_owned(places) else {
-            return Err(Status::resource_exhausted(format!(
-                "a Watch with capacity {} does not fit: the open Watch streams hold {} of the \
-                 {} queued events the pleg daemon allows (--grpc-max-queued-events); \
-                 ask for a smaller capacity or try again later",
-                options.capacity,
-                self.limits.max_queued_events.min(Semaphore::MAX_PERMITS)
-                    - self.queued.available_permits(),
-                self.limits.max_queued_events
-            )));
-        };
+        let permits = self.admit("Watch", options.capacity)?;
         let subscription = self
             .daemon
             .pleg
@@ -147,7 +163,7 @@ impl pb::pleg_server::Pleg for PlegService {
             subscription,
             ending: Box::pin(self.ending.clone().cancelled_owned()),
             draining: None,
-            _permits: (watch_permit, queue_permit),
+            _permits: permits,
             in_a_row: 0,
         }))
     }
@@ -184,7 +200,7 @@ impl pb::pleg_server::Pleg for PlegService {
         };
         let (page, next) = pod_listings_page(&self.daemon.pleg, namespace, after.as_ref(), limit);
         let answer = pb::ListPodsResponse {
-            pods: page.iter().map(listing_to_pb).collect(),
+            pods: page.iter().map(|l| self.status_to_pb(l)).collect(),
             next_page_token: next.map(|key| key.to_token()).unwrap_or_default(),
         };
         let size = prost::Message::encoded_len(&answer);
@@ -207,7 +223,7 @@ impl pb::pleg_server::Pleg for PlegService {
             return Err(Status::invalid_argument("uid is empty; name the pod's UID"));
         }
         match pod_listing(&self.daemon.pleg, &PodUid::new(uid)) {
-            Some(listing) => Ok(Response::new(listing_to_pb(&listing))),
+            Some(listing) => Ok(Response::new(self.status_to_pb(&listing))),
             None => Err(Status::not_found(format!(
                 "pod {uid} is not in pleg's cache (never seen, or gone from the runtime)"
             ))),
@@ -220,7 +236,49 @@ impl pb::pleg_server::Pleg for PlegService {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         Ok(Response::new(health_to_pb(&Health::of(&self.daemon))))
     }
+
+    async fn wait_for(
+        &self,
+        request: Request<pb::WaitForRequest>,
+    ) -> Result<Response<pb::WaitForResponse>, Status> {
+        self.toolkit_wait_for(request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    type MonitorStream = ToolkitStream<pb::MonitorUpdate>;
+
+    async fn monitor(
+        &self,
+        request: Request<pb::MonitorRequest>,
+    ) -> Result<Response<Self::MonitorStream>, Status> {
+        self.toolkit_monitor(request.get_ref()).map(Response::new)
+    }
+
+    type TerminalReportsStream = ToolkitStream<pb::TerminalReportEvent>;
+
+    async fn terminal_reports(
+        &self,
+        request: Request<pb::TerminalReportsRequest>,
+    ) -> Result<Response<Self::TerminalReportsStream>, Status> {
+        self.toolkit_terminal_reports(request.get_ref())
+            .map(Response::new)
+    }
+
+    type WatchSessionStream = ToolkitStream<pb::SessionUpdate>;
+
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        self.toolkit_watch_session(request.get_ref())
+            .map(Response::new)
+    }
 }
+
+/// A stream's `--grpc-max-watches` slot and `--grpc-max-queued-events`
+/// places, given back when dropped.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// The server side of one `Watch` call: the subscription's deliveries as
 /// protobuf events. Dropping it (the client went away) unsubscribes.
@@ -231,7 +289,7 @@ pub struct WatchResponseStream {
     /// (those queued when the end was noticed, and a pending `Resync`).
     draining: Option<usize>,
     /// Its `Watch` slot and queue places, given back when it is dropped.
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permits: Permits,
     /// Deliveries handed out since the encoder last saw `Pending`.
     in_a_row: usize,
 }

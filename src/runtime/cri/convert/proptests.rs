@@ -190,6 +190,68 @@ fn known_sandbox_state(raw: i32) -> bool {
 
 proptest! {
     #![proptest_config(ProptestConfig::default())]
+    /// The slim listing messages decode the bytes of the full CRI messages
+    /// (annotations and all) into the same listing as the full messages
+    /// give, and count the same skipped records and unknown values.
+    #[test]
+    fn the_slim_listing_messages_give_the_listing_of_the_full_ones(
+        sandboxes in vec(sandbox(), 0..6),
+        containers in vec(container(), 0..6),
+        annotations in labels(),
+    ) {
+        use prost::Message;
+        use super::super::listed::{ListedContainer, ListedSandbox};
+        let full_stats = RuntimeStats::default();
+        let full = listing(&full_stats, &mut KnownMetas::default(), sandboxes.clone(), containers.clone());
+        let wire_stats = RuntimeStats::default();
+        let slim_sandboxes = sandboxes.into_iter().map(|mut s| {
+            s.annotations.clone_from(&annotations);
+            ListedSandbox::decode(s.encode_to_vec().as_slice())
+        }).collect::<Result<Vec<_>, _>>();
+        let slim_containers = containers.into_iter().map(|mut c| {
+            c.annotations.clone_from(&annotations);
+            c.image_id = "sha256:ignored".into();
+            ListedContainer::decode(c.encode_to_vec().as_slice())
+        }).collect::<Result<Vec<_>, _>>();
+        prop_assert!(slim_sandboxes.is_ok() && slim_containers.is_ok(), "the same wire format");
+        let slim = listing(
+            &wire_stats,
+            &mut KnownMetas::default(),
+            slim_sandboxes.unwrap_or_default(),
+            slim_containers.unwrap_or_default(),
+        );
+        prop_assert_eq!(full.pods(), slim.pods());
+        prop_assert_eq!(full_stats.skipped_records(), wire_stats.skipped_records());
+        prop_assert_eq!(full_stats.unknown_values(), wire_stats.unknown_values());
+    }
+
+    /// A pod listed again with the same sandbox metadata and labels keeps
+    /// its identity (the same `Arc`); one whose labels changed gets a new
+    /// one, equal to what a first listing gives.
+    #[test]
+    fn a_pod_listed_again_unchanged_keeps_its_identity(
+        sandboxes in vec(sandbox(), 0..6),
+        relabelled in any::<proptest::sample::Index>(),
+    ) {
+        let stats = RuntimeStats::default();
+        let mut known = KnownMetas::default();
+        let first = listing(&stats, &mut known, sandboxes.clone(), Vec::<cri::Container>::new());
+        let again = listing(&stats, &mut known, sandboxes.clone(), Vec::<cri::Container>::new());
+        prop_assert_eq!(first.pods(), again.pods());
+        for (a, b) in first.pods().iter().zip(again.pods()) {
+            prop_assert!(Arc::ptr_eq(&a.meta, &b.meta), "pod {:?} got a new identity", a.meta.uid);
+        }
+        if sandboxes.is_empty() {
+            return Ok(());
+        }
+        let mut changed = sandboxes;
+        let at = relabelled.index(changed.len());
+        changed[at].labels.insert("pleg.test/relabelled".into(), "yes".into());
+        let fresh = listing(&stats, &mut KnownMetas::default(), changed.clone(), Vec::<cri::Container>::new());
+        let relisted = listing(&stats, &mut known, changed, Vec::<cri::Container>::new());
+        prop_assert_eq!(fresh.pods(), relisted.pods());
+    }
+
 
     /// Every sandbox and container of a listing is placed in a pod, skipped
     /// and counted, left for the next relist, or folded into an entry with
@@ -228,7 +290,7 @@ proptest! {
         let unknown = usable.iter().filter(|s| !known_sandbox_state(s.state)).count()
             + placed.iter().filter(|c| !known_container_state(c.state)).count();
 
-        let listing = listing(&stats, sandboxes.clone(), containers.clone());
+        let listing = listing(&stats, &mut KnownMetas::default(), sandboxes.clone(), containers.clone());
 
         prop_assert_eq!(stats.skipped_records(), skipped as u64);
         prop_assert_eq!(stats.unknown_values(), unknown as u64);
@@ -262,10 +324,10 @@ proptest! {
         containers in vec(container(), 0..6),
     ) {
         let stats = RuntimeStats::default();
-        let forward = listing(&stats, sandboxes.clone(), containers.clone());
+        let forward = listing(&stats, &mut KnownMetas::default(), sandboxes.clone(), containers.clone());
         let mut rev_sandboxes = sandboxes;
         rev_sandboxes.reverse();
-        let backward = listing(&stats, rev_sandboxes, containers);
+        let backward = listing(&stats, &mut KnownMetas::default(), rev_sandboxes, containers);
         let uids = |l: &Listing| l.pods().iter().map(|p| p.meta.uid.clone()).collect::<Vec<_>>();
         prop_assert_eq!(uids(&forward), uids(&backward));
     }

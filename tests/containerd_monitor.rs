@@ -74,8 +74,18 @@ fn subscribe(pleg: &Pleg, pods: &[&PlannedPod]) -> Subscription {
 
 /// Waits until the generator reports the container started.
 async fn started(sub: &mut Subscription, id: &str) {
-    events_until(sub, &format!("container {id} started"), |e| {
-        is(e, EventType::ContainerStarted, id)
+    all_started(sub, &[id]).await;
+}
+
+/// Waits until the generator reports every one of these containers
+/// started, in any order: containers started together may be reported by
+/// one relist, in the order of its listing.
+async fn all_started(sub: &mut Subscription, ids: &[&str]) {
+    let mut waiting: Vec<&str> = ids.to_vec();
+    let what = format!("containers {ids:?} started");
+    events_until(sub, &what, |e| {
+        waiting.retain(|id| !is(e, EventType::ContainerStarted, id));
+        waiting.is_empty()
     })
     .await;
 }
@@ -381,8 +391,7 @@ async fn container_dying_outside_the_selection_is_not_reported() {
     cleanup.add(&other);
     let old = pod.start(&driver, "app", 0, sleeping()).await;
     let other_app_id = other.start(&driver, "app", 0, sleeping()).await;
-    started(&mut sub, &old).await;
-    started(&mut sub, &other_app_id).await;
+    all_started(&mut sub, &[&old, &other_app_id]).await;
 
     let pool = MonitorPool::new(&pleg);
     pool.select_and_monitor_by_label(&app_selector(&app), LONG)
@@ -444,8 +453,7 @@ async fn pool_events_hold_the_monitored_containers_death_and_nothing_of_unselect
     cleanup.add(&other);
     let watched = pod.start(&driver, "app", 0, sleeping()).await;
     let unwatched = other.start(&driver, "app", 0, sleeping()).await;
-    started(&mut sub, &watched).await;
-    started(&mut sub, &unwatched).await;
+    all_started(&mut sub, &[&watched, &unwatched]).await;
     driver
         .stop_container(&unwatched, KILL)
         .await

@@ -53,8 +53,13 @@ pub(crate) enum Applied {
     /// seen or never seen stopped. (On containerd 1.7 another consumer of
     /// the event stream takes some of the events.) A relist should look for
     /// what was lost; `lost` transitions that no relist can rebuild were
-    /// told to the pod's subscribers as a `Resync`.
-    PublishedAfterGap { published: usize, lost: u64 },
+    /// told to the pod's subscribers as a `Resync`; `missed` events, at
+    /// least, never reached this stream.
+    PublishedAfterGap {
+        published: usize,
+        lost: u64,
+        missed: u64,
+    },
     /// Dropped as stale.
     Stale(StaleReason),
     /// Dropped: the event names no pod and its ID is in no record. For a
@@ -91,6 +96,35 @@ pub(crate) fn lost_to_gap(kind: ContainerEventKind, subject: Option<ContainerSta
         | (Kind::Deleted, None | Some(State::Running | State::Unknown)) => 1,
         _ => 0,
     }
+}
+
+/// The events a gap shows were lost, at least: those that come before
+/// `kind` in a container's life and after what pleg knew of it
+/// (`subject`: its state, `None` if never seen). One lost event may be
+/// containerd's own doing after a connection; more is another consumer.
+pub(crate) fn missed_by_gap(kind: ContainerEventKind, subject: Option<ContainerState>) -> u64 {
+    use ContainerEventKind as Kind;
+    use ContainerState as State;
+    // Events of a life, in order, up to what pleg knew and up to this one.
+    let known: u64 = match subject {
+        None => 0,
+        Some(State::Created) => 1,
+        Some(State::Running | State::Unknown) => 2,
+        Some(State::Exited) => 3,
+    };
+    let before: u64 = match kind {
+        Kind::Created => 0,
+        Kind::Started => 1,
+        Kind::Stopped => 2,
+        Kind::Deleted => 3,
+    };
+    before.saturating_sub(known)
+}
+
+/// What a gap shown by `kind` lost: transitions no relist can rebuild, and
+/// events.
+fn gap_losses(kind: ContainerEventKind, subject: Option<ContainerState>) -> (u64, u64) {
+    (lost_to_gap(kind, subject), missed_by_gap(kind, subject))
 }
 
 /// The pod an event is about.
@@ -421,10 +455,10 @@ impl Core {
         let Some(Resolved { uid, old, meta }) = resolved else {
             return Applied::Unresolved;
         };
-        let lost = if gap {
-            lost_to_gap(event.kind, subject)
+        let (lost, missed) = if gap {
+            gap_losses(event.kind, subject)
         } else {
-            0
+            (0, 0)
         };
         if let Some(at) = event.created_at {
             self.seen_at.insert(event.id.clone(), at);
@@ -432,7 +466,11 @@ impl Core {
         let outcome = |core: &Self, published, lost| {
             if gap {
                 core.hub.stream_gap(Some(&meta), lost);
-                Applied::PublishedAfterGap { published, lost }
+                Applied::PublishedAfterGap {
+                    published,
+                    lost,
+                    missed,
+                }
             } else {
                 Applied::Published(published)
             }

@@ -306,6 +306,85 @@ fn a_pod_run_again_before_its_death_was_seen_is_recovered() {
 }
 
 #[test]
+fn a_pod_removed_before_any_exit_was_listed_is_recovered_by_a_pod_run_before_its_death_was_seen() {
+    // Stopped and removed between two relists, containers and all: no
+    // runtime time of the death reaches pleg, only when it saw the pod gone
+    // (10.3). The new pod's sandbox was created (10.2) before that, and is
+    // listed by the next relist.
+    let old = meta("u1", "web-1");
+    let sandbox = timed(container("sb1", "web-1", 0, Running), 0.0, None, None);
+    let app = timed(container("c0", "app", 0, Running), 1.0, Some(1.0), None);
+    let new = meta("u2", "web-1");
+    let new_sandbox = timed(container("sb2", "web-1", 0, Running), 10.2, None, None);
+    let new_app = timed(container("c9", "app", 0, Running), 10.35, Some(10.4), None);
+    let mut table = Table::default();
+    let mut tracker = Tracker::new(web_selector().into());
+    for (c, entry) in [(&app, EntryKind::Container), (&sandbox, EntryKind::Sandbox)] {
+        tracker.observe(
+            &event(&old, EventType::ContainerDied, c, entry, 10.3),
+            &table,
+        );
+    }
+    assert_eq!(tracker.counts(), (1, 0), "one death, the pod's");
+    table.put(status(
+        &new,
+        vec![new_sandbox.clone()],
+        vec![new_app.clone()],
+    ));
+    for (c, entry) in [
+        (&new_sandbox, EntryKind::Sandbox),
+        (&new_app, EntryKind::Container),
+    ] {
+        tracker.observe(
+            &event(&new, EventType::ContainerStarted, c, entry, 10.5),
+            &table,
+        );
+    }
+    let recoveries = tracker.into_recoveries();
+    let [r] = recoveries.as_slice() else {
+        panic!("one death: {recoveries:?}")
+    };
+    assert_eq!(
+        r.replacement_id.as_ref().map(ContainerId::as_str),
+        Some("sb2")
+    );
+    assert_eq!(
+        r.died_at,
+        at(10.2),
+        "seen dead at 10.3, it died no later than its replacement was created"
+    );
+    assert_eq!(r.replaced_at, Some(at(10.2)));
+    assert_eq!(r.running_at, Some(at(10.4)), "{r:?}");
+}
+
+#[test]
+fn a_pod_of_the_same_name_that_was_already_there_is_no_replacement_of_a_death_the_runtime_dated() {
+    // The runtime dated the death (its container ended at 10.0); a pod of
+    // the same name created before that did not replace it.
+    let old = meta("u1", "web-1");
+    let sandbox = timed(container("sb1", "web-1", 0, Exited), 0.0, None, None);
+    let app = timed(
+        container("c0", "app", 0, Exited),
+        1.0,
+        Some(1.0),
+        Some(10.0),
+    );
+    let twin = meta("u2", "web-1");
+    let twin_sandbox = timed(container("sb2", "web-1", 0, Running), 5.0, None, None);
+    let twin_app = timed(container("c9", "app", 0, Running), 5.1, Some(5.2), None);
+    let mut table = Table::default();
+    table.put(status(&twin, vec![twin_sandbox], vec![twin_app]));
+    let mut tracker = Tracker::new(web_selector().into());
+    for (c, entry) in [(&app, EntryKind::Container), (&sandbox, EntryKind::Sandbox)] {
+        tracker.observe(
+            &event(&old, EventType::ContainerDied, c, entry, 10.3),
+            &table,
+        );
+    }
+    assert_eq!(tracker.counts(), (1, 0), "not recovered by an older pod");
+}
+
+#[test]
 fn a_replacement_cached_before_the_death_is_processed_still_counts() {
     let pod = meta("u1", "web-1");
     let sandbox = timed(container("sb1", "web-1", 0, Running), 0.0, None, None);

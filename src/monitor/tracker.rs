@@ -42,11 +42,24 @@ impl View for crate::cache::Reader {
 #[derive(Clone, Debug)]
 struct Death {
     recovery: Recovery,
-    /// The attempt that died (containers only).
+    /// The attempt that died (of the container, or of the sandbox).
     attempt: u32,
+    /// `died_at` is when pleg saw the death, not the runtime's time of it:
+    /// the death happened then or earlier.
+    seen_only: bool,
 }
 
 impl Death {
+    /// Dates the death at `at` if that is earlier.
+    fn earlier(&mut self, at: SystemTime, seen_only: bool) {
+        let r = &mut self.recovery;
+        if at < r.died_at {
+            (r.died_at, self.seen_only) = (at, seen_only);
+        } else if at == r.died_at {
+            self.seen_only &= seen_only;
+        }
+    }
+
     fn is_pod(&self) -> bool {
         self.recovery.container.is_none()
     }
@@ -82,7 +95,7 @@ impl Tracker {
         {
             match c.kind {
                 EntryKind::Sandbox => {
-                    self.pod_died(event, &c.id);
+                    self.pod_died(event, &c.id, c.attempt);
                     // Its replacement may be cached already (a relist
                     // can bring both in one batch, in any order).
                     for status in view.named(&event.pod.namespace, &event.pod.name) {
@@ -145,10 +158,7 @@ impl Tracker {
         if self.known(id) {
             return;
         }
-        let died_at = event
-            .finished_at
-            .or(event.runtime_time)
-            .unwrap_or(event.observed_at);
+        let (died_at, seen_only) = death_time(event);
         // Its pod is dead already: the container is part of that death,
         // which happened when the container ended if that was earlier.
         if let Some(pod) = self
@@ -156,16 +166,17 @@ impl Tracker {
             .iter_mut()
             .find(|d| d.is_pod() && d.pending() && d.recovery.pod_uid == event.pod.uid)
         {
-            pod.recovery.died_at = pod.recovery.died_at.min(died_at);
+            pod.earlier(died_at, seen_only);
             return;
         }
         self.deaths.push(Death {
             recovery: Recovery::died(&event.pod, Some(name.to_owned()), id.clone(), died_at),
             attempt,
+            seen_only,
         });
     }
 
-    fn pod_died(&mut self, event: &PodLifecycleEvent, sandbox: &ContainerId) {
+    fn pod_died(&mut self, event: &PodLifecycleEvent, sandbox: &ContainerId, attempt: u32) {
         if self.known(sandbox) {
             return;
         }
@@ -174,18 +185,20 @@ impl Tracker {
         // the pod died when the first of them ended, if that was before it
         // was observed: a pod stopped, removed and run again between two
         // relists has its replacement created before its death is seen.
-        let mut died_at = event.runtime_time.unwrap_or(event.observed_at);
+        let (died_at, seen_only) = death_time(event);
+        let mut death = Death {
+            recovery: Recovery::died(&event.pod, None, sandbox.clone(), died_at),
+            attempt,
+            seen_only,
+        };
         self.deaths.retain(|d| {
             let with_it = !d.is_pod() && d.pending() && d.recovery.pod_uid == event.pod.uid;
             if with_it {
-                died_at = died_at.min(d.recovery.died_at);
+                death.earlier(d.recovery.died_at, d.seen_only);
             }
             !with_it
         });
-        self.deaths.push(Death {
-            recovery: Recovery::died(&event.pod, None, sandbox.clone(), died_at),
-            attempt: 0,
-        });
+        self.deaths.push(death);
     }
 
     fn known(&self, id: &ContainerId) -> bool {
@@ -251,17 +264,37 @@ fn resolve_container(death: &mut Death, status: &PodStatus, now: SystemTime) {
     }
 }
 
+/// When an event says the thing died, and whether that is only when pleg
+/// saw it (a sandbox's death, or a container removed before its exit was
+/// listed, has no runtime time).
+fn death_time(event: &PodLifecycleEvent) -> (SystemTime, bool) {
+    match event.finished_at.or(event.runtime_time) {
+        Some(t) => (t, false),
+        None => (event.observed_at, true),
+    }
+}
+
 /// A sandbox other than the dead one, of a pod of the same namespace and
-/// name, created after the death; running once the pod's phase is.
+/// name, that replaced it; running once the pod's phase is.
+///
+/// A replacement is a sandbox created after the death, a later attempt of
+/// the same pod's sandbox, or (when the death's time is only when pleg saw
+/// it) a running sandbox of a new pod of the same name: a pod stopped,
+/// removed and run again between two relists has its replacement created
+/// before its death is seen, and two pods of one name do not live at once.
 fn resolve_pod(death: &mut Death, status: &PodStatus, now: SystemTime) {
+    let (attempt, seen_only) = (death.attempt, death.seen_only);
     let r = &mut death.recovery;
+    let other_pod = status.meta.uid != r.pod_uid;
     let replacement = status
         .sandboxes
         .iter()
         .filter(|s| {
             s.id != r.dead_id
                 && r.replacement_id.as_ref().is_none_or(|id| id == &s.id)
-                && s.created_at.is_none_or(|t| t >= r.died_at)
+                && (s.created_at.is_none_or(|t| t >= r.died_at)
+                    || (!other_pod && s.attempt > attempt)
+                    || (other_pod && seen_only && s.state == ContainerState::Running))
         })
         .max_by_key(|s| s.created_at);
     let Some(sandbox) = replacement else {
@@ -271,6 +304,10 @@ fn resolve_pod(death: &mut Death, status: &PodStatus, now: SystemTime) {
     r.replacement_pod_uid = Some(status.meta.uid.clone());
     let created = sandbox.created_at.unwrap_or(now);
     r.replaced_at = Some(created);
+    if seen_only && created < r.died_at {
+        // It died before it was replaced: no later than that.
+        r.died_at = created;
+    }
     let newest = status
         .sandboxes
         .iter()

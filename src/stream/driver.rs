@@ -19,7 +19,7 @@ use crate::core::Applied;
 use crate::duration::GoDuration;
 use crate::pleg::Shared;
 use crate::relist;
-use crate::runtime::{self, ContainerEvent, EventStream, Runtime as _};
+use crate::runtime::{self, ContainerEvent, ContainerEventKind, EventStream, Runtime as _};
 
 /// Events read from the runtime and not yet applied, at most: the stream is
 /// read in a task of its own, so that a relist (which holds the core) never
@@ -266,14 +266,23 @@ impl Driver {
                 tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "container event for an unknown pod and ID; skipped");
             }
         }
-        let gap = matches!(applied, Applied::PublishedAfterGap { .. });
-        if gap {
+        // A DELETED of a container pleg never saw, of a pod it never saw:
+        // every earlier event of it was lost.
+        let missed = match applied {
+            Applied::PublishedAfterGap { missed, .. } => Some(missed),
+            Applied::Unresolved if event.kind == ContainerEventKind::Deleted => Some(3),
+            _ => None,
+        };
+        let gap = missed.is_some();
+        if let Some(missed) = missed {
             metrics.gaps.inc();
             // containerd 1.7 hands one event after a (re)connection to the
             // handler of the stream that closed (see `State::Streaming`):
-            // that first gap says nothing of another consumer, so health
-            // does not count it (the relist and any Resync still happen).
-            if self.gap_forgiven.swap(true, Ordering::Relaxed) {
+            // a first gap of one event says nothing of another consumer,
+            // so health does not count it (the relist and any Resync still
+            // happen). Any other gap does count.
+            let forgiven = missed == 1 && !self.gap_forgiven.swap(true, Ordering::Relaxed);
+            if !forgiven {
                 self.note_gap();
             }
             tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "the event stream lost earlier events; relisting");

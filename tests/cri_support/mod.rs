@@ -40,8 +40,21 @@ pub fn image() -> String {
     env("PLEG_TEST_IMAGE")
 }
 
+/// Logs of the library at `warn` and above (or as `RUST_LOG` says), into
+/// the test's captured output: a failing test shows what the generator
+/// complained of.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pleg=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A connected runtime.
 pub async fn runtime() -> Arc<CriRuntime> {
+    init_logs();
     CriRuntime::connect(CriConfig::new(endpoint()))
         .await
         .unwrap_or_else(|e| panic!("connecting to containerd: {e}"))
@@ -329,7 +342,7 @@ pub async fn relisting() -> Pleg {
 pub async fn events_until(
     sub: &mut Subscription,
     what: &str,
-    last: impl Fn(&PodLifecycleEvent) -> bool,
+    mut last: impl FnMut(&PodLifecycleEvent) -> bool,
 ) -> Vec<Arc<PodLifecycleEvent>> {
     let deadline = tokio::time::Instant::now() + EVENT_WAIT;
     let mut got = Vec::new();

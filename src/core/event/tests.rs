@@ -588,6 +588,28 @@ fn a_gap_loses_what_no_relist_can_rebuild() {
     }
 }
 
+#[test]
+fn a_gap_counts_every_event_between_what_was_known_and_what_came() {
+    // (kind, the subject's recorded state, events missed at least)
+    let cases = [
+        (Started, None, 1, "its CREATED"),
+        (Stopped, None, 2, "its CREATED and STARTED"),
+        (Stopped, Some(Created), 1, "its STARTED"),
+        (Deleted, None, 3, "all but the last"),
+        (Deleted, Some(Running), 1, "its STOPPED"),
+        (Deleted, Some(Unknown), 1, "its STOPPED"),
+        (Deleted, Some(Exited), 0, "none"),
+        (CREATED, None, 0, "none"),
+    ];
+    for (kind, subject, missed, case) in cases {
+        assert_eq!(
+            missed_by_gap(kind, subject),
+            missed,
+            "{kind:?} {subject:?}: {case}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_clock_step_is_the_wall_clock_moving_unlike_the_monotonic_one() {
     let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);

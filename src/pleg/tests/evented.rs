@@ -283,7 +283,8 @@ async fn stale_and_out_of_order_events_are_dropped_and_counted() {
         apply(early).await,
         Applied::PublishedAfterGap {
             published: 1,
-            lost: 0
+            lost: 0,
+            missed: 1
         }
     );
     // Out of order for one container: the older event is stale.
@@ -624,7 +625,8 @@ async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
         pleg.apply_event(&started).await,
         Applied::PublishedAfterGap {
             published: 1,
-            lost: 0
+            lost: 0,
+            missed: 1
         },
         "a lost CREATED loses nothing published"
     );
@@ -656,5 +658,91 @@ async fn events_that_show_a_loss_bring_a_relist_at_most_once_a_second() {
     assert_eq!(runtime.list_calls(), lists + 1);
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(runtime.list_calls(), lists + 2, "a tick relisted for it");
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_forgives_only_a_first_gap_of_one_event_per_connection() {
+    // containerd 1.7 hands one event after a connection to the handler of a
+    // closed stream: a first gap of one event is forgiven. A gap of more
+    // events, a second gap, and a DELETED of a container and pod never seen
+    // are another consumer's doing and count.
+    let window = Duration::from_secs(300);
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    runtime.push_event(event(ContainerEventKind::Started, "p1", "sb-p1", vec![]));
+    until_handled(&pleg, 1).await;
+
+    // Its CREATED went elsewhere: one event, forgiven.
+    runtime.push_event(event(
+        ContainerEventKind::Started,
+        "p1",
+        "c1",
+        vec![Container::new("c1", "c1-name", Running)],
+    ));
+    until_handled(&pleg, 2).await;
+    assert_eq!(pleg.stream_stats().gaps, 1);
+    assert_eq!(
+        pleg.recent_stream_gaps(window).0,
+        0,
+        "the first one-event gap"
+    );
+
+    // The next one-event gap counts.
+    runtime.push_event(event(
+        ContainerEventKind::Started,
+        "p1",
+        "c2",
+        vec![Container::new("c2", "c2-name", Running)],
+    ));
+    until_handled(&pleg, 3).await;
+    assert_eq!(pleg.recent_stream_gaps(window).0, 1, "a second gap");
+
+    // STOPPED of a container never seen: two events lost.
+    runtime.push_event(event(
+        ContainerEventKind::Stopped,
+        "p1",
+        "c3",
+        vec![Container::new("c3", "c3-name", Exited)],
+    ));
+    until_handled(&pleg, 4).await;
+    assert_eq!(pleg.recent_stream_gaps(window).0, 2, "a two-event gap");
+
+    // DELETED of a container of a pod never seen: all its events lost,
+    // whether the event names the pod or not (containerd 1.7 sends no
+    // metadata with some DELETEDs).
+    runtime.push_event(event(ContainerEventKind::Deleted, "p9", "c9", vec![]));
+    until_handled(&pleg, 5).await;
+    assert_eq!(pleg.recent_stream_gaps(window).0, 3, "a pod never seen");
+    let mut nameless = event(ContainerEventKind::Deleted, "p8", "c8", vec![]);
+    nameless.sandbox = None;
+    runtime.push_event(nameless);
+    until_handled(&pleg, 6).await;
+    let stats = pleg.stream_stats();
+    assert_eq!((stats.gaps, stats.unresolved), (5, 1), "{stats:?}");
+    assert_eq!(pleg.recent_stream_gaps(window).0, 4, "a pod nobody names");
+    pleg.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_gap_of_several_events_counts_for_health_at_once() {
+    let window = Duration::from_secs(300);
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg = generator(&runtime);
+    pleg.start().expect("start");
+    until_state(&pleg, StreamState::Streaming).await;
+    runtime.push_event(event(ContainerEventKind::Started, "p1", "sb-p1", vec![]));
+    until_handled(&pleg, 1).await;
+    runtime.push_event(event(
+        ContainerEventKind::Stopped,
+        "p1",
+        "c1",
+        vec![Container::new("c1", "c1-name", Exited)],
+    ));
+    until_handled(&pleg, 2).await;
+    assert_eq!(pleg.stream_stats().gaps, 1);
+    assert_eq!(pleg.recent_stream_gaps(window).0, 1);
     pleg.stop().await;
 }

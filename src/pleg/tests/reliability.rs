@@ -209,7 +209,8 @@ async fn a_stream_gap_that_loses_a_start_reaches_the_pods_subscribers_as_resync(
         pleg.apply_event(&stopped).await,
         Applied::PublishedAfterGap {
             published: 1,
-            lost: 1
+            lost: 1,
+            missed: 2
         }
     );
     let got = drain(&mut everyone);
@@ -336,7 +337,8 @@ async fn a_wall_clock_step_back_or_forward_neither_drops_nor_duplicates_events()
             pleg.apply_event(&c1).await,
             Applied::PublishedAfterGap {
                 published: 1,
-                lost: 0
+                lost: 0,
+                missed: 1
             }
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -356,7 +358,8 @@ async fn a_wall_clock_step_back_or_forward_neither_drops_nor_duplicates_events()
             pleg.apply_event(&c2).await,
             Applied::PublishedAfterGap {
                 published: 1,
-                lost: 0
+                lost: 0,
+                missed: 1
             },
             "step back: {step_back}"
         );

@@ -122,9 +122,9 @@ async fn next_event(sub: &mut Subscription) -> Arc<pleg::PodLifecycleEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
-    // No periodic relist during the test (the fake's listing does not follow
-    // the events pushed here, so a relist started after one of them would
-    // make it older than the listing): only the catch-up relists run.
+    // No periodic relist during the test: only the catch-up relists run, the
+    // last one after the anonymous DELETED (a stream gap), when the fake's
+    // listing has been brought in step with the events.
     let (server, _runtime, pleg) = setup(quick().with_relist(pleg::RelistDuration::new(
         Duration::from_secs(3600),
         Duration::from_secs(7200),
@@ -151,6 +151,9 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
+    // The listing follows the death: the stream-gap relist further down
+    // must find c1 as the events left it.
+    server.put_container(container("c1", "sb1", "app", 0, CriState::ContainerExited));
     let t = now_ns();
     server.push_event(wire_event(
         ContainerEventType::ContainerStoppedEvent,
@@ -199,16 +202,10 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
         vec![],
     );
     anonymous.pod_sandbox_status = None;
+    let relisted = pleg.last_relist();
     server.push_event(anonymous);
-    // A marker that is applied, to know the ones before were handled.
-    server.push_event(wire_event(
-        ContainerEventType::ContainerDeletedEvent,
-        "c1",
-        t + 4,
-        vec![],
-    ));
     // The anonymous DELETED is a container pleg never saw: every
-    // subscriber is told it may have missed something.
+    // subscriber is told it may have missed something, and pleg relists.
     match tokio::time::timeout(Duration::from_secs(20), sub.recv()).await {
         Ok(Some(Delivery::Resync {
             missed: 1,
@@ -217,6 +214,23 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
         })) => {}
         other => panic!("expected a stream-gap Resync, got {other:?}"),
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pleg.last_relist() == relisted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stream-gap relist"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A marker that is applied, stamped after that relist's listing, to
+    // know the ones before were handled.
+    server.remove_container("c1");
+    server.push_event(wire_event(
+        ContainerEventType::ContainerDeletedEvent,
+        "c1",
+        now_ns(),
+        vec![],
+    ));
     let removed = next_event(&mut sub).await;
     assert_eq!(removed.kind, EventType::ContainerRemoved);
 

@@ -50,6 +50,15 @@ async fn setup(config: Config) -> (FakeCriServer, Arc<CriRuntime>, Pleg) {
     (server, runtime, pleg)
 }
 
+/// Waits, 20 s at most, until `done` holds; fails naming `what` otherwise.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn until(pleg: &Pleg, state: StreamState) {
     let mut status = pleg.watch_stream_status();
     let reached = tokio::time::timeout(
@@ -145,11 +154,10 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
     // The backlog event is the stream's first: wait for the catch-up relist
     // that follows it, so that no relist races the events below (the fake's
     // listing does not change with the events pushed here).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.relist_duration() != pleg.config().evented_relist {
-        assert!(tokio::time::Instant::now() < deadline, "no catch-up relist");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("no catch-up relist", || {
+        pleg.relist_duration() == pleg.config().evented_relist
+    })
+    .await;
 
     // The listing follows the death: the stream-gap relist further down
     // must find c1 as the events left it.
@@ -214,14 +222,7 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
         })) => {}
         other => panic!("expected a stream-gap Resync, got {other:?}"),
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.last_relist() == relisted {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no stream-gap relist"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("no stream-gap relist", || pleg.last_relist() != relisted).await;
     // A marker that is applied, stamped after that relist's listing, to
     // know the ones before were handled.
     server.remove_container("c1");
@@ -242,14 +243,10 @@ async fn events_on_the_wire_are_applied_and_stale_ones_dropped_and_counted() {
     assert!(pleg.runtime_stats().skipped_records() >= 1);
     assert!(sub.try_recv().is_none(), "nothing else was published");
     // The latency of applied events is recorded just after they are published.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.stream_stats().latency.count < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "latency not recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("latency not recorded", || {
+        pleg.stream_stats().latency.count >= 2
+    })
+    .await;
     pleg.stop().await;
 }
 
@@ -281,11 +278,10 @@ async fn stream_that_errors_five_times_falls_back_and_re_promotes_when_it_works(
     // A stream that breaks later reconnects without falling back.
     server.end_event_streams(Some(tonic::Status::internal("shim restarted")));
     let successes = pleg.stream_stats().connection_successes;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.stream_stats().connection_successes == successes {
-        assert!(tokio::time::Instant::now() < deadline, "no reconnect");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("no reconnect", || {
+        pleg.stream_stats().connection_successes != successes
+    })
+    .await;
     assert_eq!(pleg.mode(), Mode::Evented);
     pleg.stop().await;
 }
@@ -351,11 +347,10 @@ async fn flood_of_events_with_a_stalled_subscriber_leaves_the_others_whole() {
         now_ns(),
         vec![container_status("c1", CriState::ContainerRunning, 0)],
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pleg.relist_duration() != pleg.config().evented_relist {
-        assert!(tokio::time::Instant::now() < deadline, "no catch-up relist");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("no catch-up relist", || {
+        pleg.relist_duration() == pleg.config().evented_relist
+    })
+    .await;
     const FLOOD: usize = 2_000;
     let t = now_ns();
     for i in 0..FLOOD {

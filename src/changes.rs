@@ -124,6 +124,8 @@ impl PodChanges {
                 Delivery::Resync { missed, .. } => {
                     return Some(PodChangeUpdate::Resync { missed });
                 }
+                // Never asked for here.
+                Delivery::Initial(_) | Delivery::Synced(_) => {}
             }
         }
     }

@@ -7,7 +7,7 @@
 //! relisting.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use crate::model::{ContainerId, EntryKind, PodMeta};
@@ -85,6 +85,9 @@ pub struct PodLifecycleEvent {
     pub started_at: Option<SystemTime>,
     /// For `ContainerDied`: when it finished, as its status says.
     pub finished_at: Option<SystemTime>,
+    /// The event's sequence number in the hub's run, set when it is
+    /// published (see [`seq`](Self::seq)).
+    pub(crate) seq: OnceLock<u64>,
 }
 
 impl PodLifecycleEvent {
@@ -108,7 +111,24 @@ impl PodLifecycleEvent {
             observed_at,
             started_at: None,
             finished_at: None,
+            seq: OnceLock::new(),
         }
+    }
+
+    /// The event's sequence number: it rises by one per item the hub
+    /// publishes in a run (see [`crate::hub::Epoch`]). `None` until
+    /// published, and for the items of an initial state.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq.get().copied()
+    }
+
+    /// The event with this sequence number (a client reading one off the
+    /// wire; the hub numbers what it publishes itself).
+    #[must_use]
+    pub fn with_seq(self, seq: u64) -> Self {
+        let cell = OnceLock::new();
+        let _ = cell.set(seq);
+        PodLifecycleEvent { seq: cell, ..self }
     }
 
     /// The container ID, when the event concerns one.

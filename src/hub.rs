@@ -24,7 +24,23 @@
 //! # Closing
 //! Dropping a [`Subscription`] unsubscribes it. When the hub goes away (the
 //! generator was dropped) every subscription ends after its queued events.
+//!
+//! # Sequence numbers and resuming
+//! Every item published (an event, or the `Resync` of a gap in the
+//! runtime's event stream) takes the next sequence number of the run, and
+//! the run is named by an [`Epoch`]. The last items are kept in a bounded
+//! replay ring ([`replay`]); a subscription that names where it stood
+//! ([`SubscribeOptions::with_resume`]) gets every item after that point
+//! that its filter selects, then the live ones, with no gap and no
+//! duplicate at the seam. A point of another run, or one that has left the
+//! ring, starts the subscription with a `Resync` that says so.
 
+mod initial;
+mod replay;
+#[cfg(test)]
+mod resume_tests;
+
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -35,8 +51,15 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::{Mutex, RwLock};
 
 use crate::event::{EventType, PodLifecycleEvent};
-use crate::metrics::HubMetrics;
-use crate::model::PodUid;
+use crate::metrics::{HubMetrics, ResumeOutcome, gauge};
+use crate::model::{PodMeta, PodUid};
+
+pub(crate) use initial::initial_state;
+pub use replay::{
+    DEFAULT_REPLAY_EVENTS, Epoch, MAX_EPOCH_LEN, MAX_REPLAY_EVENTS, ParseResumeTokenError,
+    ResumeToken,
+};
+pub(crate) use replay::{Item, Lookup, Ring};
 
 /// Default queue capacity of a subscription, in events.
 pub const DEFAULT_CAPACITY: usize = 1000;
@@ -48,26 +71,59 @@ pub enum Error {
     /// A subscription needs room for at least one event.
     #[error("subscription capacity must be at least 1, got 0")]
     ZeroCapacity,
+    /// The resume point lies past the last item this run published (a
+    /// point of this epoch that it never gave out).
+    #[error(
+        "resume point seq {seq} is past the last item this run published, seq {last}: it was never given out"
+    )]
+    ResumeAhead {
+        /// The point asked for.
+        seq: u64,
+        /// The last sequence number published.
+        last: u64,
+    },
+    /// An initial state is built from the generator's cache, which the hub
+    /// alone does not have.
+    #[error("an initial state needs the generator's cache: subscribe with Pleg::watch")]
+    InitialStateNeedsGenerator,
 }
 
 /// What a subscription yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Delivery {
-    /// An event.
+    /// An event (its [`seq`](PodLifecycleEvent::seq) is set).
     Event(Arc<PodLifecycleEvent>),
     /// Events that matched the filter were lost: the subscriber fell
-    /// behind, or the runtime's event stream lost some that no relist can
-    /// rebuild. Re-read the cache to catch up.
+    /// behind, the runtime's event stream lost some that no relist can
+    /// rebuild, or a resume point could not be honoured. Re-read the cache
+    /// (or ask for an initial state) to catch up.
     #[non_exhaustive]
     Resync {
         /// How many events were lost since the previous `Resync` of this
         /// reason: exact for [`ResyncReason::Lagged`], a lower bound for
-        /// [`ResyncReason::StreamGap`].
+        /// [`ResyncReason::StreamGap`], the items of the whole node that left
+        /// the ring for [`ResyncReason::ReplayExpired`] (an upper bound for a
+        /// filtered subscription), and 0 (unknown) for
+        /// [`ResyncReason::EpochChanged`].
         missed: u64,
         /// Why.
         reason: ResyncReason,
+        /// The `Resync`'s own sequence number, for a stream gap (which is
+        /// published like an event); `None` for the others, which concern
+        /// one subscriber.
+        seq: Option<u64>,
     },
+    /// One container or sandbox as it stands now, part of the initial state
+    /// a subscription asked for: `ContainerStarted` for a running one,
+    /// `ContainerDied` (with its exit code) for an exited one,
+    /// `ContainerChanged` for a created or unknown one (if the filter takes
+    /// those). It carries no `seq`; [`Delivery::Synced`] follows the last
+    /// one.
+    Initial(Arc<PodLifecycleEvent>),
+    /// The initial state is complete, or the replay has caught up: the
+    /// token names the last item it includes, and live items follow.
+    Synced(ResumeToken),
 }
 
 crate::naming::named_enum! {
@@ -83,33 +139,50 @@ crate::naming::named_enum! {
         /// (containerd 1.7 gives each event to one stream only), or pleg's
         /// own stream buffer overflowed. The count is a lower bound.
         StreamGap = "stream_gap",
+        /// The resume point was of another run: the daemon restarted, and
+        /// what happened in between is unknown.
+        EpochChanged = "epoch_changed",
+        /// The items after the resume point have left the replay ring.
+        ReplayExpired = "replay_expired",
     }
 }
 
 impl Delivery {
     /// A `Resync` for a lagging subscriber.
     pub fn lagged(missed: u64) -> Self {
-        Delivery::Resync {
-            missed,
-            reason: ResyncReason::Lagged,
-        }
+        Delivery::resync(ResyncReason::Lagged, missed, None)
     }
 
     /// A `Resync` after a gap in the runtime's event stream.
-    pub fn stream_gap(missed: u64) -> Self {
+    pub fn stream_gap(missed: u64, seq: Option<u64>) -> Self {
+        Delivery::resync(ResyncReason::StreamGap, missed, seq)
+    }
+
+    /// A `Resync` of any reason.
+    pub fn resync(reason: ResyncReason, missed: u64, seq: Option<u64>) -> Self {
         Delivery::Resync {
             missed,
-            reason: ResyncReason::StreamGap,
+            reason,
+            seq,
         }
     }
-}
 
-impl Delivery {
-    /// The event, unless this is a `Resync` marker.
+    /// The event, for [`Delivery::Event`] and [`Delivery::Initial`].
     pub fn event(&self) -> Option<&Arc<PodLifecycleEvent>> {
         match self {
-            Delivery::Event(e) => Some(e),
-            Delivery::Resync { .. } => None,
+            Delivery::Event(e) | Delivery::Initial(e) => Some(e),
+            Delivery::Resync { .. } | Delivery::Synced(_) => None,
+        }
+    }
+
+    /// The sequence number the delivery carries: an event's, a stream
+    /// gap's, or the point a `Synced` names.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Delivery::Event(e) => e.seq(),
+            Delivery::Resync { seq, .. } => *seq,
+            Delivery::Synced(token) => Some(token.seq),
+            Delivery::Initial(_) => None,
         }
     }
 }
@@ -230,6 +303,13 @@ pub struct SubscribeOptions {
     pub capacity: usize,
     /// Which events to receive.
     pub filter: Filter,
+    /// Where to resume: every item after this point that the filter
+    /// selects is replayed first, if the ring still holds it.
+    pub resume: Option<ResumeToken>,
+    /// Start with the current state of every selected pod, then
+    /// [`Delivery::Synced`] (only through [`crate::Pleg::watch`], which has
+    /// the cache).
+    pub initial_state: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -237,6 +317,8 @@ impl Default for SubscribeOptions {
         SubscribeOptions {
             capacity: DEFAULT_CAPACITY,
             filter: Filter::default(),
+            resume: None,
+            initial_state: false,
         }
     }
 }
@@ -263,15 +345,60 @@ impl SubscribeOptions {
         self.filter = filter;
         self
     }
+
+    /// Resumes after this point ([`Subscription::resume_token`] of an
+    /// earlier subscription, or what a watch printed).
+    #[must_use]
+    pub fn with_resume(mut self, token: Option<ResumeToken>) -> Self {
+        self.resume = token;
+        self
+    }
+
+    /// Asks for the initial state first.
+    #[must_use]
+    pub fn with_initial_state(mut self, initial: bool) -> Self {
+        self.initial_state = initial;
+        self
+    }
+}
+
+/// What one place of a subscription's queue takes, in bytes.
+#[cfg(test)]
+pub(crate) const QUEUE_SLOT_BYTES: usize = std::mem::size_of::<Queued>();
+
+/// A queued delivery, in 16 bytes: events, the common case, inline.
+#[derive(Debug)]
+enum Queued {
+    Event(Arc<PodLifecycleEvent>),
+    Other(Box<Delivery>),
+}
+
+impl Queued {
+    fn of(delivery: Delivery) -> Self {
+        match delivery {
+            Delivery::Event(e) => Queued::Event(e),
+            other => Queued::Other(Box::new(other)),
+        }
+    }
+
+    fn into_delivery(self) -> Delivery {
+        match self {
+            Queued::Event(e) => Delivery::Event(e),
+            Queued::Other(d) => *d,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Queue {
-    items: VecDeque<Delivery>,
+    items: VecDeque<Queued>,
     /// Dropped since the last `Resync` was queued or handed out.
     pending_missed: u64,
-    /// Lost in stream gaps since the last gap `Resync` (a lower bound).
+    /// Lost in stream gaps since the last gap `Resync` (a lower bound),
+    /// when there was no room to queue it.
     pending_gap: u64,
+    /// The sequence number of the last of those gaps.
+    pending_gap_seq: u64,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -310,7 +437,7 @@ impl Slot {
             }
             flush_resyncs(&mut q);
             for event in batch.iter().filter(|e| self.filter.matches(e)) {
-                q.items.push_back(Delivery::Event(event.clone()));
+                q.items.push_back(Queued::Event(event.clone()));
             }
             q.waker.take()
         };
@@ -320,15 +447,24 @@ impl Slot {
         0
     }
 
-    /// Notes events lost in a stream gap; the `Resync` is handed out after
-    /// what is queued already, before anything published later.
-    fn gap(&self, missed: u64) {
+    /// Notes events lost in a stream gap: its `Resync` is queued in its
+    /// place when there is room, else handed out after what is queued
+    /// already, before anything published later.
+    fn gap(&self, missed: u64, seq: u64) {
         let waker = {
             let mut q = self.queue.lock();
             if q.closed {
                 return;
             }
-            q.pending_gap = q.pending_gap.saturating_add(missed);
+            let needed = 1 + usize::from(q.pending_missed > 0) + usize::from(q.pending_gap > 0);
+            if q.items.is_empty() || q.items.len() + needed <= self.capacity {
+                flush_resyncs(&mut q);
+                q.items
+                    .push_back(Queued::of(Delivery::stream_gap(missed, Some(seq))));
+            } else {
+                q.pending_gap = q.pending_gap.saturating_add(missed);
+                q.pending_gap_seq = seq;
+            }
             q.waker.take()
         };
         if let Some(w) = waker {
@@ -348,11 +484,31 @@ impl Slot {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HubInner {
     slots: RwLock<Vec<Arc<Slot>>>,
     next_id: AtomicU64,
     metrics: HubMetrics,
+    /// This run's name.
+    epoch: Epoch,
+    /// The last items published. Publishing holds it from numbering the
+    /// batch to the end of the fan-out, and a resuming subscription holds
+    /// it from reading the ring to joining the fan-out: the seam.
+    ring: Mutex<Ring>,
+}
+
+impl HubInner {
+    fn new(replay_events: usize) -> Self {
+        let metrics = HubMetrics::default();
+        metrics.precreate();
+        HubInner {
+            slots: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            metrics,
+            epoch: Epoch::new(),
+            ring: Mutex::new(Ring::new(replay_events)),
+        }
+    }
 }
 
 impl Drop for HubInner {
@@ -364,15 +520,50 @@ impl Drop for HubInner {
 }
 
 /// The fan-out point. Cloning gives another handle on the same hub.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Hub {
     inner: Arc<HubInner>,
 }
 
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::with_replay_events(DEFAULT_REPLAY_EVENTS)
+    }
+}
+
 impl Hub {
-    /// A hub with no subscribers.
+    /// A hub with no subscribers and a replay ring of the default size.
     pub fn new() -> Self {
         Hub::default()
+    }
+
+    /// A hub whose replay ring keeps the last `replay_events` items (0:
+    /// none; at most [`MAX_REPLAY_EVENTS`], which the generator's
+    /// configuration checks).
+    pub fn with_replay_events(replay_events: usize) -> Self {
+        Hub {
+            inner: Arc::new(HubInner::new(replay_events.min(MAX_REPLAY_EVENTS))),
+        }
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> &Epoch {
+        &self.inner.epoch
+    }
+
+    /// The last sequence number published (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.ring.lock().last()
+    }
+
+    /// The point a subscription made now would resume from.
+    pub fn resume_token(&self) -> ResumeToken {
+        ResumeToken::new(self.inner.epoch.clone(), self.last_seq())
+    }
+
+    /// Items the replay ring holds now.
+    pub fn replay_len(&self) -> usize {
+        self.inner.ring.lock().len()
     }
 
     /// Subscribes with the default capacity and filter.
@@ -386,23 +577,117 @@ impl Hub {
         self.attach(DEFAULT_CAPACITY, filter)
     }
 
-    /// Subscribes with a capacity and a filter.
+    /// Subscribes with a capacity, a filter, and where given a resume
+    /// point.
     ///
     /// # Errors
-    /// [`Error::ZeroCapacity`] for a capacity of 0.
+    /// [`Error::ZeroCapacity`] for a capacity of 0, [`Error::ResumeAhead`]
+    /// for a resume point past the run's last item, and
+    /// [`Error::InitialStateNeedsGenerator`] for an initial state (ask
+    /// [`crate::Pleg::watch`]).
     pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
-        if options.capacity == 0 {
-            return Err(Error::ZeroCapacity);
+        if options.initial_state {
+            return Err(Error::InitialStateNeedsGenerator);
         }
-        Ok(self.attach(options.capacity, options.filter))
+        self.subscribe_from(options, None)
     }
 
     fn attach(&self, capacity: usize, filter: Filter) -> Subscription {
+        let ring = self.inner.ring.lock();
+        let start = ring.last();
+        self.join(capacity, filter, Queue::default(), start)
+    }
+
+    /// Subscribes, resuming where `options` says, and with the initial
+    /// state `initial` (built by the caller under the generator's lock,
+    /// so that no event is published between building it and this call).
+    pub(crate) fn subscribe_from(
+        &self,
+        options: SubscribeOptions,
+        initial: Option<Vec<Arc<PodLifecycleEvent>>>,
+    ) -> Result<Subscription, Error> {
+        let SubscribeOptions {
+            capacity,
+            filter,
+            resume,
+            ..
+        } = options;
+        if capacity == 0 {
+            return Err(Error::ZeroCapacity);
+        }
+        let ring = self.inner.ring.lock();
+        let mut queue = Queue::default();
+        let mut initial = initial;
+        // What the subscription holds up to before it reads anything: where
+        // it resumed when replaying (it gets what follows), else now.
+        let mut start = ring.last();
+        if let Some(token) = resume {
+            let metrics = &self.inner.metrics;
+            if token.epoch == self.inner.epoch {
+                match ring.lookup(token.seq) {
+                    Lookup::Ahead { last } => {
+                        metrics.resumed(ResumeOutcome::Ahead);
+                        return Err(Error::ResumeAhead {
+                            seq: token.seq,
+                            last,
+                        });
+                    }
+                    Lookup::Expired { missed } => {
+                        metrics.resumed(ResumeOutcome::Expired);
+                        queue.items.push_back(Queued::of(Delivery::resync(
+                            ResyncReason::ReplayExpired,
+                            missed,
+                            None,
+                        )));
+                    }
+                    Lookup::From(index) => {
+                        metrics.resumed(ResumeOutcome::Replayed);
+                        start = token.seq;
+                        let before = queue.items.len();
+                        replay_into(&mut queue, ring.from(index), &filter);
+                        metrics.replayed.inc_by((queue.items.len() - before) as u64);
+                        // Caught up: the replay stands in for the initial
+                        // state, and `Synced` still marks where live
+                        // items begin.
+                        if initial.is_some() {
+                            initial = Some(Vec::new());
+                        }
+                    }
+                }
+            } else {
+                metrics.resumed(ResumeOutcome::EpochChanged);
+                queue.items.push_back(Queued::of(Delivery::resync(
+                    ResyncReason::EpochChanged,
+                    0,
+                    None,
+                )));
+            }
+        }
+        if let Some(state) = initial {
+            queue
+                .items
+                .extend(state.into_iter().map(|e| Queued::of(Delivery::Initial(e))));
+            queue
+                .items
+                .push_back(Queued::of(Delivery::Synced(ResumeToken::new(
+                    self.inner.epoch.clone(),
+                    ring.last(),
+                ))));
+        }
+        // Joined while the ring is still locked: no batch is published
+        // between what the queue holds and the slot's joining the fan-out.
+        let sub = self.join(capacity, filter, queue, start);
+        drop(ring);
+        Ok(sub)
+    }
+
+    /// Adds a slot holding `queue`. The caller holds the ring's lock.
+    fn join(&self, capacity: usize, filter: Filter, queue: Queue, start: u64) -> Subscription {
         let slot = Arc::new(Slot {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             capacity,
             filter,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(queue),
             missed_total: AtomicU64::new(0),
         });
         self.inner.slots.write().push(slot.clone());
@@ -410,6 +695,8 @@ impl Hub {
         Subscription {
             slot,
             hub: Arc::downgrade(&self.inner),
+            epoch: self.inner.epoch.clone(),
+            last_seq: start,
         }
     }
 
@@ -419,23 +706,32 @@ impl Hub {
     ///
     /// It runs under the core's lock, on purpose: the relist and the stream
     /// then publish in the order they applied, one total order that every
-    /// subscriber sees. What it does there is bounded and never waits: per
+    /// subscriber sees, numbered here. What it does there is bounded and
+    /// never waits: the numbering and the ring's push, then per
     /// subscriber, a filter check and either a push into its bounded queue
     /// or a count of what did not fit, each under that queue's own lock
     /// (which a subscriber only takes to pop), then a wake of its task. No
     /// subscriber code runs, nothing is awaited, and nothing grows past the
-    /// queues' bounds. `benches/publish.rs` gives its cost: well under a
-    /// microsecond per subscriber and batch.
+    /// queues' and the ring's bounds. `benches/publish.rs` gives its cost:
+    /// well under a microsecond per subscriber and batch.
     pub(crate) fn publish(&self, batch: &[Arc<PodLifecycleEvent>]) {
         if batch.is_empty() {
             return;
         }
         self.inner.metrics.published.inc_by(batch.len() as u64);
+        let mut ring = self.inner.ring.lock();
+        let batch = stamp(&mut ring, batch);
+        for event in batch.iter() {
+            ring.push(Item::Event(event.clone()));
+        }
+        self.inner.metrics.replay_ring.set(gauge(ring.len()));
         let slots = self.inner.slots.read();
         let mut dropped = 0;
         for slot in slots.iter() {
-            dropped += slot.offer(batch);
+            dropped += slot.offer(&batch);
         }
+        drop(slots);
+        drop(ring);
         if dropped > 0 {
             self.inner.metrics.discarded.inc_by(dropped);
             tracing::debug!(
@@ -447,14 +743,24 @@ impl Hub {
 
     /// Tells the subscribers that may want events of `pod` (every
     /// subscriber when the pod is not known) that at least `missed` of them
-    /// were lost in a gap of the runtime's event stream.
-    pub(crate) fn stream_gap(&self, pod: Option<&crate::model::PodMeta>, missed: u64) {
+    /// were lost in a gap of the runtime's event stream. The gap is
+    /// numbered and kept in the ring like an event, so that a subscriber
+    /// that resumes across it hears of it too.
+    pub(crate) fn stream_gap(&self, pod: Option<&Arc<PodMeta>>, missed: u64) {
         if missed == 0 {
             return;
         }
+        let mut ring = self.inner.ring.lock();
+        let seq = ring.assign();
+        ring.push(Item::Gap {
+            seq,
+            pod: pod.cloned(),
+            missed,
+        });
+        self.inner.metrics.replay_ring.set(gauge(ring.len()));
         for slot in self.inner.slots.read().iter() {
             if pod.is_none_or(|pod| slot.filter.matches_pod(pod)) {
-                slot.gap(missed);
+                slot.gap(missed, seq);
             }
         }
     }
@@ -488,11 +794,56 @@ impl Hub {
     }
 }
 
+/// Numbers a batch. The core's events are fresh and take their number in
+/// place; one that was published before (a test or a benchmark publishing
+/// the same event twice) is copied with a number of its own.
+fn stamp<'a>(
+    ring: &mut Ring,
+    batch: &'a [Arc<PodLifecycleEvent>],
+) -> Cow<'a, [Arc<PodLifecycleEvent>]> {
+    let mut copied: Option<Vec<Arc<PodLifecycleEvent>>> = None;
+    for (i, event) in batch.iter().enumerate() {
+        let seq = ring.assign();
+        if event.seq.set(seq).is_ok() {
+            if let Some(copied) = copied.as_mut() {
+                copied.push(event.clone());
+            }
+        } else {
+            let copied = copied.get_or_insert_with(|| batch[..i].to_vec());
+            copied.push(Arc::new(PodLifecycleEvent::clone(event).with_seq(seq)));
+        }
+    }
+    copied.map_or(Cow::Borrowed(batch), Cow::Owned)
+}
+
+/// Queues the ring's items that `filter` selects.
+fn replay_into<'a>(queue: &mut Queue, items: impl Iterator<Item = &'a Item>, filter: &Filter) {
+    for item in items {
+        match item {
+            Item::Event(event) => {
+                if filter.matches(event) {
+                    queue.items.push_back(Queued::Event(event.clone()));
+                }
+            }
+            Item::Gap { seq, pod, missed } => {
+                if pod.as_deref().is_none_or(|pod| filter.matches_pod(pod)) {
+                    queue
+                        .items
+                        .push_back(Queued::of(Delivery::stream_gap(*missed, Some(*seq))));
+                }
+            }
+        }
+    }
+}
+
 /// A bounded stream of [`Delivery`] items. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
     slot: Arc<Slot>,
     hub: Weak<HubInner>,
+    epoch: Epoch,
+    /// The last sequence number handed out (or where it started).
+    last_seq: u64,
 }
 
 impl Subscription {
@@ -504,24 +855,46 @@ impl Subscription {
 
     /// Takes the next delivery if one is ready.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        let mut q = self.slot.queue.lock();
-        take_next(&mut q)
+        let next = take_next(&mut self.slot.queue.lock());
+        self.note(next)
     }
 
     /// Polls for the next delivery.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        let mut q = self.slot.queue.lock();
-        if let Some(d) = take_next(&mut q) {
-            return Poll::Ready(Some(d));
+        let next = {
+            let mut q = self.slot.queue.lock();
+            match take_next(&mut q) {
+                Some(d) => Some(d),
+                None if q.closed => return Poll::Ready(None),
+                None => {
+                    match &q.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => q.waker = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+            }
+        };
+        Poll::Ready(self.note(next))
+    }
+
+    fn note(&mut self, delivery: Option<Delivery>) -> Option<Delivery> {
+        if let Some(seq) = delivery.as_ref().and_then(Delivery::seq) {
+            self.last_seq = self.last_seq.max(seq);
         }
-        if q.closed {
-            return Poll::Ready(None);
-        }
-        match &q.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => q.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        delivery
+    }
+
+    /// Where this subscription stands: a later subscription that resumes
+    /// from it ([`SubscribeOptions::with_resume`]) gets everything after
+    /// what this one handed out, as long as the ring still holds it.
+    pub fn resume_token(&self) -> ResumeToken {
+        ResumeToken::new(self.epoch.clone(), self.last_seq)
+    }
+
+    /// The run this subscription belongs to.
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
     }
 
     /// Events this subscriber has missed so far, in total.
@@ -537,13 +910,16 @@ impl Subscription {
 
 fn take_next(q: &mut Queue) -> Option<Delivery> {
     if let Some(d) = q.items.pop_front() {
-        return Some(d);
+        return Some(d.into_delivery());
     }
     if q.pending_missed > 0 {
         return Some(Delivery::lagged(std::mem::take(&mut q.pending_missed)));
     }
     if q.pending_gap > 0 {
-        return Some(Delivery::stream_gap(std::mem::take(&mut q.pending_gap)));
+        return Some(Delivery::stream_gap(
+            std::mem::take(&mut q.pending_gap),
+            Some(q.pending_gap_seq),
+        ));
     }
     None
 }
@@ -552,11 +928,14 @@ fn take_next(q: &mut Queue) -> Option<Delivery> {
 fn flush_resyncs(q: &mut Queue) {
     if q.pending_missed > 0 {
         let missed = std::mem::take(&mut q.pending_missed);
-        q.items.push_back(Delivery::lagged(missed));
+        q.items.push_back(Queued::of(Delivery::lagged(missed)));
     }
     if q.pending_gap > 0 {
         let missed = std::mem::take(&mut q.pending_gap);
-        q.items.push_back(Delivery::stream_gap(missed));
+        q.items.push_back(Queued::of(Delivery::stream_gap(
+            missed,
+            Some(q.pending_gap_seq),
+        )));
     }
 }
 

@@ -44,6 +44,11 @@ pub const DEFAULT_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A count as a gauge's value (saturating).
+pub(crate) fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A monotonic counter whose sample carries exactly the name it was
 /// registered under (see the module docs). Clones share the count.
 #[derive(Clone, Debug, Default)]
@@ -538,6 +543,54 @@ pub struct HubMetrics {
     pub published: Count,
     /// Live subscriptions.
     pub subscribers: Gauge<i64>,
+    /// Items the replay ring holds.
+    pub replay_ring: Gauge<i64>,
+    /// Subscriptions that named a resume point, by outcome.
+    pub resumes: Family<ResumeLabels, Count>,
+    /// Items replayed from the ring to resuming subscribers.
+    pub replayed: Count,
+}
+
+crate::naming::named_enum! {
+    /// How a subscription's resume point turned out.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum ResumeOutcome {
+        /// The point was in the ring: what followed it was replayed.
+        Replayed = "replayed",
+        /// What followed the point had left the ring: `Resync` (replay expired).
+        Expired = "expired",
+        /// The point was of another run: `Resync` (epoch changed).
+        EpochChanged = "epoch_changed",
+        /// The point lay past the run's last item: refused.
+        Ahead = "ahead",
+    }
+}
+
+/// `outcome` of `pleg_watch_resumes_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResumeLabels {
+    /// How it turned out.
+    pub outcome: ResumeOutcome,
+}
+
+impl HubMetrics {
+    /// Counts a resume of this outcome.
+    pub(crate) fn resumed(&self, outcome: ResumeOutcome) {
+        self.resumes.get_or_create(&ResumeLabels { outcome }).inc();
+    }
+
+    /// Resumes of one outcome so far.
+    #[cfg(test)]
+    pub(crate) fn resumes_of(&self, outcome: ResumeOutcome) -> u64 {
+        self.resumes.get_or_create(&ResumeLabels { outcome }).get()
+    }
+
+    /// Creates every outcome's counter, so that `/metrics` lists them at 0.
+    pub(crate) fn precreate(&self) {
+        for &outcome in ResumeOutcome::ALL {
+            let _ = self.resumes.get_or_create(&ResumeLabels { outcome });
+        }
+    }
 }
 
 /// Every family pleg serves, in the order `/metrics` has always listed
@@ -740,6 +793,21 @@ pub(crate) fn register_all(
         "pleg_runtime_probe_failures_total",
         "Liveness probes of the runtime that it did not answer in time.",
         stream.probe_failures.clone(),
+    );
+    r!(
+        "pleg_replay_ring_items",
+        "Items (events and stream-gap Resyncs) the replay ring holds for watches that resume.",
+        hub.replay_ring.clone(),
+    );
+    r!(
+        "pleg_watch_resumes_total",
+        "Subscriptions that named a resume point (epoch and seq), by outcome: replayed, expired, epoch_changed, ahead.",
+        Listed(hub.resumes.clone()),
+    );
+    r!(
+        "pleg_watch_replayed_items_total",
+        "Items replayed from the ring to subscriptions that resumed.",
+        hub.replayed.clone(),
     );
 }
 

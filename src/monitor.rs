@@ -573,7 +573,7 @@ impl Monitor {
             };
             match delivery {
                 Some(Delivery::Event(event)) => self.take(&event),
-                Some(Delivery::Resync { missed, reason }) => {
+                Some(Delivery::Resync { missed, reason, .. }) => {
                     // Keep watching, and catch up on what the cache holds;
                     // the report says what may be missing.
                     self.error.get_or_insert(match reason {
@@ -584,6 +584,8 @@ impl Monitor {
                     self.tracker.settle(&self.pleg.cache(), now);
                     self.publish_counts();
                 }
+                // Never asked for here.
+                Some(Delivery::Initial(_) | Delivery::Synced(_)) => {}
                 None => return End::Failed(MonitorError::Closed),
             }
             if self.tracker.all_recovered() {

@@ -76,6 +76,10 @@ pub struct Config {
     pub stable_after: Duration,
     /// Wall-clock time (injected; the system's by default).
     pub clock: Arc<dyn Clock>,
+    /// Items the hub's replay ring keeps for subscriptions that resume
+    /// (default 10,000; 0: none; at most
+    /// [`MAX_REPLAY_EVENTS`](crate::hub::MAX_REPLAY_EVENTS)).
+    pub replay_events: usize,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             cache_tick: Duration::from_secs(1),
             stable_after: Duration::from_secs(10),
             clock: clock::system(),
+            replay_events: hub::DEFAULT_REPLAY_EVENTS,
         }
     }
 }
@@ -185,6 +190,13 @@ impl Config {
         self
     }
 
+    /// Sets how many items the replay ring keeps.
+    #[must_use]
+    pub fn with_replay_events(mut self, replay_events: usize) -> Self {
+        self.replay_events = replay_events;
+        self
+    }
+
     /// Checks that the configuration can work.
     ///
     /// # Errors
@@ -222,6 +234,9 @@ impl Config {
                 max: self.backoff_max,
             });
         }
+        if self.replay_events > hub::MAX_REPLAY_EVENTS {
+            return Err(ConfigError::ReplayTooLarge(self.replay_events));
+        }
         Ok(())
     }
 
@@ -258,6 +273,9 @@ pub enum ConfigError {
         /// The value given.
         value: Duration,
     },
+    /// A replay ring past [`MAX_REPLAY_EVENTS`](crate::hub::MAX_REPLAY_EVENTS).
+    #[error("pleg config: replay_events {0} is more than the {max} allowed (--replay-events)", max = hub::MAX_REPLAY_EVENTS)]
+    ReplayTooLarge(usize),
     /// The shortest reconnection delay exceeds the longest.
     #[error("pleg config: backoff_min {} exceeds backoff_max {}", crate::duration::GoDuration(*min), crate::duration::GoDuration(*max))]
     BackoffInverted {
@@ -392,7 +410,7 @@ impl Pleg {
         let conditions = Arc::new(Conditions::new());
         let cache = cache::Writer::new();
         let reader = cache.reader();
-        let hub = Hub::new();
+        let hub = Hub::with_replay_events(config.replay_events);
         let counts = Arc::new(Mutex::new(RuntimeCounts::default()));
         let failing_pods = Arc::new(Mutex::new(Vec::new()));
         let core = Core::new(Parts {
@@ -609,6 +627,48 @@ impl Pleg {
     /// A capacity of 0.
     pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription, hub::Error> {
         self.inner.shared.hub.subscribe_with(options)
+    }
+
+    /// Subscribes as `options` say, with what [`subscribe_with`]
+    /// cannot give: the initial state.
+    ///
+    /// With [`SubscribeOptions::initial_state`], it waits for the first
+    /// successful relist, then, under the generator's lock (so that no
+    /// event is published in between), reads how every selected pod stands
+    /// from the cache: the subscription starts with those as
+    /// [`Delivery::Initial`](crate::Delivery::Initial), then one
+    /// [`Delivery::Synced`](crate::Delivery::Synced) naming the last event
+    /// they include, then live events. A container that starts while this
+    /// runs is in the initial state or in a live event, never both. After a
+    /// restart, the first relist's announcement of what runs is thus
+    /// initial state, not fresh starts.
+    ///
+    /// With a resume point ([`SubscribeOptions::with_resume`]) still in the
+    /// ring, what follows it is replayed instead, then `Synced` if an
+    /// initial state was asked for; one that is not (another run's, or gone
+    /// from the ring) starts with a `Resync` that says why, then the
+    /// initial state if asked for.
+    ///
+    /// [`subscribe_with`]: Self::subscribe_with
+    ///
+    /// # Errors
+    /// A capacity of 0, or a resume point past the run's last event.
+    pub async fn watch(&self, options: SubscribeOptions) -> Result<Subscription, hub::Error> {
+        let shared = &self.inner.shared;
+        if !options.initial_state {
+            return shared.hub.subscribe_from(options, None);
+        }
+        if options.capacity == 0 {
+            return Err(hub::Error::ZeroCapacity);
+        }
+        while shared.health.lock().last_success.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let core = shared.core.lock().await;
+        let state = hub::initial_state(shared.cache.entries(), &options.filter, shared.clock.now());
+        let subscription = shared.hub.subscribe_from(options, Some(state));
+        drop(core);
+        subscription
     }
 
     /// The fan-out hub (subscribing, counts).

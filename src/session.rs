@@ -295,7 +295,8 @@ impl SessionReceiver {
 
     fn update(&mut self, delivery: Delivery) -> SessionUpdate {
         match delivery {
-            Delivery::Event(event) => {
+            // A session asks for no initial state; one would read as events.
+            Delivery::Event(event) | Delivery::Initial(event) => {
                 self.crash_loops.observe(&event);
                 let cached = self.pleg.cache().get(&event.pod.uid);
                 let now = self.pleg.clock().now();
@@ -323,6 +324,12 @@ impl SessionReceiver {
                 })
             }
             Delivery::Resync { missed, reason, .. } => SessionUpdate::Resync { missed, reason },
+            // Nothing was lost: a session that catches up reads it as a
+            // resync of nothing.
+            Delivery::Synced(_) => SessionUpdate::Resync {
+                missed: 0,
+                reason: ResyncReason::Lagged,
+            },
         }
     }
 }

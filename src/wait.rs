@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Pleg;
-use crate::hub::{Delivery, Filter, SubscribeOptions};
+use crate::hub::{Filter, SubscribeOptions};
 use crate::model::{ContainerState, PodStatus};
 use crate::phase::{PodHealth, PodPhase};
 use crate::select::{Pattern, PodSelector};
@@ -228,7 +228,7 @@ impl Pleg {
         loop {
             tokio::select! {
                 delivery = sub.recv() => match delivery {
-                    Some(Delivery::Event(_) | Delivery::Resync { .. }) => {
+                    Some(_) => {
                         match self.look(filter, &until) {
                             Look::Met(met) => return Ok(met),
                             Look::Not(seen) => last = seen.or(last),

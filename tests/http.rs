@@ -399,7 +399,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 40] = [
+const FAMILIES: [(&str, &str); 43] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),
@@ -435,6 +435,9 @@ const FAMILIES: [(&str, &str); 40] = [
     ("pleg_clock_steps_total", "counter"),
     ("pleg_stream_buffer_overflows_total", "counter"),
     ("pleg_runtime_probe_failures_total", "counter"),
+    ("pleg_replay_ring_items", "gauge"),
+    ("pleg_watch_resumes_total", "counter"),
+    ("pleg_watch_replayed_items_total", "counter"),
     // The daemon's own.
     ("pleg_log_lines_dropped_total", "counter"),
     ("pleg_http_connections_open", "gauge"),

@@ -326,6 +326,11 @@ pub(crate) struct RunArgs {
     /// its `Watch` streams freed.
     #[arg(long, env = "PLEG_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub grpc_keepalive_timeout: Duration,
+    /// Items (events and stream-gap Resyncs) the replay ring keeps, so that a
+    /// `Watch` that reconnects with its epoch and last seq gets what it
+    /// missed; 0 keeps none; at most 1000000. About 250 bytes each.
+    #[arg(long, env = "PLEG_REPLAY_EVENTS", default_value_t = pleg::hub::DEFAULT_REPLAY_EVENTS)]
+    pub replay_events: usize,
     /// Prefix for every metric name (kubelet_ gives the kubelet's full names).
     #[arg(long, env = "PLEG_METRICS_PREFIX", default_value = "")]
     pub metrics_prefix: String,
@@ -559,6 +564,23 @@ pub(crate) struct WatchArgs {
     /// place of the events.
     #[arg(long)]
     pub terminal: bool,
+    /// Start with the current state of every selected pod (each line marked
+    /// initial), then a Synced line naming the epoch and seq it is complete
+    /// as of, then live events.
+    #[arg(long)]
+    pub initial: bool,
+    /// Resume a daemon's watch after this point (the `epoch` and `seq` of
+    /// the last line a watch printed, as EPOCH:SEQ): what followed it is
+    /// printed first, if the daemon's replay ring still holds it; otherwise
+    /// a Resync line says why (and --initial's state follows). Needs a
+    /// daemon.
+    #[arg(long, value_name = "EPOCH:SEQ", value_parser = parse_resume_token)]
+    pub since: Option<pleg::hub::ResumeToken>,
+}
+
+fn parse_resume_token(s: &str) -> Result<pleg::hub::ResumeToken, String> {
+    s.parse()
+        .map_err(|e: pleg::hub::ParseResumeTokenError| e.to_string())
 }
 
 /// Flags of `pleg monitor`.

@@ -75,9 +75,24 @@ impl Printer {
         }
         let line = match (self.format, delivery) {
             (Format::Text, Delivery::Event(e)) => text_line(e, self.colour),
+            (Format::Text, Delivery::Initial(e)) => {
+                format!("{}  (initial state)", text_line(e, self.colour))
+            }
+            (Format::Text, Delivery::Synced(token)) => format!(
+                "{}  SYNCED: the state above is complete as of {token}; live events follow (resume with --since {token})",
+                clock(SystemTime::now())
+            ),
             (Format::Text, Delivery::Resync { missed, reason, .. }) => match reason {
                 pleg::ResyncReason::StreamGap => format!(
                     "{}  RESYNC: the runtime's event stream lost at least {missed} events (another consumer of it?); state may have changed unseen",
+                    clock(SystemTime::now())
+                ),
+                pleg::ResyncReason::EpochChanged => format!(
+                    "{}  RESYNC: the daemon restarted since the resume point; what happened in between is unknown",
+                    clock(SystemTime::now())
+                ),
+                pleg::ResyncReason::ReplayExpired => format!(
+                    "{}  RESYNC: {missed} events after the resume point have left the daemon's replay ring (--replay-events); state may have changed unseen",
                     clock(SystemTime::now())
                 ),
                 _ => format!(
@@ -86,13 +101,40 @@ impl Printer {
                 ),
             },
             (Format::Json, Delivery::Event(e)) => json_event(e).to_string(),
-            (Format::Json, Delivery::Resync { missed, reason, .. }) => json!({
+            (Format::Json, Delivery::Initial(e)) => {
+                let mut v = json_event(e);
+                if let Value::Object(o) = &mut v {
+                    o.insert("initial".into(), true.into());
+                }
+                v.to_string()
+            }
+            (Format::Json, Delivery::Synced(token)) => json!({
                 "time": rfc3339(SystemTime::now()),
-                "type": "Resync",
-                "missed": missed,
-                "reason": reason.as_str(),
+                "type": "Synced",
+                "epoch": token.epoch.as_str(),
+                "seq": token.seq,
             })
             .to_string(),
+            (
+                Format::Json,
+                Delivery::Resync {
+                    missed,
+                    reason,
+                    seq,
+                    ..
+                },
+            ) => {
+                let mut v = json!({
+                    "time": rfc3339(SystemTime::now()),
+                    "type": "Resync",
+                    "missed": missed,
+                    "reason": reason.as_str(),
+                });
+                if let (Value::Object(o), Some(seq)) = (&mut v, seq) {
+                    o.insert("seq".into(), (*seq).into());
+                }
+                v.to_string()
+            }
             // A newer kind of delivery: say what it is rather than nothing.
             (_, other) => format!("{other:?}"),
         };
@@ -238,6 +280,9 @@ pub(crate) fn json_event(e: &PodLifecycleEvent) -> Value {
     }
     if let Some(t) = e.runtime_time {
         o.insert("runtime_time".into(), rfc3339(t).into());
+    }
+    if let Some(seq) = e.seq() {
+        o.insert("seq".into(), seq.into());
     }
     Value::Object(o)
 }

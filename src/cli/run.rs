@@ -84,7 +84,13 @@ struct Checked {
 /// Checks what can be checked before anything starts.
 fn check(args: &RunArgs) -> Result<Checked, Failure> {
     let mode = args.runtime.mode_or(super::ModeArg::Evented);
-    let config = args.runtime.config(mode)?;
+    let config = args
+        .runtime
+        .config(mode)?
+        .with_replay_events(args.replay_events);
+    config
+        .validate()
+        .map_err(|e| Failure::new(Exit::Usage, e))?;
     let limits = args.grpc_limits()?;
     if !http::metrics_prefix_is_valid(&args.metrics_prefix) {
         return Err(Failure::new(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use pleg::model::PodStatus;
 use pleg::phase::PodHealth;
-use pleg::server::grpc::Client;
+use pleg::server::grpc::{Client, ResumingWatch, WatchFrom};
 use pleg::wait::{Met, Until, WaitError};
 use pleg::{Filter, Pleg};
 
@@ -62,6 +62,12 @@ pub(crate) async fn run(args: WaitArgs) -> Outcome {
 
 /// The same wait against a daemon: subscribe, then list, then look again
 /// at each event of the pod, and list once more at the deadline.
+///
+/// It survives the daemon's going away for a while (a broken connection, a
+/// restart): the watch reconnects and resumes by itself, and the listing
+/// is tried again, every second and after each event, until the deadline;
+/// a pod that met the condition meanwhile is seen at the first listing
+/// that works.
 async fn wait_on_daemon(
     mut client: Client,
     filter: &Filter,
@@ -70,38 +76,51 @@ async fn wait_on_daemon(
     args: &WaitArgs,
 ) -> Result<Result<Met, Option<Arc<PodStatus>>>, Failure> {
     let unreachable = |e| Failure::new(Exit::DaemonUnreachable, e);
+    let socket = client.socket().to_path_buf();
     let mut watching = filter.clone().with_container_changed(true);
     watching.kinds = None;
-    let mut stream = client.watch(&watching, 64).await.map_err(unreachable)?;
+    let mut stream = ResumingWatch::new(&socket, &watching, 64, WatchFrom::live())
+        .map_err(|e| Failure::new(Exit::Usage, e))?;
+    stream.start().await.map_err(unreachable)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = None;
+    let mut listing_failed = false;
     loop {
-        let listed = client
-            .list_pods(Some(&args.namespace))
-            .await
-            .map_err(unreachable)?;
-        let selected = listed
-            .into_iter()
-            .filter(|p| filter.matches_pod(&p.status.meta))
-            .map(|p| Arc::new(p.status));
-        match until.check(selected) {
-            Ok(met) => return Ok(Ok(met)),
-            Err(seen) => last = seen.or(last),
+        match client.list_pods(Some(&args.namespace)).await {
+            Ok(listed) => {
+                listing_failed = false;
+                let selected = listed
+                    .into_iter()
+                    .filter(|p| filter.matches_pod(&p.status.meta))
+                    .map(|p| Arc::new(p.status));
+                match until.check(selected) {
+                    Ok(met) => return Ok(Ok(met)),
+                    Err(seen) => last = seen.or(last),
+                }
+            }
+            Err(e) => {
+                if !listing_failed {
+                    tracing::warn!(error = %e, "cannot list the daemon's pods; trying again until the deadline");
+                }
+                listing_failed = true;
+                if let Ok(again) = Client::connect(&socket).await {
+                    client = again;
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(Err(last));
         }
-        let next = std::future::poll_fn(|cx| {
-            futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
-        });
         tokio::select! {
-            item = next => match item {
+            item = stream.next() => match item {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(Failure::new(Exit::DaemonUnreachable, e)),
                 None => return Err(Failure::new(Exit::DaemonUnreachable, anyhow!("the daemon ended the event stream"))),
             },
             // The last look, at the deadline.
             () = tokio::time::sleep_until(deadline) => {}
+            // A listing that failed is tried again soon.
+            () = tokio::time::sleep(Duration::from_secs(1)), if listing_failed => {}
         }
     }
 }

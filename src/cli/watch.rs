@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 
 use anyhow::anyhow;
 use pleg::Pleg;
-use pleg::server::grpc::Client;
+use pleg::server::grpc::{Client, ClientError, ResumingWatch, WatchFrom};
 use pleg::{SubscribeOptions, Subscription};
 
 use super::output::{Format, Printer};
@@ -33,9 +33,17 @@ pub(crate) async fn run(args: WatchArgs) -> Outcome {
     let filter = args.filter.filter();
 
     let mode = match source.source("watching events", false).await? {
-        Source::Daemon(client) => return follow_daemon(client, &filter, &mut printer).await,
+        Source::Daemon(client) => return follow_daemon(client, &filter, &args, &mut printer).await,
         Source::Runtime(mode) => mode,
     };
+    if let Some(since) = &args.since {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!(
+                "--since {since}: resuming needs the daemon whose run the epoch names, and no daemon answers (give --daemon SOCKET)"
+            ),
+        ));
+    }
     let config = source.runtime.config(mode)?;
 
     let runtime = source.runtime.connect(source.wait).await?;
@@ -44,10 +52,17 @@ pub(crate) async fn run(args: WatchArgs) -> Outcome {
     if printer.is_reporting_terminations() {
         filter.kinds = None;
     }
-    let sub = pleg
-        .subscribe_with(SubscribeOptions::filtered(filter))
-        .map_err(|e| Failure::new(Exit::Usage, anyhow!(e)))?;
-    pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
+    let options = SubscribeOptions::filtered(filter).with_initial_state(args.initial);
+    let sub = if args.initial {
+        // The initial state is what the first relist finds.
+        pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
+        pleg.watch(options).await
+    } else {
+        let sub = pleg.subscribe_with(options);
+        pleg.start().map_err(|e| Failure::new(Exit::Failure, e))?;
+        sub
+    }
+    .map_err(|e| Failure::new(Exit::Usage, anyhow!(e)))?;
     let outcome = print_until_signal(sub, &mut printer).await;
     pleg.stop().await;
     outcome
@@ -72,9 +87,12 @@ async fn print_until_signal(mut sub: Subscription, printer: &mut Printer) -> Out
     }
 }
 
+/// Follows the daemon's `Watch`, reconnecting and resuming after the last
+/// item printed whenever the connection breaks or the daemon restarts.
 async fn follow_daemon(
     mut client: Client,
     filter: &pleg::Filter,
+    args: &WatchArgs,
     printer: &mut Printer,
 ) -> Outcome {
     let socket = client.socket().to_path_buf();
@@ -83,10 +101,18 @@ async fn follow_daemon(
         // Every event of the selected pods ends them, whatever `--type`.
         watching.kinds = None;
     }
-    let mut stream = client
-        .watch(&watching, pleg::hub::DEFAULT_CAPACITY)
-        .await
-        .map_err(|e| Failure::new(Exit::DaemonUnreachable, e))?;
+    let from = WatchFrom::live()
+        .resume(args.since.clone())
+        .initial_state(args.initial);
+    let mut stream = ResumingWatch::new(&socket, &watching, pleg::hub::DEFAULT_CAPACITY, from)
+        .map_err(|e| Failure::new(Exit::Usage, e))?;
+    stream.start().await.map_err(|e| match e {
+        ClientError::Rpc {
+            code: tonic::Code::InvalidArgument,
+            ..
+        } => Failure::new(Exit::Usage, e),
+        e => Failure::new(Exit::DaemonUnreachable, e),
+    })?;
     if printer.is_reporting_terminations() {
         // Subscribed first, then what runs already: a pod that runs now is
         // reported with every container when it ends.
@@ -102,9 +128,7 @@ async fn follow_daemon(
     let signal = wait_for_signal();
     tokio::pin!(signal);
     loop {
-        let next = std::future::poll_fn(|cx| {
-            futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
-        });
+        let next = stream.next();
         tokio::select! {
             _ = &mut signal => return Ok(()),
             item = next => match item {

@@ -46,7 +46,7 @@ use crate::condition::Conditions;
 use crate::diff::{Diff, DiffEvent, Records};
 use crate::event::{EventType, PodLifecycleEvent};
 use crate::hub::Hub;
-use crate::metrics::{ExitCodeLabel, FreeText, Metrics, TerminatedLabels};
+use crate::metrics::{ExitCodeLabel, FreeText, Metrics, TerminatedLabels, gauge};
 use crate::model::{ContainerId, Pod, PodMeta, PodStatus, PodUid, RuntimeCounts};
 use crate::runtime::{self, Runtime};
 
@@ -353,10 +353,6 @@ impl Core {
         self.hub.publish(batch);
         batch.len()
     }
-}
-
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A status without IPs keeps the previous IPs while none of its sandboxes

@@ -4,6 +4,7 @@
 
 mod conditions;
 mod evented;
+mod initial;
 mod reinspect;
 mod reliability;
 

@@ -118,6 +118,8 @@ impl Daemon {
                     delivery = subscription.recv() => match delivery {
                         Some(Delivery::Event(event)) => loops.lock().observe(&event),
                         Some(Delivery::Resync { .. }) => seed(&loops),
+                        // Never asked for here.
+                        Some(Delivery::Initial(_) | Delivery::Synced(_)) => {}
                         None => return,
                     },
                 }

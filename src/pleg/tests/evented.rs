@@ -86,7 +86,7 @@ fn drain(sub: &mut Subscription) -> Vec<Arc<crate::PodLifecycleEvent>> {
     std::iter::from_fn(|| sub.try_recv())
         .filter_map(|d| match d {
             Delivery::Event(e) => Some(e),
-            Delivery::Resync { .. } => None,
+            _ => None,
         })
         .collect()
 }

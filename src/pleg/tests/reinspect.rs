@@ -23,7 +23,7 @@ fn kinds(sub: &mut crate::Subscription) -> Vec<(EventType, String)> {
     std::iter::from_fn(|| sub.try_recv())
         .filter_map(|d| match d {
             Delivery::Event(e) => Some((e.kind, e.pod.uid.to_string())),
-            Delivery::Resync { .. } => None,
+            _ => None,
         })
         .collect()
 }

@@ -70,6 +70,7 @@ fn gap_resyncs(deliveries: &[Delivery]) -> u64 {
             Delivery::Resync {
                 missed,
                 reason: ResyncReason::StreamGap,
+                ..
             } => *missed,
             _ => 0,
         })

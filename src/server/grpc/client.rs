@@ -16,7 +16,8 @@ use super::convert::{
     selection_request, watch_request,
 };
 use super::{DEFAULT_PAGE_SIZE, Health, MAX_MESSAGE_SIZE, PodListing, pb};
-use crate::hub::{Delivery, Filter};
+use crate::backoff::Backoff;
+use crate::hub::{Delivery, Epoch, Filter, ResumeToken};
 use crate::model::PodUid;
 
 /// How long the client waits to connect, and for each unary call.
@@ -178,21 +179,57 @@ impl Client {
         filter: &Filter,
         capacity: usize,
     ) -> Result<WatchStream, ClientError> {
-        let request =
+        self.watch_from(filter, capacity, &WatchFrom::default())
+            .await
+    }
+
+    /// As [`watch`](Self::watch), resuming after a point of an earlier
+    /// stream ([`WatchStream::resume_token`]) and with the initial state
+    /// first, as `from` says. For a stream that reconnects by itself, see
+    /// [`ResumingWatch`].
+    ///
+    /// # Errors
+    /// A filter the wire cannot express, or the daemon's refusal (a resume
+    /// point past the daemon's last item is `InvalidArgument`).
+    pub async fn watch_from(
+        &mut self,
+        filter: &Filter,
+        capacity: usize,
+        from: &WatchFrom,
+    ) -> Result<WatchStream, ClientError> {
+        let mut request =
             watch_request(filter, capacity).map_err(|reason| ClientError::InvalidRequest {
                 socket: self.socket.clone(),
                 call: "Watch",
                 reason,
             })?;
-        let events = self
+        request.initial_state = from.initial_state;
+        if let Some(token) = &from.resume {
+            request.epoch = token.epoch.to_string();
+            request.since = token.seq;
+        }
+        let response = self
             .inner
             .watch(request)
             .await
-            .map_err(|status| self.rpc_error("Watch", &status))?
-            .into_inner();
+            .map_err(|status| self.rpc_error("Watch", &status))?;
+        let header = |name: &str| {
+            response
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        // A daemon older than resuming sends neither header.
+        let epoch = header(super::EPOCH_HEADER).and_then(|e| Epoch::named(&e).ok());
+        let last_seq = header(super::SEQ_HEADER)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         Ok(WatchStream {
             socket: self.socket.clone(),
-            events,
+            events: response.into_inner(),
+            epoch,
+            last_seq,
         })
     }
 
@@ -362,12 +399,63 @@ fn unary<T>(message: T) -> Request<T> {
 pub struct WatchStream {
     socket: PathBuf,
     events: tonic::Streaming<pb::Event>,
+    /// The daemon's run (`None` from a daemon older than resuming).
+    epoch: Option<Epoch>,
+    /// The last seq received, or where the stream started.
+    last_seq: u64,
 }
 
 impl WatchStream {
     /// Waits for the next delivery.
     pub async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The daemon's run, from the stream's `pleg-epoch` header (`None` from
+    /// a daemon older than resuming).
+    pub fn epoch(&self) -> Option<&Epoch> {
+        self.epoch.as_ref()
+    }
+
+    /// Where this stream stands: resuming from it
+    /// ([`WatchFrom::resume`]) gets everything after what it received.
+    /// `None` from a daemon older than resuming.
+    pub fn resume_token(&self) -> Option<ResumeToken> {
+        self.epoch
+            .as_ref()
+            .map(|epoch| ResumeToken::new(epoch.clone(), self.last_seq))
+    }
+}
+
+/// Where a watch starts: after a resume point, with the initial state, or
+/// (the default) live from now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WatchFrom {
+    /// Replay what followed this point, if the daemon still has it.
+    pub resume: Option<ResumeToken>,
+    /// Start with the current state of every selected pod, then `Synced`.
+    pub initial_state: bool,
+}
+
+impl WatchFrom {
+    /// Live from now.
+    pub fn live() -> Self {
+        WatchFrom::default()
+    }
+
+    /// Resumes after `token` (none: live).
+    #[must_use]
+    pub fn resume(mut self, token: Option<ResumeToken>) -> Self {
+        self.resume = token;
+        self
+    }
+
+    /// Asks for the initial state first.
+    #[must_use]
+    pub fn initial_state(mut self, initial: bool) -> Self {
+        self.initial_state = initial;
+        self
     }
 }
 
@@ -381,11 +469,20 @@ impl Stream for WatchStream {
             Poll::Ready(item) => item,
         };
         Poll::Ready(item.map(|answer| match answer {
-            Ok(event) => delivery_from_pb(event).map_err(|reason| ClientError::Protocol {
-                socket: this.socket.clone(),
-                call: "Watch",
-                reason,
-            }),
+            Ok(event) => {
+                let delivery = delivery_from_pb(event).map_err(|reason| ClientError::Protocol {
+                    socket: this.socket.clone(),
+                    call: "Watch",
+                    reason,
+                })?;
+                if let Some(seq) = delivery.seq() {
+                    this.last_seq = this.last_seq.max(seq);
+                }
+                if let Delivery::Synced(token) = &delivery {
+                    this.epoch = Some(token.epoch.clone());
+                }
+                Ok(delivery)
+            }
             Err(status) => Err(ClientError::Rpc {
                 socket: this.socket.clone(),
                 call: "Watch",
@@ -426,5 +523,179 @@ impl MonitorStream {
                 message: status.message().to_string(),
             })),
         }
+    }
+}
+
+/// A `Watch` that reconnects by itself: when the connection breaks or the
+/// daemon restarts, it connects again (with backoff: 100 ms doubling to
+/// 5 s, jittered) and resumes after the last item it handed out, so that
+/// nothing is lost and nothing repeats at the seam. What cannot be resumed
+/// comes out as a `Resync`: of reason `ReplayExpired` when the daemon's
+/// ring no longer holds what followed, `EpochChanged` after a restart; with
+/// [`WatchFrom::initial_state`], the current state follows it, then
+/// `Synced`.
+///
+/// It ends (`None`) only when dropped, and yields an error only for what a
+/// reconnection cannot mend: a request the daemon refuses, or something at
+/// the socket that is not a pleg daemon.
+#[derive(Debug)]
+pub struct ResumingWatch {
+    socket: PathBuf,
+    filter: Filter,
+    capacity: usize,
+    initial_state: bool,
+    stream: Option<WatchStream>,
+    /// Where to resume from when the stream is gone.
+    token: Option<ResumeToken>,
+    backoff: Backoff,
+    /// Whether it ever connected.
+    connected: bool,
+    reconnects: u64,
+}
+
+impl ResumingWatch {
+    /// Watches the daemon at `socket` as [`Client::watch_from`] does,
+    /// connecting on the first [`next`](Self::next) (and checking now that
+    /// the filter can be sent).
+    ///
+    /// # Errors
+    /// A filter the wire cannot express.
+    pub fn new(
+        socket: &Path,
+        filter: &Filter,
+        capacity: usize,
+        from: WatchFrom,
+    ) -> Result<ResumingWatch, ClientError> {
+        watch_request(filter, capacity).map_err(|reason| ClientError::InvalidRequest {
+            socket: socket.to_path_buf(),
+            call: "Watch",
+            reason,
+        })?;
+        Ok(ResumingWatch {
+            socket: socket.to_path_buf(),
+            filter: filter.clone(),
+            capacity,
+            initial_state: from.initial_state,
+            stream: None,
+            token: from.resume,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            connected: false,
+            reconnects: 0,
+        })
+    }
+
+    /// Connects and subscribes now, once, and fails if that fails: for a
+    /// caller that wants to know the daemon answers before it goes on
+    /// (later connections are retried for as long as it takes).
+    ///
+    /// # Errors
+    /// Whatever the first connection or `Watch` call failed with.
+    pub async fn start(&mut self) -> Result<(), ClientError> {
+        if self.stream.is_none() {
+            let stream = self.try_connect().await?;
+            self.connected = true;
+            self.token = stream.resume_token().or(self.token.take());
+            self.stream = Some(stream);
+        }
+        Ok(())
+    }
+
+    /// The next delivery, reconnecting (and resuming) as often as it takes.
+    pub async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                match self.connect().await {
+                    Ok(()) => continue,
+                    Err(fatal) => return Some(Err(fatal)),
+                }
+            };
+            match stream.next().await {
+                Some(Ok(delivery)) => {
+                    self.token = stream.resume_token().or(self.token.take());
+                    return Some(Ok(delivery));
+                }
+                // One item this client cannot read; the stream goes on.
+                Some(Err(e @ ClientError::Protocol { .. })) => return Some(Err(e)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the pleg daemon's Watch broke; reconnecting");
+                    self.lost();
+                }
+                None => {
+                    tracing::info!(socket = %self.socket.display(), "the pleg daemon ended the Watch (shutting down?); reconnecting");
+                    self.lost();
+                }
+            }
+        }
+    }
+
+    fn lost(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.token = stream.resume_token().or(self.token.take());
+        }
+    }
+
+    /// Connects and subscribes, waiting out what a restarting daemon looks
+    /// like; an error only for what waiting cannot mend.
+    async fn connect(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.try_connect().await {
+                Ok(stream) => {
+                    if self.connected {
+                        self.reconnects += 1;
+                        tracing::info!(socket = %self.socket.display(), resumed_from = ?self.token.as_ref().map(ToString::to_string), "reconnected to the pleg daemon");
+                    }
+                    self.connected = true;
+                    self.backoff.reset();
+                    self.token = stream.resume_token().or(self.token.take());
+                    self.stream = Some(stream);
+                    return Ok(());
+                }
+                Err(e) if !transient(&e, self.connected) => return Err(e),
+                Err(e) => {
+                    let delay = self.backoff.next_delay();
+                    tracing::debug!(error = %e, ?delay, "the pleg daemon cannot be reached; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_connect(&mut self) -> Result<WatchStream, ClientError> {
+        let mut client = Client::connect(&self.socket).await?;
+        let from = WatchFrom::live()
+            .resume(self.token.clone())
+            .initial_state(self.initial_state);
+        client.watch_from(&self.filter, self.capacity, &from).await
+    }
+
+    /// Where it stands: the last item handed out.
+    pub fn resume_token(&self) -> Option<&ResumeToken> {
+        self.token.as_ref()
+    }
+
+    /// Times it connected again after the first connection.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+}
+
+/// Whether waiting and connecting again can mend this (`seen`: a daemon
+/// answered at the socket before, so one that does not answer as a pleg
+/// daemon now is most likely still starting).
+fn transient(error: &ClientError, seen: bool) -> bool {
+    match error {
+        ClientError::NoSocket { .. } | ClientError::Unreachable { .. } => true,
+        ClientError::NotPleg { .. } => seen,
+        ClientError::Rpc { code, .. } => matches!(
+            code,
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Aborted
+        ),
+        _ => false,
     }
 }

@@ -14,7 +14,9 @@ use super::{
 };
 use crate::cache::LastEvent;
 use crate::event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};
-use crate::hub::{DEFAULT_CAPACITY, Delivery, Filter, ResyncReason, SubscribeOptions};
+use crate::hub::{
+    DEFAULT_CAPACITY, Delivery, Epoch, Filter, ResumeToken, ResyncReason, SubscribeOptions,
+};
 use crate::model::{Container, ContainerState, EntryKind, PodMeta, PodStatus, PodUid};
 use crate::stream::{Mode, StreamState};
 
@@ -112,19 +114,44 @@ fn event_to_pb(event: &PodLifecycleEvent) -> pb::LifecycleEvent {
 fn resync_reason_to_pb(reason: ResyncReason) -> pb::ResyncReason {
     match reason {
         ResyncReason::StreamGap => pb::ResyncReason::StreamGap,
+        ResyncReason::EpochChanged => pb::ResyncReason::EpochChanged,
+        ResyncReason::ReplayExpired => pb::ResyncReason::ReplayExpired,
         _ => pb::ResyncReason::Lagged,
     }
 }
 
-pub(super) fn delivery_to_pb(delivery: &Delivery) -> pb::Event {
-    let item = match delivery {
-        Delivery::Event(event) => pb::event::Item::Lifecycle(event_to_pb(event)),
-        Delivery::Resync { missed, reason } => pb::event::Item::Resync(pb::Resync {
-            missed: *missed,
-            reason: resync_reason_to_pb(*reason).into(),
-        }),
+/// A delivery on the wire, or `None` for one this watch did not ask for
+/// (`Synced` without `initial_state`: an older client would fail on an item
+/// it does not know).
+pub(super) fn delivery_to_pb(delivery: &Delivery, initial_state: bool) -> Option<pb::Event> {
+    let (item, initial) = match delivery {
+        Delivery::Event(event) => (pb::event::Item::Lifecycle(event_to_pb(event)), false),
+        Delivery::Initial(event) => (pb::event::Item::Lifecycle(event_to_pb(event)), true),
+        Delivery::Resync { missed, reason, .. } => (
+            pb::event::Item::Resync(pb::Resync {
+                missed: *missed,
+                reason: resync_reason_to_pb(*reason).into(),
+            }),
+            false,
+        ),
+        Delivery::Synced(token) if initial_state => (
+            pb::event::Item::Synced(pb::Synced {
+                epoch: token.epoch.to_string(),
+                seq: token.seq,
+            }),
+            false,
+        ),
+        Delivery::Synced(_) => return None,
     };
-    pb::Event { item: Some(item) }
+    let seq = match delivery {
+        Delivery::Synced(_) => 0,
+        other => other.seq().unwrap_or(0),
+    };
+    Some(pb::Event {
+        item: Some(item),
+        seq,
+        initial,
+    })
 }
 
 fn last_event_to_pb(last: &LastEvent) -> pb::LastEvent {
@@ -250,8 +277,16 @@ pub(super) fn subscribe_options(
         &request.name_regex,
     )
     .map_err(invalid)?;
+    let resume = if request.epoch.is_empty() {
+        None
+    } else {
+        let epoch = Epoch::named(&request.epoch).map_err(|e| invalid(format!("epoch: {e}")))?;
+        Some(ResumeToken::new(epoch, request.since))
+    };
     Ok(SubscribeOptions {
         capacity,
+        resume,
+        initial_state: request.initial_state,
         filter: Filter {
             pod_uids: (!pod_uids.is_empty()).then_some(pod_uids),
             namespace: (!request.namespace.is_empty()).then(|| request.namespace.clone()),
@@ -446,27 +481,43 @@ fn event_from_pb(event: pb::LifecycleEvent) -> Result<PodLifecycleEvent, String>
         observed_at: time_field("event.observed_at", event.observed_at_unix_nanos)?,
         started_at: optional_time_field("event.started_at", event.started_at_unix_nanos)?,
         finished_at: optional_time_field("event.finished_at", event.finished_at_unix_nanos)?,
+        seq: std::sync::OnceLock::new(),
     })
 }
 
 pub(super) fn delivery_from_pb(event: pb::Event) -> Result<Delivery, String> {
+    let seq = (event.seq != 0).then_some(event.seq);
     match event.item {
-        Some(pb::event::Item::Lifecycle(e)) => Ok(Delivery::Event(Arc::new(event_from_pb(e)?))),
+        Some(pb::event::Item::Lifecycle(e)) => {
+            let e = event_from_pb(e)?;
+            if event.initial {
+                Ok(Delivery::Initial(Arc::new(e)))
+            } else {
+                let e = match seq {
+                    Some(seq) => e.with_seq(seq),
+                    None => e,
+                };
+                Ok(Delivery::Event(Arc::new(e)))
+            }
+        }
         Some(pb::event::Item::Resync(r)) => {
             // An older daemon sends no reason: its resyncs are all lags.
             let reason = match pb::ResyncReason::try_from(r.reason) {
                 Ok(pb::ResyncReason::StreamGap) => ResyncReason::StreamGap,
+                Ok(pb::ResyncReason::EpochChanged) => ResyncReason::EpochChanged,
+                Ok(pb::ResyncReason::ReplayExpired) => ResyncReason::ReplayExpired,
                 Ok(pb::ResyncReason::Lagged | pb::ResyncReason::Unspecified) => {
                     ResyncReason::Lagged
                 }
                 Err(_) => return Err(format!("resync.reason: unknown value {}", r.reason)),
             };
-            Ok(match reason {
-                ResyncReason::StreamGap => Delivery::stream_gap(r.missed),
-                _ => Delivery::lagged(r.missed),
-            })
+            Ok(Delivery::resync(reason, r.missed, seq))
         }
-        None => Err("an Event with neither lifecycle nor resync set".to_string()),
+        Some(pb::event::Item::Synced(synced)) => {
+            let epoch = Epoch::named(&synced.epoch).map_err(|e| format!("synced.epoch: {e}"))?;
+            Ok(Delivery::Synced(ResumeToken::new(epoch, synced.seq)))
+        }
+        None => Err("an Event with no item set (lifecycle, resync or synced)".to_string()),
     }
 }
 
@@ -671,6 +722,9 @@ pub(super) fn watch_request(filter: &Filter, capacity: usize) -> Result<pb::Watc
             .as_ref()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default(),
+        initial_state: false,
+        since: 0,
+        epoch: String::new(),
     })
 }
 
@@ -1019,11 +1073,73 @@ mod tests {
 
     #[test]
     fn an_event_survives_the_round_trip_through_protobuf() {
-        let original = Delivery::Event(Arc::new(event()));
-        let back = delivery_from_pb(delivery_to_pb(&original)).expect("readable");
+        let wire = |d: &Delivery| delivery_to_pb(d, true).expect("sent");
+        let original = Delivery::Event(Arc::new(event().with_seq(41)));
+        let back = delivery_from_pb(wire(&original)).expect("readable");
         assert_eq!(back, original);
-        let resync = Delivery::lagged(7);
-        assert_eq!(delivery_from_pb(delivery_to_pb(&resync)), Ok(resync));
+        assert_eq!(back.seq(), Some(41));
+        let initial = Delivery::Initial(Arc::new(event()));
+        assert_eq!(wire(&initial).seq, 0, "initial state carries no seq");
+        assert!(wire(&initial).initial);
+        assert_eq!(delivery_from_pb(wire(&initial)), Ok(initial));
+        for resync in [
+            Delivery::lagged(7),
+            Delivery::stream_gap(2, Some(42)),
+            Delivery::resync(ResyncReason::EpochChanged, 0, None),
+            Delivery::resync(ResyncReason::ReplayExpired, 9, None),
+        ] {
+            assert_eq!(delivery_from_pb(wire(&resync)), Ok(resync));
+        }
+        let synced = Delivery::Synced(ResumeToken::new(Epoch::named("00ff").expect("valid"), 43));
+        assert_eq!(delivery_from_pb(wire(&synced)), Ok(synced.clone()));
+        assert_eq!(
+            delivery_to_pb(&synced, false),
+            None,
+            "no Synced for a watch that did not ask for an initial state"
+        );
+        let bad_epoch = pb::Event {
+            item: Some(pb::event::Item::Synced(pb::Synced {
+                epoch: "no spaces".into(),
+                seq: 1,
+            })),
+            seq: 0,
+            initial: false,
+        };
+        let err = delivery_from_pb(bad_epoch).expect_err("unreadable epoch");
+        assert!(err.starts_with("synced.epoch:"), "{err}");
+    }
+
+    #[test]
+    fn a_resume_point_needs_a_readable_epoch() {
+        let request = pb::WatchRequest {
+            epoch: "a/b".into(),
+            since: 3,
+            ..pb::WatchRequest::default()
+        };
+        let err = subscribe_options(&request, MAX_CAPACITY).expect_err("bad epoch");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("epoch: "), "{}", err.message());
+        let request = pb::WatchRequest {
+            epoch: "abc".into(),
+            since: 3,
+            initial_state: true,
+            ..pb::WatchRequest::default()
+        };
+        let options = subscribe_options(&request, MAX_CAPACITY).expect("valid");
+        assert_eq!(
+            options.resume,
+            Some(ResumeToken::new(Epoch::named("abc").expect("valid"), 3))
+        );
+        assert!(options.initial_state);
+        let live = subscribe_options(
+            &pb::WatchRequest {
+                since: 3,
+                ..pb::WatchRequest::default()
+            },
+            MAX_CAPACITY,
+        )
+        .expect("valid");
+        assert_eq!(live.resume, None, "no epoch: live-only, since ignored");
     }
 
     #[test]
@@ -1192,13 +1308,7 @@ mod tests {
         };
         let request = watch_request(&filter, 5).expect("expressible");
         let options = subscribe_options(&request, MAX_CAPACITY).expect("valid");
-        assert_eq!(
-            options,
-            SubscribeOptions {
-                capacity: 5,
-                filter
-            }
-        );
+        assert_eq!(options, SubscribeOptions::filtered(filter).with_capacity(5));
         let nothing = Filter {
             kinds: Some(std::collections::HashSet::default()),
             ..Filter::default()

@@ -86,9 +86,9 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Client, ClientError, MonitorStream, WatchStream};
+pub use client::{Client, ClientError, MonitorStream, ResumingWatch, WatchFrom, WatchStream};
 pub use convert::MonitorItem;
-pub use service::{PlegService, ToolkitStream, WatchResponseStream};
+pub use service::{EPOCH_HEADER, PlegService, SEQ_HEADER, ToolkitStream, WatchResponseStream};
 pub use socket::{
     BoundSocket, MAX_STREAMS_PER_CONNECTION, ServeError, bind, bind_with, serve, serve_bound,
     serve_bound_with,

@@ -149,23 +149,42 @@ impl pb::pleg_server::Pleg for PlegService {
             return Err(Status::unavailable("the pleg daemon is shutting down"));
         }
         let options = subscribe_options(request.get_ref(), self.limits.max_capacity)?;
+        let initial_state = options.initial_state;
         let permits = self.admit("Watch", options.capacity)?;
-        let subscription = self
-            .daemon
-            .pleg
-            .subscribe_with(options)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // With an initial state, this waits for the first relist: unless the
+        // daemon ends first.
+        let subscription = tokio::select! {
+            subscribed = self.daemon.pleg.watch(options) => subscribed.map_err(watch_refused)?,
+            () = self.ending.cancelled() => {
+                return Err(Status::unavailable("the pleg daemon is shutting down"));
+            }
+        };
+        let token = subscription.resume_token();
         tracing::debug!(
             subscribers = self.daemon.pleg.hub().subscriber_count(),
+            %token,
+            initial_state,
             "gRPC Watch subscribed"
         );
-        Ok(Response::new(WatchResponseStream {
+        let mut response = Response::new(WatchResponseStream {
             subscription,
+            initial_state,
             ending: Box::pin(self.ending.clone().cancelled_owned()),
             draining: None,
             _permits: permits,
             in_a_row: 0,
-        }))
+        });
+        // Epochs are ASCII letters, digits, '-' and '_': always a valid
+        // header value.
+        for (name, value) in [
+            (EPOCH_HEADER, token.epoch.to_string()),
+            (SEQ_HEADER, token.seq.to_string()),
+        ] {
+            if let Ok(value) = value.parse() {
+                response.metadata_mut().insert(name, value);
+            }
+        }
+        Ok(response)
     }
 
     async fn list_pods(
@@ -276,6 +295,23 @@ impl pb::pleg_server::Pleg for PlegService {
     }
 }
 
+/// The response header that names the daemon's run (its epoch).
+pub const EPOCH_HEADER: &str = "pleg-epoch";
+
+/// The response header that says where a `Watch` starts: the stream holds
+/// every matching item after this seq.
+pub const SEQ_HEADER: &str = "pleg-seq";
+
+/// Why a `Watch` cannot be had, as a status that names the field at fault.
+fn watch_refused(error: crate::hub::Error) -> Status {
+    match error {
+        crate::hub::Error::ResumeAhead { .. } => {
+            Status::invalid_argument(format!("since: {error}"))
+        }
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
 /// A stream's `--grpc-max-watches` slot and `--grpc-max-queued-events`
 /// places, given back when dropped.
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
@@ -284,6 +320,8 @@ type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 /// protobuf events. Dropping it (the client went away) unsubscribes.
 pub struct WatchResponseStream {
     subscription: Subscription,
+    /// Whether the watch asked for an initial state (and so knows `Synced`).
+    initial_state: bool,
     ending: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Once the service is ending: how many more deliveries to hand out
     /// (those queued when the end was noticed, and a pending `Resync`).
@@ -315,6 +353,25 @@ impl Stream for WatchResponseStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        loop {
+            let delivery = match this.poll_delivery(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(delivery) => delivery,
+            };
+            let Some(delivery) = delivery else {
+                tracing::debug!("gRPC Watch stream ends");
+                return Poll::Ready(None);
+            };
+            if let Some(event) = delivery_to_pb(&delivery, this.initial_state) {
+                return Poll::Ready(Some(Ok(event)));
+            }
+        }
+    }
+}
+
+impl WatchResponseStream {
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<crate::hub::Delivery>> {
+        let this = self;
         if this.draining.is_none() && this.ending.as_mut().poll(cx).is_ready() {
             // Bounded, so a generator that keeps publishing cannot keep an
             // ending stream open.
@@ -344,9 +401,6 @@ impl Stream for WatchResponseStream {
                 this.subscription.try_recv()
             }
         };
-        if delivery.is_none() {
-            tracing::debug!("gRPC Watch stream ends");
-        }
-        Poll::Ready(delivery.map(|d| Ok(delivery_to_pb(&d))))
+        Poll::Ready(delivery)
     }
 }

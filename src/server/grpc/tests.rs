@@ -155,6 +155,7 @@ async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
                     missed += m;
                     resyncs += 1;
                 }
+                other => panic!("a live watch got {other:?}"),
             }
         }
     })
@@ -172,7 +173,7 @@ async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
 /// queues hold it. Printed with `--nocapture`.
 #[test]
 fn a_queued_event_costs_a_queue_slot_and_one_shared_event() {
-    let slot = std::mem::size_of::<Delivery>();
+    let slot = crate::hub::QUEUE_SLOT_BYTES;
     // An `Arc` allocation holds two counters and the event; the container
     // name and reason are heap strings of their own (the pod's metadata and
     // long container IDs are shared with the cache).
@@ -184,4 +185,185 @@ fn a_queued_event_costs_a_queue_slot_and_one_shared_event() {
     );
     assert_eq!(slot, 16, "a queued delivery is one pointer and a tag");
     assert!(event + strings <= 512, "{event} + {strings}");
+}
+
+/// A started-container event of pod `uid`, numbered by its attempt.
+fn numbered(pod: &Arc<PodMeta>, n: u32) -> Arc<PodLifecycleEvent> {
+    let mut e = PodLifecycleEvent::new(
+        pod.clone(),
+        EventType::ContainerStarted,
+        EventSource::Relist,
+        std::time::SystemTime::now(),
+    );
+    e.container = Some(ContainerRef {
+        id: format!("ctr-{n}").into(),
+        name: "ctr".into(),
+        attempt: n,
+        kind: EntryKind::Container,
+    });
+    Arc::new(e)
+}
+
+/// The seqs of the next `n` deliveries, all of them events.
+async fn next_event_seqs(watch: &mut super::WatchStream, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    within("the next events", async {
+        while seqs.len() < n {
+            match watch.next().await.expect("stream open").expect("readable") {
+                Delivery::Event(e) => seqs.push(e.seq().expect("events carry seqs")),
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_reconnects_with_its_token_misses_nothing() {
+    let dir = tempfile::Builder::new()
+        .prefix("pleg-grpc-test")
+        .tempdir()
+        .expect("temporary directory");
+    let daemon = daemon();
+    let server = Server::start(&daemon, &dir.path().join("pleg.sock")).await;
+    let hub = daemon.pleg.hub().clone();
+    let pod = Arc::new(PodMeta::new("p", "p", "default"));
+    let mut client = server.client().await;
+    let mut watch = within("watch", client.watch(&Filter::default(), 64))
+        .await
+        .expect("watch");
+    assert_eq!(watch.epoch(), Some(hub.epoch()), "the pleg-epoch header");
+    for n in 0..5 {
+        hub.publish(&[numbered(&pod, n)]);
+    }
+    assert_eq!(next_event_seqs(&mut watch, 3).await, vec![1, 2, 3]);
+    let token = watch.resume_token().expect("a daemon that resumes");
+    assert_eq!(token.seq, 3);
+    drop(watch);
+    within("the daemon to unsubscribe", async {
+        while hub.subscriber_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for n in 5..9 {
+        hub.publish(&[numbered(&pod, n)]);
+    }
+    let from = super::WatchFrom::live().resume(Some(token.clone()));
+    let mut back = within("resume", client.watch_from(&Filter::default(), 64, &from))
+        .await
+        .expect("resumed");
+    assert_eq!(back.resume_token(), Some(token), "it starts where it left");
+    hub.publish(&[numbered(&pod, 9)]);
+    assert_eq!(
+        next_event_seqs(&mut back, 7).await,
+        (4..=10).collect::<Vec<_>>(),
+        "the six missed, in order, then the live one, once each"
+    );
+
+    // A point the daemon never gave out is refused, naming `since`.
+    let ahead = super::WatchFrom::live().resume(Some(crate::hub::ResumeToken::new(
+        hub.epoch().clone(),
+        1_000,
+    )));
+    match client.watch_from(&Filter::default(), 64, &ahead).await {
+        Err(ClientError::Rpc { code, message, .. }) => {
+            assert_eq!(code, tonic::Code::InvalidArgument);
+            assert!(message.starts_with("since: "), "{message}");
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// The client that reconnects by itself: across a server that goes away
+/// and comes back on the same socket it loses and repeats nothing; across a
+/// daemon restart (a new run) it says so, then gives the initial state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resuming_watch_survives_the_server_going_away_and_a_daemon_restart() {
+    let dir = tempfile::Builder::new()
+        .prefix("pleg-grpc-test")
+        .tempdir()
+        .expect("temporary directory");
+    let socket = dir.path().join("pleg.sock");
+    let runtime = FakeRuntime::with_pods(vec![
+        crate::model::Pod::new(PodMeta::new("p", "p", "default")).with_container(
+            crate::model::Container::new("c1", "app", crate::model::ContainerState::Running),
+        ),
+    ]);
+    let pleg = Pleg::new(runtime.clone(), Config::generic()).expect("valid config");
+    let daemon = Daemon::new(pleg, "fake", "");
+    daemon.pleg.relist().await.expect("the fake lists");
+    let hub = daemon.pleg.hub().clone();
+    let pod = Arc::new(PodMeta::new("q", "q", "default"));
+    let server = Server::start(&daemon, &socket).await;
+    let from = super::WatchFrom::live().initial_state(true);
+    let mut watch =
+        super::ResumingWatch::new(&socket, &Filter::default(), 64, from).expect("sendable");
+    within("start", watch.start()).await.expect("connected");
+    let mut next = async || {
+        within("the next delivery", watch.next())
+            .await
+            .expect("never ends")
+            .expect("readable")
+    };
+    let first = next().await;
+    assert!(
+        matches!(&first, Delivery::Initial(e) if e.kind == EventType::ContainerStarted
+            && e.container_id().map(crate::model::ContainerId::as_str) == Some("c1")),
+        "{first:?}"
+    );
+    let synced = next().await;
+    assert_eq!(synced, Delivery::Synced(hub.resume_token()));
+    hub.publish(&[numbered(&pod, 0)]);
+    let seq_of = |d: &Delivery| d.event().and_then(|e| e.seq());
+    let last = seq_of(&next().await).expect("a live event");
+
+    // The server goes away; three events happen; it comes back.
+    server.stop().await;
+    for n in 1..4 {
+        hub.publish(&[numbered(&pod, n)]);
+    }
+    let server = Server::start(&daemon, &socket).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(seq_of(&next().await).expect("replayed events"));
+    }
+    assert_eq!(got, vec![last + 1, last + 2, last + 3]);
+    assert_eq!(
+        next().await,
+        Delivery::Synced(hub.resume_token()),
+        "the replay's end, for a watch that asked for an initial state"
+    );
+    assert_eq!(watch.reconnects(), 1);
+
+    // A restart: a new generator, a new run.
+    server.stop().await;
+    drop(hub);
+    let restarted = Daemon::new(
+        Pleg::new(runtime, Config::generic()).expect("valid config"),
+        "fake",
+        "",
+    );
+    restarted.pleg.relist().await.expect("the fake lists");
+    let server = Server::start(&restarted, &socket).await;
+    let mut next = async || {
+        within("the next delivery", watch.next())
+            .await
+            .expect("never ends")
+            .expect("readable")
+    };
+    assert_eq!(
+        next().await,
+        Delivery::resync(crate::ResyncReason::EpochChanged, 0, None)
+    );
+    assert!(matches!(next().await, Delivery::Initial(_)));
+    assert_eq!(
+        next().await,
+        Delivery::Synced(restarted.pleg.hub().resume_token()),
+        "the first relist's start of c1 came as initial state, not as a live event"
+    );
+    assert_eq!(watch.reconnects(), 2);
+    server.stop().await;
 }

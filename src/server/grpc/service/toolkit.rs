@@ -226,9 +226,11 @@ impl PlegService {
                         Some(report) => terminal_to_pb(&report),
                         None => continue,
                     },
-                    Some(Delivery::Resync { missed, reason }) => {
+                    Some(Delivery::Resync { missed, reason, .. }) => {
                         terminal_resync_to_pb(missed, reason)
                     }
+                    // Never asked for here.
+                    Some(Delivery::Initial(_) | Delivery::Synced(_)) => continue,
                     None => return,
                 };
                 if tx.send(Ok(item)).await.is_err() {

@@ -1352,3 +1352,133 @@ async fn pods_shows_a_crash_loop_from_the_daemon_and_from_the_attempts_the_runti
         "{listed}"
     );
 }
+
+/// `pleg watch --daemon` with `--initial`, then `--since` after a
+/// disconnect, then across a daemon restart, which it rides out by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_daemon_gives_the_initial_state_resumes_with_since_and_rides_out_a_restart() {
+    let server = fake_runtime().await;
+    let dir = temp::dir("cli-resume");
+    let port = free_port();
+    let daemon_process = daemon(&server, &dir, port, &["--mode", "generic"]);
+    let socket = dir.path().join("pleg.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    eventually_async("healthz 200", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let watch = |args: &[&str]| {
+        Running(
+            pleg()
+                .args(["watch", "-o", "json", "--daemon", &socket_arg])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start watch"),
+        )
+    };
+
+    // The initial state: every sandbox and container, then Synced.
+    let mut first = watch(&["--initial"]);
+    let mut lines = stdout_lines(&mut first.0);
+    let mut initial = Vec::new();
+    let synced = loop {
+        let line = next_json(&mut lines).await;
+        if line["type"] == "Synced" {
+            break line;
+        }
+        assert_eq!(line["initial"], true, "{line}");
+        assert!(line.get("seq").is_none(), "no seq on initial state: {line}");
+        initial.push(line["container_id"].as_str().expect("an id").to_owned());
+    };
+    initial.sort();
+    assert_eq!(initial, ["sb1", "sb1-app", "sb2", "sb2-app"]);
+    let epoch = synced["epoch"].as_str().expect("an epoch").to_owned();
+    let synced_seq = synced["seq"].as_u64().expect("a seq");
+    server.exit_container("sb1-app", 9);
+    let died = next_json(&mut lines).await;
+    assert_eq!(died["type"], "ContainerDied", "{died}");
+    assert_eq!(died["container_id"], "sb1-app");
+    assert!(died.get("initial").is_none(), "a live event: {died}");
+    let seq = died["seq"].as_u64().expect("live events carry their seq");
+    assert!(seq > synced_seq, "{seq} after {synced_seq}");
+    let _ = kill_and_stderr(first);
+
+    // Away, then back with --since: what happened meanwhile comes first.
+    server.exit_container("sb2-app", 4);
+    eventually_async("the daemon saw sb2-app die", WAIT, || async move {
+        let (_, body) = get(port, "/metrics").await?;
+        let died = samples(&body, "pleg_events_total")
+            .into_iter()
+            .filter(|(labels, _)| labels.contains("type=\"ContainerDied\""))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+        (died >= 2.0).then_some(())
+    })
+    .await;
+    let since = format!("{epoch}:{seq}");
+    let mut resumed = watch(&["--since", &since]);
+    let mut lines = stdout_lines(&mut resumed.0);
+    let missed = next_json(&mut lines).await;
+    assert_eq!(
+        (
+            missed["type"].as_str(),
+            missed["container_id"].as_str(),
+            missed["exit_code"].as_i64(),
+            missed["seq"].as_u64()
+        ),
+        (
+            Some("ContainerDied"),
+            Some("sb2-app"),
+            Some(4),
+            Some(seq + 1)
+        ),
+        "{missed}"
+    );
+
+    // The daemon restarts under the watch: it says so and goes on.
+    drop(daemon_process);
+    let _restarted = daemon(&server, &dir, port, &["--mode", "generic"]);
+    let resync = next_json(&mut lines).await;
+    assert_eq!(
+        (resync["type"].as_str(), resync["reason"].as_str()),
+        (Some("Resync"), Some("epoch_changed")),
+        "{resync}"
+    );
+    let stderr = kill_and_stderr(resumed);
+    assert!(stderr.contains("reconnect"), "{stderr}");
+
+    // Points that cannot be resumed are refused, naming what is wrong.
+    for (since, expected) in [
+        ("nonsense", "expected EPOCH:SEQ"),
+        ("abc:x", "is not a u64"),
+    ] {
+        let out = pleg()
+            .args(["watch", "--daemon", &socket_arg, "--since", since])
+            .output()
+            .expect("run watch");
+        assert_eq!(out.status.code(), Some(2), "{since}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{since}: {stderr}");
+    }
+    eventually_async("the restarted daemon healthy", WAIT, || async move {
+        get(port, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let mut client = Client::connect(&socket).await.expect("the new daemon");
+    let stream = client
+        .watch(&Filter::all(), 16)
+        .await
+        .expect("a live watch");
+    let new_epoch = stream.epoch().expect("the pleg-epoch header").to_string();
+    assert_ne!(new_epoch, epoch, "a new run, a new epoch");
+    let out = pleg()
+        .args(["watch", "--daemon", &socket_arg, "--since"])
+        .arg(format!("{new_epoch}:{}", u64::MAX))
+        .output()
+        .expect("run watch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("since: resume point seq"), "{stderr}");
+}

@@ -13,9 +13,11 @@
 //! which `scripts/test.sh` runs): `$PLEG_PY_DIR/bin/python`, by default
 //! `.local/py/bin/python`.
 //!
-//! One test against containerd only: on containerd 1.7 each event reaches
-//! one stream, so a second daemon in the same binary would take some of the
-//! events. The fake-CRI test shares nothing with it.
+//! A second test against containerd resumes a Watch: grpcio reads some
+//! events and disconnects, more happen, and it comes back with `since` and
+//! the epoch. The containerd tests take turns (`TURN`): on containerd 1.7
+//! each event reaches one stream, so a second daemon at the same time would
+//! take some of the events. The fake-CRI test shares nothing with them.
 
 // Test and benchmark code: an `expect` names what was expected, and the
 // pedantic lints, meant for the library, are not applied here.
@@ -102,6 +104,9 @@ fn call_in_background(socket: &Path, args: &[&str]) -> tokio::task::JoinHandle<V
 struct Stream {
     _process: Running,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Its first line (for a watch, with the `pleg-epoch` and `pleg-seq`
+    /// headers).
+    ready: Value,
 }
 
 impl Stream {
@@ -130,10 +135,12 @@ impl Stream {
         let mut watch = Stream {
             _process: process,
             lines,
+            ready: Value::Null,
         };
         // Generating the code and starting the interpreter take a while.
         let ready = watch.next_line(Duration::from_secs(60)).await;
-        assert_eq!(ready, serde_json::json!({"ready": true}));
+        assert_eq!(ready["ready"], true, "{ready}");
+        watch.ready = ready;
         watch
     }
 
@@ -230,8 +237,13 @@ fn checks(health: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The containerd tests take turns: each runs an evented daemon, and on
+/// containerd 1.7 each stream event reaches one stream only.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_without_options_follows_a_container_on_containerd() {
+    let _turn = TURN.lock().await;
     let dir = pleg_testkit::temp::dir("cd-grpc-py");
     let socket = dir.path().join("pleg.sock");
     let port = free_port();
@@ -526,4 +538,214 @@ async fn grpcio_without_options_reads_a_daemon_over_the_fake_cri() {
     assert_eq!(unrecovered[0]["dead_id"], "app1");
     assert_eq!(unrecovered[0]["container"], "app");
     assert_eq!(unrecovered[0]["pod_uid"], "uid-1");
+}
+
+/// An event as grpcio prints it: (seq, proto enum name, container ID).
+type Printed = (u64, String, String);
+
+/// A Rust client's event as grpcio prints it.
+fn as_printed(d: &pleg::Delivery) -> Printed {
+    let e = d.event().expect("an event");
+    let kind = match e.kind {
+        pleg::EventType::ContainerStarted => "EVENT_TYPE_CONTAINER_STARTED",
+        pleg::EventType::ContainerDied => "EVENT_TYPE_CONTAINER_DIED",
+        pleg::EventType::ContainerRemoved => "EVENT_TYPE_CONTAINER_REMOVED",
+        pleg::EventType::PodSync => "EVENT_TYPE_POD_SYNC",
+        pleg::EventType::ContainerChanged => "EVENT_TYPE_CONTAINER_CHANGED",
+        _ => "EVENT_TYPE_CONDITION_MET",
+    };
+    (
+        e.seq().expect("a seq"),
+        kind.to_string(),
+        e.container_id().map(|c| c.to_string()).unwrap_or_default(),
+    )
+}
+
+/// A grpcio line as (seq, type, container ID); `seq` is a uint64, which
+/// protobuf's JSON mapping writes as a string.
+fn printed(line: &Value) -> Printed {
+    assert!(line.get("resync").is_none(), "{line}");
+    let seq = line["seq"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a seq: {line}"));
+    let event = &line["lifecycle"];
+    (
+        seq,
+        event["type"].as_str().expect("a type").to_string(),
+        event["container"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_resumes_a_watch_with_since_and_epoch_and_misses_nothing_on_containerd() {
+    let _turn = TURN.lock().await;
+    let dir = pleg_testkit::temp::dir("cd-grpc-py-resume");
+    let socket = dir.path().join("pleg.sock");
+    let port = free_port();
+    let _daemon = pleg_run(&endpoint(), port, &socket, &[]);
+    let socket_there = socket.as_path();
+    pleg_testkit::wait::eventually_async(
+        "the daemon healthy, with its socket and its stream open",
+        Duration::from_secs(30),
+        || async move {
+            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
+            let streaming = get(port, "/metrics")
+                .await
+                .is_some_and(|r| r.body.contains("pleg_stream_state{state=\"streaming\"} 1"));
+            (healthy && streaming && socket_there.exists()).then_some(())
+        },
+    )
+    .await;
+    // The ground truth: a Rust watch of everything that never disconnects.
+    let everything = pleg::Filter::all().with_container_changed(true);
+    let mut rust = pleg::server::grpc::Client::connect(&socket)
+        .await
+        .expect("the daemon");
+    let mut truth = rust.watch(&everything, 4096).await.expect("watch");
+    let mut truth_seen: Vec<Printed> = Vec::new();
+    let mut read_truth = async |until: &dyn Fn(&[Printed]) -> bool| {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !until(&truth_seen) {
+                let d = truth.next().await.expect("open").expect("readable");
+                truth_seen.push(as_printed(&d));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out; the truth saw {truth_seen:?}"));
+        truth_seen.clone()
+    };
+
+    // grpcio reads the sandbox's start and the app's first two events,
+    // then hangs up.
+    let first = Stream::open(&socket, &["--include-container-changed", "--count", "3"]).await;
+    let epoch = first.ready["epoch"]
+        .as_str()
+        .expect("the pleg-epoch header")
+        .to_string();
+    assert_eq!(epoch.len(), 16, "{}", first.ready);
+    let driver = driver();
+    let pod = TestPod::run(&driver, "grpc-py-resume").await;
+    let app = pod
+        .start(
+            &driver,
+            "app",
+            0,
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "while [ ! -e /trigger/app ]; do sleep 0.1; done; exit 3".into(),
+            ],
+        )
+        .await;
+    let before: Vec<_> = first
+        .rest(Duration::from_secs(30))
+        .await
+        .iter()
+        .map(printed)
+        .collect();
+    assert_eq!(before.len(), 3, "{before:?}");
+    let since = before[2].0;
+
+    // Away: the app dies and comes back.
+    pod.trigger("app");
+    let again = pod
+        .start(
+            &driver,
+            "app",
+            1,
+            vec!["/bin/sh".into(), "-c".into(), "sleep 300".into()],
+        )
+        .await;
+    let seen = read_truth(&|got| {
+        let happened =
+            |kind: &str, which: &str| got.iter().any(|(_, k, id)| k == kind && id == which);
+        happened("EVENT_TYPE_CONTAINER_STARTED", &again)
+            && happened("EVENT_TYPE_CONTAINER_DIED", &app)
+    })
+    .await;
+    assert_eq!(
+        seen.iter()
+            .filter(|(seq, ..)| *seq <= since)
+            .cloned()
+            .collect::<Vec<_>>(),
+        before,
+        "grpcio and the Rust client saw the same first events"
+    );
+    let missed: Vec<_> = seen
+        .iter()
+        .filter(|(seq, ..)| *seq > since)
+        .cloned()
+        .collect();
+    assert!(
+        missed
+            .iter()
+            .any(|(_, k, id)| k == "EVENT_TYPE_CONTAINER_DIED" && *id == app),
+        "the death fell in the gap: {missed:?}"
+    );
+
+    // Back with since and the epoch: exactly the missed ones, in order,
+    // contiguous, then live ones with no repeat at the seam.
+    let since_arg = since.to_string();
+    let mut back = Stream::open(
+        &socket,
+        &[
+            "--include-container-changed",
+            "--epoch",
+            &epoch,
+            "--since",
+            &since_arg,
+        ],
+    )
+    .await;
+    let mut replayed = Vec::new();
+    while replayed.len() < missed.len() {
+        replayed.push(printed(&back.next_line(Duration::from_secs(30)).await));
+    }
+    assert_eq!(replayed, missed);
+    let seqs: Vec<u64> = replayed.iter().map(|(seq, ..)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (since + 1..=since + missed.len() as u64).collect::<Vec<_>>(),
+        "contiguous"
+    );
+    pod.remove(&driver).await;
+    let sandbox = pod.sandbox_id.clone();
+    let all = read_truth(&|got| {
+        got.iter()
+            .any(|(_, k, id)| k == "EVENT_TYPE_CONTAINER_REMOVED" && *id == sandbox)
+    })
+    .await;
+    let live_truth: Vec<_> = all
+        .iter()
+        .filter(|(seq, ..)| *seq > since + missed.len() as u64)
+        .cloned()
+        .collect();
+    let mut live = Vec::new();
+    while live.len() < live_truth.len() {
+        live.push(printed(&back.next_line(Duration::from_secs(30)).await));
+    }
+    assert_eq!(live, live_truth, "the live events, none repeated");
+
+    // A point the run never gave out: INVALID_ARGUMENT naming `since`.
+    let out = client(
+        &socket,
+        &["watch", "--epoch", &epoch, "--since", "1000000000000"],
+    )
+    .output()
+    .expect("run pleg_client.py");
+    assert_eq!(out.status.code(), Some(1), "a failed call");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("the error line");
+    let refused: Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(refused["error"], "INVALID_ARGUMENT", "{refused}");
+    assert!(
+        refused["details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("since: ")),
+        "{refused}"
+    );
 }

@@ -10,7 +10,8 @@ Usage (from the project-local venv, see scripts/python-env.sh):
 
     python pleg_client.py --proto-dir proto --socket PATH health
     python pleg_client.py --proto-dir proto --socket PATH list-pods [--namespace NS]
-    python pleg_client.py --proto-dir proto --socket PATH watch [--namespace NS]
+    python pleg_client.py --proto-dir proto --socket PATH watch [--namespace NS] \
+        [--epoch E --since N] [--initial-state] [--include-container-changed] [--count K]
     python pleg_client.py --proto-dir proto --socket PATH wait-for \
         --namespace NS --name NAME (--running CONTAINER | --all-exited | --gone) \
         --timeout-ms N
@@ -21,7 +22,11 @@ Each answer is printed as one JSON object per line (the proto field names,
 enums by name, int64 as strings: protobuf's JSON mapping). ``watch`` first
 prints ``{"ready": true}`` once the daemon accepted the call (the response
 headers arrived: from then on events are queued for it), then one line per
-``Event`` until the stream ends or the process is killed. ``monitor`` does
+``Event`` until the stream ends or the process is killed. Its ready line also
+carries the ``pleg-epoch`` and ``pleg-seq`` response headers (``epoch``,
+``seq``); ``--epoch``/``--since`` resume after that point, ``--initial-state``
+asks for the current state first, and ``--count K`` cancels the call after K
+items (a client that disconnects). ``monitor`` does
 the same with its ``MonitorUpdate`` messages (progress, then the report) and
 ends with the stream; ``wait-for`` prints its ``WaitForResponse``. A failed call
 prints ``{"error": CODE, "details": ...}`` and exits 1.
@@ -73,6 +78,11 @@ def main():
     until.add_argument("--all-exited", action="store_true")
     until.add_argument("--gone", action="store_true")
     parser.add_argument("--timeout-ms", type=int, default=30000)
+    parser.add_argument("--epoch", default="")
+    parser.add_argument("--since", type=int, default=0)
+    parser.add_argument("--initial-state", action="store_true")
+    parser.add_argument("--include-container-changed", action="store_true")
+    parser.add_argument("--count", type=int, default=0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pleg-py-") as out_dir:
@@ -129,12 +139,29 @@ def main():
                     for update in call:
                         emit(as_dict(update))
                 else:
-                    request = pleg_pb2.WatchRequest(namespace=args.namespace)
+                    request = pleg_pb2.WatchRequest(
+                        namespace=args.namespace,
+                        epoch=args.epoch,
+                        since=args.since,
+                        initial_state=args.initial_state,
+                        include_container_changed=args.include_container_changed,
+                    )
                     call = stub.Watch(request)
-                    call.initial_metadata()
-                    emit({"ready": True})
+                    headers = dict(call.initial_metadata())
+                    emit(
+                        {
+                            "ready": True,
+                            "epoch": headers.get("pleg-epoch", ""),
+                            "seq": headers.get("pleg-seq", ""),
+                        }
+                    )
+                    seen = 0
                     for event in call:
                         emit(as_dict(event))
+                        seen += 1
+                        if args.count and seen >= args.count:
+                            call.cancel()
+                            break
             except grpc.RpcError as e:
                 emit({"error": e.code().name, "details": e.details()})
                 return 1

@@ -621,7 +621,7 @@ impl ResumingWatch {
                     self.lost();
                 }
                 None => {
-                    tracing::info!(socket = %self.socket.display(), "the pleg daemon ended the Watch (shutting down?); reconnecting");
+                    tracing::warn!(socket = %self.socket.display(), "the pleg daemon ended the Watch (shutting down?); reconnecting");
                     self.lost();
                 }
             }

@@ -29,7 +29,7 @@
 //! Every item published (an event, or the `Resync` of a gap in the
 //! runtime's event stream) takes the next sequence number of the run, and
 //! the run is named by an [`Epoch`]. The last items are kept in a bounded
-//! replay ring ([`replay`]); a subscription that names where it stood
+//! replay ring; a subscription that names where it stood
 //! ([`SubscribeOptions::with_resume`]) gets every item after that point
 //! that its filter selects, then the live ones, with no gap and no
 //! duplicate at the seam. A point of another run, or one that has left the

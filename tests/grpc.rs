@@ -1089,6 +1089,7 @@ async fn toolkit_requests_that_make_no_sense_are_refused_naming_the_field() {
         raw.monitor(pb::MonitorRequest {
             pods: selection("app in (web,"),
             timeout_ms: 1000,
+            ..pb::MonitorRequest::default()
         }),
     )
     .await
@@ -1124,6 +1125,7 @@ async fn monitor_streams_progress_then_the_report_of_a_recovered_container() {
         raw.monitor(pb::MonitorRequest {
             pods: selection("app in (web,db)"),
             timeout_ms: 30_000,
+            ..pb::MonitorRequest::default()
         }),
     )
     .await

@@ -95,6 +95,11 @@ async fn embedded(
     Ok(pool.join().await)
 }
 
+/// The daemon's `Monitor`, kept by the daemon past the call: when the
+/// connection breaks (or the daemon is briefly unreachable), it connects
+/// again, with backoff, and follows the same monitor, which never stopped
+/// watching; a death and recovery that happened meanwhile are in its
+/// report. Only a daemon that restarted (and so lost the monitor) ends it.
 async fn on_daemon(
     mut client: Client,
     filter: &pleg::Filter,
@@ -102,23 +107,34 @@ async fn on_daemon(
     progress: &mut ProgressLine,
 ) -> Result<MonitorReport, Failure> {
     let unreachable = |e| Failure::new(Exit::DaemonUnreachable, e);
+    let socket = client.socket().to_path_buf();
     let mut stream = client
-        .monitor(filter, args.timeout)
+        .monitor_kept(filter, args.timeout)
         .await
         .map_err(unreachable)?;
+    // The monitor ends at its timeout; reconnecting is worth trying until a
+    // while after that, for its report.
+    let give_up = tokio::time::Instant::now() + args.timeout + std::time::Duration::from_secs(60);
     let signal = wait_for_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = &mut signal => {
-                // Cancelling the call ends the daemon's monitor; what it
-                // gathered is lost with the call.
-                return Err(Failure::new(Exit::Other, anyhow!("interrupted; the daemon's monitor was cancelled")));
+                // Cancelling the call leaves the daemon's monitor running to
+                // its timeout; this command no longer waits for it.
+                return Err(Failure::new(Exit::Other, anyhow!("interrupted; the daemon's monitor runs on to its timeout")));
             }
             item = stream.next() => match item {
                 Some(Ok(MonitorItem::Progress(p))) => progress.show(&p),
                 Some(Ok(MonitorItem::Report(report))) => return Ok(report),
                 Some(Ok(_)) => {}
+                Some(Err(e @ pleg::server::grpc::ClientError::Rpc { .. })) => {
+                    let Some(id) = stream.monitor_id().map(str::to_owned) else {
+                        return Err(unreachable(e));
+                    };
+                    tracing::warn!(error = %e, monitor_id = %id, "the daemon's Monitor broke; following it again");
+                    stream = reattach(&socket, &id, give_up).await?;
+                }
                 Some(Err(e)) => return Err(unreachable(e)),
                 None => {
                     return Err(unreachable(pleg::server::grpc::ClientError::Protocol {
@@ -128,6 +144,49 @@ async fn on_daemon(
                     }));
                 }
             },
+        }
+    }
+}
+
+/// Connects again and follows monitor `id`, with backoff, until `give_up`.
+async fn reattach(
+    socket: &std::path::Path,
+    id: &str,
+    give_up: tokio::time::Instant,
+) -> Result<pleg::server::grpc::MonitorStream, Failure> {
+    let mut backoff = pleg::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        let attempt = async {
+            let mut client = Client::connect(socket).await?;
+            client.attach_monitor(id).await
+        };
+        match attempt.await {
+            Ok(stream) => {
+                tracing::warn!(monitor_id = %id, "following the daemon's monitor again");
+                return Ok(stream);
+            }
+            Err(
+                e @ pleg::server::grpc::ClientError::Rpc {
+                    code: tonic::Code::NotFound,
+                    ..
+                },
+            ) => {
+                return Err(Failure::new(
+                    Exit::DaemonUnreachable,
+                    anyhow!("the daemon lost the monitor (it restarted?): {e}"),
+                ));
+            }
+            Err(e) if tokio::time::Instant::now() >= give_up => {
+                return Err(Failure::new(Exit::DaemonUnreachable, e));
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::debug!(error = %e, ?delay, "the daemon cannot be reached; retrying");
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }

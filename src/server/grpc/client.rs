@@ -244,6 +244,31 @@ impl Client {
         filter: &Filter,
         timeout: Duration,
     ) -> Result<MonitorStream, ClientError> {
+        self.start_monitor(filter, timeout, false).await
+    }
+
+    /// As [`monitor`](Self::monitor), but the daemon keeps the monitor
+    /// running if the call ends early (a broken connection): the stream's
+    /// [`MonitorStream::monitor_id`] names it, and
+    /// [`attach_monitor`](Self::attach_monitor) follows it again.
+    ///
+    /// # Errors
+    /// A filter the wire cannot express, or the daemon's refusal (past
+    /// [`MAX_KEPT_MONITORS`](super::MAX_KEPT_MONITORS), `ResourceExhausted`).
+    pub async fn monitor_kept(
+        &mut self,
+        filter: &Filter,
+        timeout: Duration,
+    ) -> Result<MonitorStream, ClientError> {
+        self.start_monitor(filter, timeout, true).await
+    }
+
+    async fn start_monitor(
+        &mut self,
+        filter: &Filter,
+        timeout: Duration,
+        keep_on_disconnect: bool,
+    ) -> Result<MonitorStream, ClientError> {
         let invalid = |reason| ClientError::InvalidRequest {
             socket: self.socket.clone(),
             call: "Monitor",
@@ -252,18 +277,43 @@ impl Client {
         let pods = selection_request(filter).map_err(invalid)?;
         let timeout_ms = u32::try_from(timeout.as_millis())
             .map_err(|_| invalid(format!("timeout {timeout:?} is too long")))?;
+        self.call_monitor(pb::MonitorRequest {
+            pods: Some(pods),
+            timeout_ms,
+            keep_on_disconnect,
+            attach: String::new(),
+        })
+        .await
+    }
+
+    /// Follows a monitor the daemon kept ([`monitor_kept`](Self::monitor_kept)):
+    /// its counts now, as they change, then its report.
+    ///
+    /// # Errors
+    /// `NotFound` when the daemon has no such monitor (it restarted, or the
+    /// report is older than [`KEPT_REPORT_FOR`](super::KEPT_REPORT_FOR)).
+    pub async fn attach_monitor(&mut self, monitor_id: &str) -> Result<MonitorStream, ClientError> {
+        self.call_monitor(pb::MonitorRequest {
+            attach: monitor_id.to_string(),
+            ..pb::MonitorRequest::default()
+        })
+        .await
+    }
+
+    async fn call_monitor(
+        &mut self,
+        request: pb::MonitorRequest,
+    ) -> Result<MonitorStream, ClientError> {
         let updates = self
             .inner
-            .monitor(pb::MonitorRequest {
-                pods: Some(pods),
-                timeout_ms,
-            })
+            .monitor(request)
             .await
             .map_err(|status| self.rpc_error("Monitor", &status))?
             .into_inner();
         Ok(MonitorStream {
             socket: self.socket.clone(),
             updates,
+            monitor_id: None,
         })
     }
 
@@ -498,9 +548,17 @@ impl Stream for WatchStream {
 pub struct MonitorStream {
     socket: PathBuf,
     updates: tonic::Streaming<pb::MonitorUpdate>,
+    /// The monitor's ID, once a progress item named it (a kept monitor).
+    monitor_id: Option<String>,
 }
 
 impl MonitorStream {
+    /// The ID of a monitor the daemon keeps past the call, once the first
+    /// item came (`None` for one that ends with its call).
+    pub fn monitor_id(&self) -> Option<&str> {
+        self.monitor_id.as_deref()
+    }
+
     /// The next item; `None` once the daemon has sent the report and ended
     /// the stream.
     pub async fn next(&mut self) -> Option<Result<MonitorItem, ClientError>> {
@@ -508,6 +566,11 @@ impl MonitorStream {
         match item {
             Ok(None) => None,
             Ok(Some(update)) => {
+                if let Some(pb::monitor_update::Item::Progress(p)) = &update.item
+                    && !p.monitor_id.is_empty()
+                {
+                    self.monitor_id = Some(p.monitor_id.clone());
+                }
                 Some(
                     monitor_update_from_pb(update).map_err(|reason| ClientError::Protocol {
                         socket: self.socket.clone(),

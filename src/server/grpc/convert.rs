@@ -882,13 +882,19 @@ fn recovery_to_pb(r: &crate::monitor::Recovery) -> pb::Recovery {
     }
 }
 
-pub(super) fn progress_to_pb(p: &crate::monitor::MonitorProgress) -> pb::MonitorUpdate {
+/// A monitor's counts, naming it when it is kept past its call
+/// (`monitor_id`, else empty).
+pub(super) fn progress_to_pb(
+    p: &crate::monitor::MonitorProgress,
+    monitor_id: &str,
+) -> pb::MonitorUpdate {
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     pb::MonitorUpdate {
         item: Some(pb::monitor_update::Item::Progress(pb::MonitorProgress {
             died: count(p.died),
             recovered: count(p.recovered),
             pending: count(p.pending()),
+            monitor_id: monitor_id.to_string(),
         })),
     }
 }

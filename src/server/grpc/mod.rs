@@ -88,7 +88,10 @@ mod tests;
 
 pub use client::{Client, ClientError, MonitorStream, ResumingWatch, WatchFrom, WatchStream};
 pub use convert::MonitorItem;
-pub use service::{EPOCH_HEADER, PlegService, SEQ_HEADER, ToolkitStream, WatchResponseStream};
+pub use service::{
+    EPOCH_HEADER, KEPT_REPORT_FOR, MAX_KEPT_MONITORS, PlegService, SEQ_HEADER, ToolkitStream,
+    WatchResponseStream,
+};
 pub use socket::{
     BoundSocket, MAX_STREAMS_PER_CONNECTION, ServeError, bind, bind_with, serve, serve_bound,
     serve_bound_with,

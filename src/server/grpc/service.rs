@@ -29,7 +29,7 @@ use crate::server::Daemon;
 
 mod toolkit;
 
-pub use toolkit::ToolkitStream;
+pub use toolkit::{KEPT_REPORT_FOR, MAX_KEPT_MONITORS, ToolkitStream};
 
 // --- the server ---
 
@@ -48,6 +48,8 @@ pub struct PlegService {
     queued: Arc<Semaphore>,
     /// `WatchSession`'s watchers.
     sessions: toolkit::Sessions,
+    /// `Monitor`s kept past their call.
+    kept_monitors: toolkit::KeptMonitors,
 }
 
 impl std::fmt::Debug for PlegService {
@@ -79,6 +81,7 @@ impl PlegService {
                 limits.max_queued_events.min(Semaphore::MAX_PERMITS),
             )),
             sessions: toolkit::Sessions::default(),
+            kept_monitors: toolkit::KeptMonitors::default(),
         }
     }
 

@@ -367,3 +367,86 @@ async fn a_resuming_watch_survives_the_server_going_away_and_a_daemon_restart() 
     assert_eq!(watch.reconnects(), 2);
     server.stop().await;
 }
+
+/// A monitor kept past its call: the client goes away, a container dies
+/// and its next attempt starts meanwhile, and a client that attaches later
+/// gets the report with the recovery in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_monitor_sees_a_recovery_while_its_client_is_away() {
+    use crate::model::{Container, ContainerState, Pod};
+    let dir = tempfile::Builder::new()
+        .prefix("pleg-grpc-test")
+        .tempdir()
+        .expect("temporary directory");
+    let meta = PodMeta::new("p", "web", "default");
+    let listed = |state: ContainerState, attempts: u32| {
+        (0..attempts).fold(Pod::new(meta.clone()), |pod, attempt| {
+            let state = if attempt + 1 == attempts {
+                state
+            } else {
+                ContainerState::Exited
+            };
+            pod.with_container(
+                Container::new(format!("app-{attempt}"), "app", state).with_attempt(attempt),
+            )
+        })
+    };
+    let runtime = FakeRuntime::with_pods(vec![listed(ContainerState::Running, 1)]);
+    let pleg = Pleg::new(runtime.clone(), Config::generic()).expect("valid config");
+    pleg.relist().await.expect("the fake lists");
+    let daemon = Daemon::new(pleg, "fake", "");
+    let server = Server::start(&daemon, &dir.path().join("pleg.sock")).await;
+    let mut client = server.client().await;
+    let filter = Filter::all().with_namespace("default");
+    let mut monitor = within(
+        "monitor",
+        client.monitor_kept(&filter, Duration::from_secs(60)),
+    )
+    .await
+    .expect("a kept monitor");
+    let first = within("the first counts", monitor.next())
+        .await
+        .expect("open")
+        .expect("readable");
+    assert!(
+        matches!(first, super::MonitorItem::Progress(_)),
+        "{first:?}"
+    );
+    let id = monitor
+        .monitor_id()
+        .expect("a kept monitor is named")
+        .to_owned();
+    drop(monitor);
+
+    // Away: the container dies, its next attempt starts.
+    runtime.set_pods(vec![listed(ContainerState::Exited, 1)]);
+    daemon.pleg.relist().await.expect("the fake lists");
+    runtime.set_pods(vec![listed(ContainerState::Running, 2)]);
+    daemon.pleg.relist().await.expect("the fake lists");
+
+    let mut back = within("attach", client.attach_monitor(&id))
+        .await
+        .expect("the daemon kept it");
+    let report = within("the report", async {
+        loop {
+            match back.next().await.expect("open").expect("readable") {
+                super::MonitorItem::Report(report) => return report,
+                super::MonitorItem::Progress(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(report.recovered.len(), 1, "{report:?}");
+    assert!(report.unrecovered.is_empty(), "{report:?}");
+    assert_eq!(report.recovered[0].dead_id.as_str(), "app-0");
+    assert_eq!(back.monitor_id(), Some(id.as_str()));
+
+    match client.attach_monitor("no-such-monitor").await {
+        Err(ClientError::Rpc { code, message, .. }) => {
+            assert_eq!(code, tonic::Code::NotFound);
+            assert!(message.starts_with("attach: "), "{message}");
+        }
+        other => panic!("expected NotFound, got {:?}", other.map(|_| ())),
+    }
+    server.stop().await;
+}

@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use super::super::convert::{
@@ -25,12 +27,29 @@ use super::super::convert::{
 use super::super::{PodListing, pb, pod_listing};
 use super::{Permits, PlegService};
 use crate::hub::{DEFAULT_CAPACITY, Delivery, SubscribeOptions};
-use crate::monitor::MonitorPool;
+use crate::monitor::{MonitorPool, MonitorProgress};
 use crate::session::{SessionError, SessionOptions, SessionWatcher};
 use crate::terminal::TerminalReports;
 
 /// The session watchers of the service, one per pair of labels.
 pub(in crate::server::grpc) type Sessions = Arc<Mutex<HashMap<(String, String), SessionWatcher>>>;
+
+/// The monitors kept past their call (`keep_on_disconnect`), by ID.
+pub(in crate::server::grpc) type KeptMonitors = Arc<Mutex<HashMap<String, Kept>>>;
+
+/// A kept monitor, as a call that follows it reads it.
+#[derive(Clone, Debug)]
+pub(in crate::server::grpc) struct Kept {
+    progress: watch::Receiver<MonitorProgress>,
+    /// Its report, once it has ended.
+    report: watch::Receiver<Option<Arc<pb::MonitorUpdate>>>,
+}
+
+/// Monitors kept past their call at once, at most: each holds a hub queue
+/// of 4,096 events while it runs.
+pub const MAX_KEPT_MONITORS: usize = 16;
+/// How long a kept monitor's report stays to be fetched after it ends.
+pub const KEPT_REPORT_FOR: Duration = Duration::from_mins(10);
 
 /// The queue of a `WaitFor`'s subscription: it only needs to be woken.
 const WAIT_CAPACITY: usize = 64;
@@ -148,8 +167,14 @@ impl PlegService {
         &self,
         request: &pb::MonitorRequest,
     ) -> Result<ToolkitStream<pb::MonitorUpdate>, Status> {
+        if !request.attach.is_empty() {
+            return self.follow_kept_monitor(&request.attach);
+        }
         let filter = selection_filter(request.pods.as_ref())?;
         let timeout = toolkit_timeout("timeout_ms", request.timeout_ms)?;
+        if request.keep_on_disconnect {
+            return self.keep_monitor(filter, timeout);
+        }
         let permits = self.admit("Monitor", MONITOR_CAPACITY)?;
         let pool = MonitorPool::new(&self.daemon.pleg);
         pool.select_and_monitor(filter, timeout)
@@ -160,7 +185,7 @@ impl PlegService {
             let mut progress = pool.progress();
             // The counts at the start: the monitor is watching from here on.
             let start = *progress.borrow_and_update();
-            if tx.send(Ok(progress_to_pb(&start))).await.is_err() {
+            if tx.send(Ok(progress_to_pb(&start, ""))).await.is_err() {
                 pool.cancel();
                 return;
             }
@@ -174,7 +199,7 @@ impl PlegService {
                     changed = progress.changed() => {
                         let p = *progress.borrow_and_update();
                         if changed.is_ok() && p.running > 0 {
-                            if tx.send(Ok(progress_to_pb(&p))).await.is_err() {
+                            if tx.send(Ok(progress_to_pb(&p, ""))).await.is_err() {
                                 pool.cancel();
                                 return;
                             }
@@ -186,6 +211,119 @@ impl PlegService {
             }
             let report = pool.join().await;
             let _ = tx.send(Ok(report_to_pb(&report))).await;
+        });
+        Ok(ToolkitStream {
+            items,
+            _permits: permits,
+        })
+    }
+
+    /// Starts a monitor that outlives its call: it runs in a task of its
+    /// own (to its timeout, until all recovered, or until the daemon ends),
+    /// publishes its counts and its report, and is forgotten
+    /// [`KEPT_REPORT_FOR`] after it ends. The call follows it.
+    fn keep_monitor(
+        &self,
+        filter: crate::hub::Filter,
+        timeout: Duration,
+    ) -> Result<ToolkitStream<pb::MonitorUpdate>, Status> {
+        if self.ending.is_cancelled() {
+            return Err(Status::unavailable("the pleg daemon is shutting down"));
+        }
+        let id = crate::hub::Epoch::new().to_string();
+        let pool = MonitorPool::new(&self.daemon.pleg);
+        let (report_tx, report) = watch::channel(None);
+        {
+            let mut kept = self.kept_monitors.lock();
+            if kept.len() >= MAX_KEPT_MONITORS {
+                return Err(Status::resource_exhausted(format!(
+                    "the pleg daemon keeps at most {MAX_KEPT_MONITORS} monitors past their call \
+                     (keep_on_disconnect), and they are all running or holding their report; \
+                     try again later or monitor without keep_on_disconnect"
+                )));
+            }
+            pool.select_and_monitor(filter, timeout)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            kept.insert(
+                id.clone(),
+                Kept {
+                    progress: pool.progress(),
+                    report,
+                },
+            );
+        }
+        tracing::debug!(monitor_id = %id, "kept monitor started");
+        let (ending, registry, key) = (self.ending.clone(), self.kept_monitors.clone(), id.clone());
+        tokio::spawn(async move {
+            let report = tokio::select! {
+                report = pool.join() => report,
+                () = ending.cancelled() => {
+                    pool.cancel();
+                    pool.join().await
+                }
+            };
+            let _ = report_tx.send(Some(Arc::new(report_to_pb(&report))));
+            tokio::select! {
+                () = tokio::time::sleep(KEPT_REPORT_FOR) => {}
+                () = ending.cancelled() => {}
+            }
+            registry.lock().remove(&key);
+        });
+        self.follow_kept_monitor(&id)
+    }
+
+    /// A call that follows a kept monitor: its counts now and as they
+    /// change, then its report. The call ending leaves the monitor be.
+    fn follow_kept_monitor(&self, id: &str) -> Result<ToolkitStream<pb::MonitorUpdate>, Status> {
+        let Some(kept) = self.kept_monitors.lock().get(id).cloned() else {
+            let shown: String = id.chars().take(64).collect();
+            return Err(Status::not_found(format!(
+                "attach: the pleg daemon has no monitor {shown:?}: its report is older than {}, \
+                 or the daemon restarted since (monitors do not outlive it)",
+                crate::duration::format(KEPT_REPORT_FOR)
+            )));
+        };
+        // A follower holds no hub queue of its own: one place.
+        let permits = self.admit("Monitor", 1)?;
+        let (tx, items) = mpsc::channel(1);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let Kept {
+                mut progress,
+                mut report,
+            } = kept;
+            let now = *progress.borrow_and_update();
+            if tx.send(Ok(progress_to_pb(&now, &id))).await.is_err() {
+                return;
+            }
+            loop {
+                let done = report.borrow_and_update().clone();
+                if let Some(done) = done {
+                    let _ = tx.send(Ok((*done).clone())).await;
+                    return;
+                }
+                tokio::select! {
+                    () = tx.closed() => return,
+                    changed = progress.changed() => {
+                        if changed.is_ok() {
+                            let p = *progress.borrow_and_update();
+                            if tx.send(Ok(progress_to_pb(&p, &id))).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            // The pool is gone; its report is (or will be) set.
+                            if report.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    changed = report.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         });
         Ok(ToolkitStream {
             items,

@@ -7,7 +7,8 @@
 //! relisting.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::model::{ContainerId, EntryKind, PodMeta};
@@ -87,7 +88,7 @@ pub struct PodLifecycleEvent {
     pub finished_at: Option<SystemTime>,
     /// The event's sequence number in the hub's run, set when it is
     /// published (see [`seq`](Self::seq)).
-    pub(crate) seq: OnceLock<u64>,
+    pub(crate) seq: Seq,
 }
 
 impl PodLifecycleEvent {
@@ -111,7 +112,7 @@ impl PodLifecycleEvent {
             observed_at,
             started_at: None,
             finished_at: None,
-            seq: OnceLock::new(),
+            seq: Seq::default(),
         }
     }
 
@@ -119,16 +120,17 @@ impl PodLifecycleEvent {
     /// publishes in a run (see [`crate::hub::Epoch`]). `None` until
     /// published, and for the items of an initial state.
     pub fn seq(&self) -> Option<u64> {
-        self.seq.get().copied()
+        self.seq.get()
     }
 
     /// The event with this sequence number (a client reading one off the
     /// wire; the hub numbers what it publishes itself).
     #[must_use]
     pub fn with_seq(self, seq: u64) -> Self {
-        let cell = OnceLock::new();
-        let _ = cell.set(seq);
-        PodLifecycleEvent { seq: cell, ..self }
+        PodLifecycleEvent {
+            seq: Seq(AtomicU64::new(seq)),
+            ..self
+        }
     }
 
     /// The container ID, when the event concerns one.
@@ -136,6 +138,42 @@ impl PodLifecycleEvent {
         self.container.as_ref().map(|c| &c.id)
     }
 }
+
+/// An event's sequence number, set once when the hub publishes it (0: not
+/// yet; sequence numbers start at 1). One atomic word: publishing numbers
+/// every event under the core's lock.
+#[derive(Debug, Default)]
+pub(crate) struct Seq(AtomicU64);
+
+impl Seq {
+    pub(crate) fn get(&self) -> Option<u64> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// Sets it unless it was set; `false` if it was.
+    pub(crate) fn set(&self, seq: u64) -> bool {
+        self.0
+            .compare_exchange(0, seq, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl Clone for Seq {
+    fn clone(&self) -> Self {
+        Seq(AtomicU64::new(self.0.load(Ordering::Acquire)))
+    }
+}
+
+impl PartialEq for Seq {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Seq {}
 
 impl fmt::Display for PodLifecycleEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

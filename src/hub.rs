@@ -804,7 +804,7 @@ fn stamp<'a>(
     let mut copied: Option<Vec<Arc<PodLifecycleEvent>>> = None;
     for (i, event) in batch.iter().enumerate() {
         let seq = ring.assign();
-        if event.seq.set(seq).is_ok() {
+        if event.seq.set(seq) {
             if let Some(copied) = copied.as_mut() {
                 copied.push(event.clone());
             }

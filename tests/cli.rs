@@ -128,6 +128,12 @@ fn bad_flags_exit_2_naming_the_offending_value() {
             "--grpc-socket-group \"no-such-group-pleg\": no such group",
         ),
         (vec!["run", "--http-max-connections", "0"], "at least 1"),
+        (
+            vec!["run", "--replay-events", "2000000", "--check-config"],
+            "replay_events 2000000 is more than the 1000000 allowed (--replay-events)",
+        ),
+        (vec!["run", "--replay-events", "-1"], "-1"),
+        (vec!["watch", "--since", "12"], "expected EPOCH:SEQ"),
         (vec!["run", "--http-header-timeout", "10"], "missing unit"),
         (vec!["run", "--grpc-allow-uid", "bob"], "bob"),
         // Ranges, checked by --check-config exactly as by run.

@@ -27,23 +27,13 @@ mod cri_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cri_support::*;
 use k8s_cri::v1::{ContainerState as CriState, PodSandboxState};
 use pleg_testkit::fake_cri::{FakeCriServer, container, sandbox};
 use serde_json::Value;
-
-/// A child process killed when the test ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The project-local venv's interpreter.
 fn python() -> PathBuf {
@@ -198,13 +188,6 @@ async fn get(port: u16, path: &str) -> Option<pleg_testkit::http::Reply> {
         .ok()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// `pleg run` against `endpoint`, serving gRPC on `socket`.
 fn pleg_run(endpoint: &str, port: u16, socket: &Path, extra: &[&str]) -> Running {
     Running(
@@ -237,6 +220,23 @@ fn checks(health: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Waits until the daemon is healthy, with its socket, and its event
+/// stream open and caught up (see tests/containerd_cli.rs).
+async fn until_streaming(port: u16, socket: &Path) {
+    pleg_testkit::wait::eventually_async(
+        "the daemon healthy, with its socket and its stream open",
+        Duration::from_secs(30),
+        || async move {
+            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
+            let streaming = get(port, "/metrics")
+                .await
+                .is_some_and(|r| r.body.contains("pleg_stream_state{state=\"streaming\"} 1"));
+            (healthy && streaming && socket.exists()).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The containerd tests take turns: each runs an evented daemon, and on
 /// containerd 1.7 each stream event reaches one stream only.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -248,21 +248,7 @@ async fn grpcio_without_options_follows_a_container_on_containerd() {
     let socket = dir.path().join("pleg.sock");
     let port = free_port();
     let _daemon = pleg_run(&endpoint(), port, &socket, &[]);
-    // Healthy, with its socket, and its event stream open and caught up (see
-    // tests/containerd_cli.rs).
-    let socket_there = socket.as_path();
-    pleg_testkit::wait::eventually_async(
-        "the daemon healthy, with its socket and its stream open",
-        Duration::from_secs(30),
-        || async move {
-            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
-            let streaming = get(port, "/metrics")
-                .await
-                .is_some_and(|r| r.body.contains("pleg_stream_state{state=\"streaming\"} 1"));
-            (healthy && streaming && socket_there.exists()).then_some(())
-        },
-    )
-    .await;
+    until_streaming(port, &socket).await;
 
     let health = call(&socket, &["health"]);
     assert_eq!(health["healthy"], true, "{health}");
@@ -587,19 +573,7 @@ async fn grpcio_resumes_a_watch_with_since_and_epoch_and_misses_nothing_on_conta
     let socket = dir.path().join("pleg.sock");
     let port = free_port();
     let _daemon = pleg_run(&endpoint(), port, &socket, &[]);
-    let socket_there = socket.as_path();
-    pleg_testkit::wait::eventually_async(
-        "the daemon healthy, with its socket and its stream open",
-        Duration::from_secs(30),
-        || async move {
-            let healthy = get(port, "/healthz").await.is_some_and(|r| r.status == 200);
-            let streaming = get(port, "/metrics")
-                .await
-                .is_some_and(|r| r.body.contains("pleg_stream_state{state=\"streaming\"} 1"));
-            (healthy && streaming && socket_there.exists()).then_some(())
-        },
-    )
-    .await;
+    until_streaming(port, &socket).await;
     // The ground truth: a Rust watch of everything that never disconnects.
     let everything = pleg::Filter::all().with_container_changed(true);
     let mut rust = pleg::server::grpc::Client::connect(&socket)

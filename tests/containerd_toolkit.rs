@@ -64,16 +64,6 @@ fn shell(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.into()]
 }
 
-/// A child process killed when the test ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `pleg wait` for one pod against containerd 1.7, reading the runtime
 /// itself: no daemon (an empty `--grpc-socket`) and no `PLEG_*` from the
 /// environment.

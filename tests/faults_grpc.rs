@@ -642,7 +642,12 @@ async fn measure_the_rss_of_pleg_run_with_50000_containers_and_every_watch_queue
     let daemon = Running(
         Command::new(&binary)
             .env_clear()
-            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
+            // PLEG_REPLAY_EVENTS=N: a replay ring of N items (0: none), to
+            // weigh the ring against the default's 10,000.
+            .envs(
+                std::env::vars()
+                    .filter(|(k, _)| k.starts_with("MALLOC_") || k == "PLEG_REPLAY_EVENTS"),
+            )
             .args(["run", "--runtime-endpoint", &server.endpoint()])
             .args([
                 "--mode",

@@ -328,7 +328,7 @@ pub(crate) struct RunArgs {
     pub grpc_keepalive_timeout: Duration,
     /// Items (events and stream-gap Resyncs) the replay ring keeps, so that a
     /// `Watch` that reconnects with its epoch and last seq gets what it
-    /// missed; 0 keeps none; at most 1000000. About 250 bytes each.
+    /// missed; 0 keeps none; at most 1000000. About 280 bytes each.
     #[arg(long, env = "PLEG_REPLAY_EVENTS", default_value_t = pleg::hub::DEFAULT_REPLAY_EVENTS)]
     pub replay_events: usize,
     /// Prefix for every metric name (kubelet_ gives the kubelet's full names).

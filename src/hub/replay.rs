@@ -21,8 +21,8 @@ use crate::model::PodMeta;
 /// The replay ring's default size, in items.
 pub const DEFAULT_REPLAY_EVENTS: usize = 10_000;
 
-/// The largest replay ring allowed, in items (about 250 MB of events at
-/// the very most; the default takes about 2.5 MB).
+/// The largest replay ring allowed, in items (about 270 MiB of events at
+/// the very most, at about 280 bytes each; the default takes 2.7 MiB).
 pub const MAX_REPLAY_EVENTS: usize = 1_000_000;
 
 /// The longest epoch accepted from a client, in bytes.

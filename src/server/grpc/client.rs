@@ -17,7 +17,7 @@ use super::convert::{
 };
 use super::{DEFAULT_PAGE_SIZE, Health, MAX_MESSAGE_SIZE, PodListing, pb};
 use crate::backoff::Backoff;
-use crate::hub::{Delivery, Epoch, Filter, ResumeToken};
+use crate::hub::{Delivery, Epoch, Filter, ResumeToken, ResyncReason};
 use crate::model::PodUid;
 
 /// How long the client waits to connect, and for each unary call.
@@ -667,7 +667,15 @@ impl ResumingWatch {
     pub async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
         loop {
             let Some(stream) = self.stream.as_mut() else {
+                // Whether what was missed while away can be replayed.
+                let resumable = !self.connected || self.token.is_some();
                 match self.connect().await {
+                    // A daemon older than resuming (no epoch to resume
+                    // from): what happened while away is unknown, and says
+                    // so rather than nothing.
+                    Ok(()) if !resumable => {
+                        return Some(Ok(Delivery::resync(ResyncReason::EpochChanged, 0, None)));
+                    }
                     Ok(()) => continue,
                     Err(fatal) => return Some(Err(fatal)),
                 }

@@ -481,7 +481,7 @@ fn event_from_pb(event: pb::LifecycleEvent) -> Result<PodLifecycleEvent, String>
         observed_at: time_field("event.observed_at", event.observed_at_unix_nanos)?,
         started_at: optional_time_field("event.started_at", event.started_at_unix_nanos)?,
         finished_at: optional_time_field("event.finished_at", event.finished_at_unix_nanos)?,
-        seq: std::sync::OnceLock::new(),
+        seq: crate::event::Seq::default(),
     })
 }
 

@@ -24,6 +24,14 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// A directory of the test's own, for its socket.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("pleg-grpc-test")
+        .tempdir()
+        .expect("temporary directory")
+}
+
 /// A daemon over the scripted runtime, relisting only, never started.
 fn daemon() -> Daemon {
     let pleg = Pleg::new(FakeRuntime::new(), Config::generic()).expect("valid config");
@@ -90,10 +98,7 @@ impl Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
-    let dir = tempfile::Builder::new()
-        .prefix("pleg-grpc-test")
-        .tempdir()
-        .expect("temporary directory");
+    let dir = temp_dir();
     let daemon = daemon();
     let server = Server::start(&daemon, &dir.path().join("pleg.sock")).await;
     let mut client = server.client().await;
@@ -221,10 +226,7 @@ async fn next_event_seqs(watch: &mut super::WatchStream, n: usize) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_reconnects_with_its_token_misses_nothing() {
-    let dir = tempfile::Builder::new()
-        .prefix("pleg-grpc-test")
-        .tempdir()
-        .expect("temporary directory");
+    let dir = temp_dir();
     let daemon = daemon();
     let server = Server::start(&daemon, &dir.path().join("pleg.sock")).await;
     let hub = daemon.pleg.hub().clone();
@@ -282,10 +284,7 @@ async fn a_watcher_that_reconnects_with_its_token_misses_nothing() {
 /// daemon restart (a new run) it says so, then gives the initial state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resuming_watch_survives_the_server_going_away_and_a_daemon_restart() {
-    let dir = tempfile::Builder::new()
-        .prefix("pleg-grpc-test")
-        .tempdir()
-        .expect("temporary directory");
+    let dir = temp_dir();
     let socket = dir.path().join("pleg.sock");
     let runtime = FakeRuntime::with_pods(vec![
         crate::model::Pod::new(PodMeta::new("p", "p", "default")).with_container(
@@ -374,10 +373,7 @@ async fn a_resuming_watch_survives_the_server_going_away_and_a_daemon_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_monitor_sees_a_recovery_while_its_client_is_away() {
     use crate::model::{Container, ContainerState, Pod};
-    let dir = tempfile::Builder::new()
-        .prefix("pleg-grpc-test")
-        .tempdir()
-        .expect("temporary directory");
+    let dir = temp_dir();
     let meta = PodMeta::new("p", "web", "default");
     let listed = |state: ContainerState, attempts: u32| {
         (0..attempts).fold(Pod::new(meta.clone()), |pod, attempt| {

@@ -572,7 +572,7 @@ async fn grpcio_resumes_a_watch_with_since_and_epoch_and_misses_nothing_on_conta
     let dir = pleg_testkit::temp::dir("cd-grpc-py-resume");
     let socket = dir.path().join("pleg.sock");
     let port = free_port();
-    let _daemon = pleg_run(&endpoint(), port, &socket, &[]);
+    let daemon = pleg_run(&endpoint(), port, &socket, &[]);
     until_streaming(port, &socket).await;
     // The ground truth: a Rust watch of everything that never disconnects.
     let everything = pleg::Filter::all().with_container_changed(true);
@@ -722,4 +722,67 @@ async fn grpcio_resumes_a_watch_with_since_and_epoch_and_misses_nothing_on_conta
             .is_some_and(|d| d.starts_with("since: ")),
         "{refused}"
     );
+
+    // A daemon restart in between: grpcio back with the old epoch and an
+    // initial state gets a Resync of the epoch's reason, then how a running
+    // pod stands (not as fresh starts), then Synced.
+    let standing = TestPod::run(&driver, "grpc-py-restart").await;
+    let runs = standing
+        .start(
+            &driver,
+            "app",
+            0,
+            vec!["/bin/sh".into(), "-c".into(), "sleep 300".into()],
+        )
+        .await;
+    drop(rust);
+    drop(daemon);
+    let port = free_port();
+    let _restarted = pleg_run(&endpoint(), port, &socket, &[]);
+    until_streaming(port, &socket).await;
+    let mut after = Stream::open(
+        &socket,
+        &["--epoch", &epoch, "--since", &since_arg, "--initial-state"],
+    )
+    .await;
+    assert_ne!(after.ready["epoch"], epoch.as_str(), "a new run");
+    let resync = after.next_line(Duration::from_secs(30)).await;
+    assert_eq!(
+        resync["resync"]["reason"], "RESYNC_REASON_EPOCH_CHANGED",
+        "{resync}"
+    );
+    let mut initial = Vec::new();
+    let synced = loop {
+        let line = after.next_line(Duration::from_secs(30)).await;
+        if line.get("synced").is_some() {
+            break line;
+        }
+        assert_eq!(
+            line["initial"], true,
+            "only initial state before Synced: {line}"
+        );
+        assert!(line.get("seq").is_none(), "no seq on initial state: {line}");
+        let event = &line["lifecycle"];
+        if event["pod"]["uid"] == standing.uid() {
+            initial.push((
+                event["type"].as_str().unwrap_or_default().to_string(),
+                event["container"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
+        }
+    };
+    assert_eq!(
+        initial,
+        [
+            (
+                "EVENT_TYPE_CONTAINER_STARTED".to_string(),
+                standing.sandbox_id.clone()
+            ),
+            ("EVENT_TYPE_CONTAINER_STARTED".to_string(), runs.clone()),
+        ]
+    );
+    assert_eq!(synced["synced"]["epoch"], after.ready["epoch"], "{synced}");
+    standing.remove(&driver).await;
 }

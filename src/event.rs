@@ -118,7 +118,8 @@ impl PodLifecycleEvent {
 
     /// The event's sequence number: it rises by one per item the hub
     /// publishes in a run (see [`crate::hub::Epoch`]). `None` until
-    /// published, and for the items of an initial state.
+    /// published, for the items of an initial state, and for
+    /// `ContainerChanged`, a hint that follows the numbered item before it.
     pub fn seq(&self) -> Option<u64> {
         self.seq.get()
     }

@@ -28,7 +28,10 @@
 //! # Sequence numbers and resuming
 //! Every item published (an event, or the `Resync` of a gap in the
 //! runtime's event stream) takes the next sequence number of the run, and
-//! the run is named by an [`Epoch`]. The last items are kept in a bounded
+//! the run is named by an [`Epoch`]. `ContainerChanged`, a hint that only
+//! subscribers who ask for it get, takes none: it follows the numbered item
+//! before it, so that a subscription with the default filter sees every
+//! number; a resume replays the hints published after its point. The last items are kept in a bounded
 //! replay ring; a subscription that names where it stood
 //! ([`SubscribeOptions::with_resume`]) gets every item after that point
 //! that its filter selects, then the live ones, with no gap and no
@@ -721,9 +724,6 @@ impl Hub {
         self.inner.metrics.published.inc_by(batch.len() as u64);
         let mut ring = self.inner.ring.lock();
         let batch = stamp(&mut ring, batch);
-        for event in batch.iter() {
-            ring.push(Item::Event(event.clone()));
-        }
         self.inner.metrics.replay_ring.set(gauge(ring.len()));
         let slots = self.inner.slots.read();
         let mut dropped = 0;
@@ -794,24 +794,41 @@ impl Hub {
     }
 }
 
-/// Numbers a batch. The core's events are fresh and take their number in
-/// place; one that was published before (a test or a benchmark publishing
-/// the same event twice) is copied with a number of its own.
+/// Numbers a batch and keeps it in the ring. The core's events are fresh
+/// and take their number in place; one that was published before (a test
+/// or a benchmark publishing the same event twice) is copied with a number
+/// of its own. A `ContainerChanged` takes none: it is kept as a hint that
+/// follows the numbered item before it.
 fn stamp<'a>(
     ring: &mut Ring,
     batch: &'a [Arc<PodLifecycleEvent>],
 ) -> Cow<'a, [Arc<PodLifecycleEvent>]> {
     let mut copied: Option<Vec<Arc<PodLifecycleEvent>>> = None;
     for (i, event) in batch.iter().enumerate() {
-        let seq = ring.assign();
-        if event.seq.set(seq) {
+        if event.kind == EventType::ContainerChanged {
+            ring.push(Item::Hint {
+                after: ring.last(),
+                event: event.clone(),
+            });
             if let Some(copied) = copied.as_mut() {
                 copied.push(event.clone());
             }
-        } else {
-            let copied = copied.get_or_insert_with(|| batch[..i].to_vec());
-            copied.push(Arc::new(PodLifecycleEvent::clone(event).with_seq(seq)));
+            continue;
         }
+        let seq = ring.assign();
+        let numbered = if event.seq.set(seq) {
+            if let Some(copied) = copied.as_mut() {
+                copied.push(event.clone());
+            }
+            event.clone()
+        } else {
+            let fresh = Arc::new(PodLifecycleEvent::clone(event).with_seq(seq));
+            copied
+                .get_or_insert_with(|| batch[..i].to_vec())
+                .push(fresh.clone());
+            fresh
+        };
+        ring.push(Item::Event(numbered));
     }
     copied.map_or(Cow::Borrowed(batch), Cow::Owned)
 }
@@ -820,7 +837,7 @@ fn stamp<'a>(
 fn replay_into<'a>(queue: &mut Queue, items: impl Iterator<Item = &'a Item>, filter: &Filter) {
     for item in items {
         match item {
-            Item::Event(event) => {
+            Item::Event(event) | Item::Hint { event, .. } => {
                 if filter.matches(event) {
                     queue.items.push_back(Queued::Event(event.clone()));
                 }

@@ -3,7 +3,10 @@
 //!
 //! Every item the hub publishes (an event, or the `Resync` of a gap in the
 //! runtime's event stream) takes the next sequence number of the run,
-//! starting at 1. The run is named by an [`Epoch`], new at every start, so
+//! starting at 1, except `ContainerChanged`: a hint delivered only to those
+//! who ask for it, which stands after the numbered item before it and
+//! carries no number of its own, so that a watch with the default filter
+//! sees contiguous numbers. The run is named by an [`Epoch`], new at every start, so
 //! that a sequence number is only ever compared with those of its own run.
 //! The [`Ring`] keeps the last items published, bounded by count; a
 //! subscriber that names a point still in the ring gets every item after
@@ -160,6 +163,11 @@ impl ParseResumeTokenError {
 pub(crate) enum Item {
     /// An event; its `seq` is set.
     Event(Arc<PodLifecycleEvent>),
+    /// A `ContainerChanged` hint, unnumbered, published after item `after`.
+    Hint {
+        after: u64,
+        event: Arc<PodLifecycleEvent>,
+    },
     /// A gap in the runtime's event stream, for the subscribers of `pod`
     /// (of every pod when `None`).
     Gap {
@@ -167,6 +175,19 @@ pub(crate) enum Item {
         pod: Option<Arc<PodMeta>>,
         missed: u64,
     },
+}
+
+impl Item {
+    /// Where the item stands in the run: the seq it carries, or (for a
+    /// hint) the seq it follows, and whether it is a hint. Rising along
+    /// the ring.
+    fn key(&self) -> (u64, bool) {
+        match self {
+            Item::Event(e) => (e.seq().unwrap_or(0), false),
+            Item::Hint { after, .. } => (*after, true),
+            Item::Gap { seq, .. } => (*seq, false),
+        }
+    }
 }
 
 /// Where a resume point stands against the ring.
@@ -189,6 +210,8 @@ pub(crate) struct Ring {
     limit: usize,
     /// The sequence number of the next item.
     next_seq: u64,
+    /// The last numbered item the ring let go of (0: none yet).
+    dropped: u64,
 }
 
 impl Ring {
@@ -197,11 +220,13 @@ impl Ring {
             items: VecDeque::with_capacity(limit.min(1024)),
             limit,
             next_seq: 1,
+            dropped: 0,
         }
     }
 
     /// Takes the next sequence number. The caller pushes the item it names
-    /// before it lets go of the ring, so the ring's items stay contiguous.
+    /// before it lets go of the ring, so the ring's numbered items stay
+    /// contiguous.
     pub(crate) fn assign(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -216,12 +241,21 @@ impl Ring {
     /// Keeps an item, forgetting the oldest past the limit.
     pub(crate) fn push(&mut self, item: Item) {
         if self.limit == 0 {
+            self.forget(&item);
             return;
         }
-        if self.items.len() == self.limit {
-            self.items.pop_front();
+        if self.items.len() == self.limit
+            && let Some(oldest) = self.items.pop_front()
+        {
+            self.forget(&oldest);
         }
         self.items.push_back(item);
+    }
+
+    fn forget(&mut self, item: &Item) {
+        if let (seq, false) = item.key() {
+            self.dropped = seq;
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -233,22 +267,25 @@ impl Ring {
         self.items.range(index.min(self.items.len())..)
     }
 
-    /// Where a subscriber that holds everything up to `since` resumes.
+    /// Where a subscriber that holds everything up to `since` resumes:
+    /// after the numbered item `since`, the hints that followed it
+    /// included (a hint seen just before a disconnect may thus come
+    /// again; a numbered item never does).
     pub(crate) fn lookup(&self, since: u64) -> Lookup {
         let last = self.last();
         if since > last {
             return Lookup::Ahead { last };
         }
-        // The ring holds `first..=last`, contiguous.
-        let first = last + 1 - self.items.len() as u64;
-        if since + 1 >= first {
-            // `since + 1 - first` is at most the ring's length.
-            Lookup::From(usize::try_from(since + 1 - first).unwrap_or(usize::MAX))
-        } else {
-            Lookup::Expired {
-                missed: first - since - 1,
-            }
+        if since < self.dropped {
+            // The numbered items `since + 1 ..= dropped` are gone.
+            return Lookup::Expired {
+                missed: self.dropped - since,
+            };
         }
+        Lookup::From(
+            self.items
+                .partition_point(|item| item.key() <= (since, false)),
+        )
     }
 }
 
@@ -271,10 +308,7 @@ mod tests {
     }
 
     fn seq_of(item: &Item) -> u64 {
-        match item {
-            Item::Event(e) => e.seq().unwrap_or(0),
-            Item::Gap { seq, .. } => *seq,
-        }
+        item.key().0
     }
 
     #[test]
@@ -308,6 +342,55 @@ mod tests {
         let empty = Ring::new(10);
         assert_eq!(empty.lookup(0), Lookup::From(0));
         assert_eq!(empty.lookup(1), Lookup::Ahead { last: 0 });
+    }
+
+    #[test]
+    fn a_resume_replays_the_hints_after_the_point_and_none_before() {
+        let pod = Arc::new(PodMeta::new("u", "p", "ns"));
+        let changed = || {
+            Arc::new(PodLifecycleEvent::new(
+                pod.clone(),
+                EventType::ContainerChanged,
+                EventSource::Relist,
+                std::time::SystemTime::UNIX_EPOCH,
+            ))
+        };
+        let mut ring = Ring::new(100);
+        let gap = |ring: &mut Ring| {
+            let seq = ring.assign();
+            ring.push(Item::Gap {
+                seq,
+                pod: None,
+                missed: 1,
+            });
+        };
+        gap(&mut ring); // 1
+        ring.push(Item::Hint {
+            after: 1,
+            event: changed(),
+        });
+        gap(&mut ring); // 2
+        ring.push(Item::Hint {
+            after: 2,
+            event: changed(),
+        });
+        assert_eq!(ring.lookup(0), Lookup::From(0));
+        assert_eq!(ring.lookup(1), Lookup::From(1), "the hint after 1, then 2");
+        assert_eq!(ring.lookup(2), Lookup::From(3), "the hint after 2");
+        assert_eq!(ring.lookup(3), Lookup::Ahead { last: 2 });
+        // Hints leaving the ring expire nothing; numbered items do.
+        let mut small = Ring::new(2);
+        gap(&mut small); // 1
+        small.push(Item::Hint {
+            after: 1,
+            event: changed(),
+        });
+        small.push(Item::Hint {
+            after: 1,
+            event: changed(),
+        });
+        assert_eq!(small.lookup(0), Lookup::Expired { missed: 1 });
+        assert_eq!(small.lookup(1), Lookup::From(0));
     }
 
     #[test]

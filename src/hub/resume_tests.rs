@@ -335,3 +335,60 @@ fn resuming_while_events_are_published_has_no_gap_and_no_duplicate_at_the_seam()
 fn a_queued_delivery_takes_16_bytes() {
     assert_eq!(std::mem::size_of::<Queued>(), 16);
 }
+
+fn changed(uid: &str) -> Arc<PodLifecycleEvent> {
+    let pod = Arc::new(PodMeta::new(uid, uid, "ns"));
+    Arc::new(PodLifecycleEvent::new(
+        pod,
+        EventType::ContainerChanged,
+        EventSource::Relist,
+        std::time::SystemTime::UNIX_EPOCH,
+    ))
+}
+
+#[test]
+fn container_changed_hints_take_no_seq_so_a_default_watch_sees_every_number() {
+    let hub = Hub::new();
+    let mut default = hub.subscribe();
+    let mut hints = hub.subscribe_filtered(Filter::all().with_container_changed(true));
+    let token = hints.resume_token();
+    hub.publish(&[changed("a"), event("a", "ns", 0)]); // hint, 1
+    hub.publish(&[event("a", "ns", 1), changed("a")]); // 2, hint
+    hub.publish(&[changed("a")]); // hint
+    hub.publish(&[event("a", "ns", 2)]); // 3
+    assert_eq!(seqs(&drain(&mut default)), vec![1, 2, 3], "contiguous");
+    let got = drain(&mut hints);
+    assert_eq!(got.len(), 6);
+    assert_eq!(seqs(&got), vec![1, 2, 3], "hints carry none");
+    let held = hints.resume_token();
+    assert_eq!(held.seq, 3);
+    drop(hints);
+
+    // A resume after seq 2 gets the two hints that followed it, then 3.
+    let mut back = hub
+        .subscribe_with(
+            SubscribeOptions::filtered(Filter::all().with_container_changed(true))
+                .with_resume(Some(ResumeToken::new(hub.epoch().clone(), 2))),
+        )
+        .expect("resumable");
+    let kinds: Vec<_> = drain(&mut back)
+        .iter()
+        .map(|d| (d.event().map(|e| e.kind), d.seq()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Some(EventType::ContainerChanged), None),
+            (Some(EventType::ContainerChanged), None),
+            (Some(EventType::ContainerStarted), Some(3)),
+        ]
+    );
+    // From the start: everything, the first hint included.
+    let mut all = hub
+        .subscribe_with(
+            SubscribeOptions::filtered(Filter::all().with_container_changed(true))
+                .with_resume(Some(token)),
+        )
+        .expect("resumable");
+    assert_eq!(drain(&mut all).len(), 6);
+}

@@ -304,16 +304,7 @@ async fn grpcio_without_options_follows_a_container_on_containerd() {
     // It runs until the test lets it exit, so the wait, however late the
     // interpreter starts, finds it running.
     let app = pod
-        .start(
-            &driver,
-            "app",
-            0,
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "while [ ! -e /trigger/app ]; do sleep 0.1; done; exit 3".into(),
-            ],
-        )
+        .start(&driver, "app", 0, until_triggered("app", 3))
         .await;
     let waited = wait.await.expect("the WaitFor call");
     assert_eq!(waited["met"], true, "{waited}");
@@ -604,16 +595,7 @@ async fn grpcio_resumes_a_watch_with_since_and_epoch_and_misses_nothing_on_conta
     let driver = driver();
     let pod = TestPod::run(&driver, "grpc-py-resume").await;
     let app = pod
-        .start(
-            &driver,
-            "app",
-            0,
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "while [ ! -e /trigger/app ]; do sleep 0.1; done; exit 3".into(),
-            ],
-        )
+        .start(&driver, "app", 0, until_triggered("app", 3))
         .await;
     let before: Vec<_> = first
         .rest(Duration::from_secs(30))

@@ -113,25 +113,10 @@ async fn a_slow_watcher_gets_a_resync_with_the_exact_missed_count() {
     // overflowed, then 5000 more, letting the daemon's side of the stream
     // run now and then (so events, drops and Resyncs interleave).
     let pod = Arc::new(PodMeta::new("flood", "flood", "default"));
-    let event = |n: u32| {
-        let mut e = PodLifecycleEvent::new(
-            pod.clone(),
-            EventType::ContainerStarted,
-            EventSource::Relist,
-            std::time::SystemTime::now(),
-        );
-        e.container = Some(ContainerRef {
-            id: "ctr".into(),
-            name: "ctr".into(),
-            attempt: n,
-            kind: EntryKind::Container,
-        });
-        Arc::new(e)
-    };
     let mut published: u32 = 0;
     let mut overflowed_at = None;
     while overflowed_at.is_none_or(|at| published < at + 5000) {
-        hub.publish(&[event(published)]);
+        hub.publish(&[numbered(&pod, published)]);
         published += 1;
         if overflowed_at.is_none() && hub.discarded() > 0 {
             overflowed_at = Some(published);

@@ -227,15 +227,19 @@ impl PlegService {
         filter: crate::hub::Filter,
         timeout: Duration,
     ) -> Result<ToolkitStream<pb::MonitorUpdate>, Status> {
-        if self.ending.is_cancelled() {
-            return Err(Status::unavailable("the pleg daemon is shutting down"));
-        }
+        // The call's place first: a monitor whose call is refused would
+        // run unwatched and hold one of the kept places for nothing.
+        let permits = self.admit("Monitor", 1)?;
         let id = crate::hub::Epoch::new().to_string();
         let pool = MonitorPool::new(&self.daemon.pleg);
         let (report_tx, report) = watch::channel(None);
+        let kept = Kept {
+            progress: pool.progress(),
+            report,
+        };
         {
-            let mut kept = self.kept_monitors.lock();
-            if kept.len() >= MAX_KEPT_MONITORS {
+            let mut registry = self.kept_monitors.lock();
+            if registry.len() >= MAX_KEPT_MONITORS {
                 return Err(Status::resource_exhausted(format!(
                     "the pleg daemon keeps at most {MAX_KEPT_MONITORS} monitors past their call \
                      (keep_on_disconnect), and they are all running or holding their report; \
@@ -244,13 +248,7 @@ impl PlegService {
             }
             pool.select_and_monitor(filter, timeout)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            kept.insert(
-                id.clone(),
-                Kept {
-                    progress: pool.progress(),
-                    report,
-                },
-            );
+            registry.insert(id.clone(), kept.clone());
         }
         tracing::debug!(monitor_id = %id, "kept monitor started");
         let (ending, registry, key) = (self.ending.clone(), self.kept_monitors.clone(), id.clone());
@@ -269,11 +267,10 @@ impl PlegService {
             }
             registry.lock().remove(&key);
         });
-        self.follow_kept_monitor(&id)
+        Ok(follow(kept, id, permits))
     }
 
-    /// A call that follows a kept monitor: its counts now and as they
-    /// change, then its report. The call ending leaves the monitor be.
+    /// A call with `attach`: follows kept monitor `id`, if the daemon has it.
     fn follow_kept_monitor(&self, id: &str) -> Result<ToolkitStream<pb::MonitorUpdate>, Status> {
         let Some(kept) = self.kept_monitors.lock().get(id).cloned() else {
             let shown: String = id.chars().take(64).collect();
@@ -285,50 +282,7 @@ impl PlegService {
         };
         // A follower holds no hub queue of its own: one place.
         let permits = self.admit("Monitor", 1)?;
-        let (tx, items) = mpsc::channel(1);
-        let id = id.to_string();
-        tokio::spawn(async move {
-            let Kept {
-                mut progress,
-                mut report,
-            } = kept;
-            let now = *progress.borrow_and_update();
-            if tx.send(Ok(progress_to_pb(&now, &id))).await.is_err() {
-                return;
-            }
-            loop {
-                let done = report.borrow_and_update().clone();
-                if let Some(done) = done {
-                    let _ = tx.send(Ok((*done).clone())).await;
-                    return;
-                }
-                tokio::select! {
-                    () = tx.closed() => return,
-                    changed = progress.changed() => {
-                        if changed.is_ok() {
-                            let p = *progress.borrow_and_update();
-                            if tx.send(Ok(progress_to_pb(&p, &id))).await.is_err() {
-                                return;
-                            }
-                        } else {
-                            // The pool is gone; its report is (or will be) set.
-                            if report.changed().await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    changed = report.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(ToolkitStream {
-            items,
-            _permits: permits,
-        })
+        Ok(follow(kept, id.to_string(), permits))
     }
 
     pub(super) fn toolkit_terminal_reports(
@@ -468,5 +422,53 @@ impl PlegService {
                 self.limits.max_capacity
             ))),
         }
+    }
+}
+
+/// The task of a call that follows a kept monitor: its counts now and as
+/// they change, then its report. The call ending leaves the monitor be.
+fn follow(kept: Kept, id: String, permits: Permits) -> ToolkitStream<pb::MonitorUpdate> {
+    let (tx, items) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let Kept {
+            mut progress,
+            mut report,
+        } = kept;
+        let now = *progress.borrow_and_update();
+        if tx.send(Ok(progress_to_pb(&now, &id))).await.is_err() {
+            return;
+        }
+        loop {
+            let done = report.borrow_and_update().clone();
+            if let Some(done) = done {
+                let _ = tx.send(Ok((*done).clone())).await;
+                return;
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                changed = progress.changed() => {
+                    if changed.is_ok() {
+                        let p = *progress.borrow_and_update();
+                        if tx.send(Ok(progress_to_pb(&p, &id))).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        // The pool is gone; its report is (or will be) set.
+                        if report.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                changed = report.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    ToolkitStream {
+        items,
+        _permits: permits,
     }
 }

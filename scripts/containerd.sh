@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # A project-local containerd (with its CRI plugin) for pleg's tests against a real runtime.
 #
+#   2.1: Debian sid's containerd 2.1 (pinned, see SID_VERSION; its .deb's sha256 checked);
+#        config version 3; it broadcasts GetContainerEvents to every stream and replays
+#        a backlog of up to 5 minutes to the first stream that connects.
 #   1.7: Debian 13 (trixie)'s containerd 1.7, serves CRI GetContainerEvents.
 #   1.6: Debian 12 (bookworm)'s containerd 1.6, answers GetContainerEvents with Unimplemented.
 #
-# Both can run at once. Everything lives under $PLEG_CRI_DIR (default <repo>/.local/cri):
-#   apt/                private apt config, sources list and lists for trixie
+# All can run at once. Everything lives under $PLEG_CRI_DIR (default <repo>/.local/cri):
+#   apt/<suite>/        private apt config, sources list and lists for trixie and sid
 #   debs/<suite>/       downloaded .debs
-#   pkg/containerd-1.7  pkg/containerd-1.6  pkg/busybox-static   (dpkg -x, nothing installed)
+#   pkg/containerd-2.1  pkg/containerd-1.7  pkg/containerd-1.6  pkg/busybox-static
+#                       (dpkg -x, nothing installed)
 #   image/busybox-pleg.tar   the test and sandbox images, built offline from busybox-static
 #   <version>/          config.toml, containerd.sock, containerd.log, containerd.pid, root/,
 #                       state/, run/ (seen by containerd as /run, see start_containerd)
@@ -16,13 +20,13 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-Usage: scripts/containerd.sh <command> [--version 1.7|1.6]
+Usage: scripts/containerd.sh <command> [--version 2.1|1.7|1.6]
 
 A project-local containerd for pleg's CRI tests, under \$PLEG_CRI_DIR
 (default <repo>/.local/cri; now $CRI_DIR).
 
 Commands:
-  install   fetch everything (runc, protoc, both containerd packages, busybox-static) and
+  install   fetch everything (runc, protoc, the three containerd packages, busybox-static) and
             build the image tar; idempotent, fast when done
   up        install if needed, start containerd, import the images; no-op if already up
   down      stop containerd, kill its shims and containers, unmount, and delete its data
@@ -33,14 +37,17 @@ Commands:
   env       print export lines, for: eval "\$(scripts/containerd.sh env)"
 
 Options:
-  --version 1.7|1.6   which containerd (default 1.7); each has its own directory and socket
+  --version 2.1|1.7|1.6   which containerd (default 1.7); each has its own directory and socket
 
 Images (namespace k8s.io):
   $IMAGE_REF        test image (busybox; Cmd /bin/sh)
   $PAUSE_REF  sandbox image (sleeps until SIGTERM/SIGKILL)
 
-env prints PLEG_CRI_DIR, PLEG_TEST_IMAGE and PLEG_CONTAINERD_ENDPOINT (1.7)
-or PLEG_CONTAINERD16_ENDPOINT (1.6).
+env prints PLEG_CRI_DIR, PLEG_TEST_IMAGE and PLEG_CONTAINERD_ENDPOINT (1.7),
+PLEG_CONTAINERD21_ENDPOINT (2.1) or PLEG_CONTAINERD16_ENDPOINT (1.6).
+
+containerd 2.1 is sid's $SID_VERSION, pinned (the sha256 of its .deb is checked). If sid
+no longer serves it, install takes the newest 2.x sid serves that runs here, and says so.
 
 Notes:
   - There is no CNI: pods must use the host network (NamespaceOption network = NODE).
@@ -65,13 +72,17 @@ IMAGE_TAR=$CRI_DIR/image/busybox-pleg.tar
 BUSYBOX=$CRI_DIR/pkg/busybox-static/bin/busybox
 RUNC=/usr/sbin/runc
 NS=k8s.io
+# containerd 2.x from Debian sid, pinned: sid moves on, the tests should not.
+SID_VERSION=2.1.9+ds1-5
+SID_SHA256=2dda86ce7033fd612fc50e136679d8174ccad680eb29cd4611e0d2a1b84cf591
 
 select_version() {
 	VERSION=$1
 	case $VERSION in
 	1.7) ENDPOINT_VAR=PLEG_CONTAINERD_ENDPOINT ;;
 	1.6) ENDPOINT_VAR=PLEG_CONTAINERD16_ENDPOINT ;;
-	*) die "unknown --version '$VERSION' (expected 1.7 or 1.6)" ;;
+	2.1) ENDPOINT_VAR=PLEG_CONTAINERD21_ENDPOINT ;;
+	*) die "unknown --version '$VERSION' (expected 2.1, 1.7 or 1.6)" ;;
 	esac
 	PKG_DIR=$CRI_DIR/pkg/containerd-$VERSION
 	CONTAINERD=$PKG_DIR/usr/bin/containerd
@@ -100,13 +111,14 @@ with_lock() {
 
 # ---------------------------------------------------------------------------------- install
 
-# apt for trixie through a private config: own sources list, lists and cache directories,
-# so the system's sources and lists are never touched.
-apt_trixie() {
-	local dir=$CRI_DIR/apt
+# apt for Debian suite $1 (trixie, sid) through a private config: own sources list, lists
+# and cache directories, so the system's sources and lists are never touched.
+apt_suite() {
+	local suite=$1 dir=$CRI_DIR/apt/$1
+	shift
 	if [[ ! -f $dir/apt.conf ]]; then
 		mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
-		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$dir/sources.list"
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$dir/sources.list"
 		# The #clear lines drop the system's update hooks (appstream, docker-clean), which
 		# have no business running for a private list.
 		cat >"$dir/apt.conf.tmp" <<EOF
@@ -121,11 +133,14 @@ Dir::Cache "$dir/cache";
 EOF
 		mv "$dir/apt.conf.tmp" "$dir/apt.conf"
 	fi
-	if [[ $1 != update ]] && ! compgen -G "$dir/lists/*_Packages*" >/dev/null; then
-		apt-get -c "$dir/apt.conf" update >&2 || die "apt-get update (private trixie list) failed"
+	if [[ ${1:-} != update ]] && ! compgen -G "$dir/lists/*_Packages*" >/dev/null; then
+		apt-get -c "$dir/apt.conf" update >&2 || die "apt-get update (private $suite list) failed"
 	fi
 	apt-get -c "$dir/apt.conf" "$@"
 }
+
+apt_trixie() { apt_suite trixie "$@"; }
+apt_sid() { apt_suite sid "$@"; }
 
 apt_bookworm() { apt-get -o APT::Sandbox::User=root "$@"; }
 
@@ -167,6 +182,52 @@ install_containerd() {
 	# Fail here, not at `up`, if the mirror ever ships another containerd.
 	got=$("$dir/usr/bin/containerd" --version) || die "$dir/usr/bin/containerd does not run"
 	[[ $got == *" $version."* ]] || die "$suite's containerd is not $version: $got (delete $dir and its .deb to refetch)"
+}
+
+# Downloads sid's containerd into $1 and prints the .deb's path: the pinned $SID_VERSION,
+# its sha256 checked; if sid no longer serves it, the newest 2.x it does serve (said
+# plainly, and no hash to check it against).
+fetch_sid_containerd() {
+	local dir=$1 deb versions v
+	mkdir -p "$dir"
+	deb=$dir/containerd_${SID_VERSION}_$(dpkg --print-architecture).deb
+	if [[ ! -s $deb ]]; then
+		say "downloading containerd=$SID_VERSION (sid)"
+		if ! (cd "$dir" && apt_sid download "containerd=$SID_VERSION" >&2); then
+			apt_sid update >&2 || die "apt-get update (private sid list) failed"
+			(cd "$dir" && apt_sid download "containerd=$SID_VERSION" >&2) || deb=
+		fi
+	fi
+	if [[ -n $deb && -s $deb ]]; then
+		local sum
+		sum=$(sha256sum "$deb" | cut -d ' ' -f 1)
+		[[ $sum == "$SID_SHA256" ]] ||
+			die "$deb has sha256 $sum, not the pinned $SID_SHA256: delete it and retry; if sid rebuilt $SID_VERSION, check the new .deb and update SID_SHA256"
+		echo "$deb"
+		return
+	fi
+	# Not served any more: the newest 2.x that is.
+	versions=$(apt-cache -c "$CRI_DIR/apt/sid/apt.conf" madison containerd | awk '$3 ~ /^2\./ { print $3 }' | sort -V -r -u)
+	[[ -n $versions ]] || die "sid serves neither containerd $SID_VERSION nor any other containerd 2.x"
+	v=${versions%%$'\n'*}
+	say "WARNING: sid no longer serves containerd $SID_VERSION (pinned); taking sid's newest 2.x, $v, unpinned (no sha256 to check)"
+	(cd "$dir" && apt_sid download "containerd=$v" >&2) || die "apt-get download containerd=$v (sid) failed"
+	deb=$(find "$dir" -maxdepth 1 -name "containerd_${v/*:/}_*.deb" | head -n 1)
+	[[ -n $deb ]] || die "apt-get download containerd=$v left no .deb in $dir"
+	echo "$deb"
+}
+
+install_containerd_sid() {
+	local dir=$CRI_DIR/pkg/containerd-2.1 deb got
+	if [[ ! -d $dir ]]; then
+		deb=$(fetch_sid_containerd "$CRI_DIR/debs/sid")
+		unpack_deb "$deb" "$dir"
+	fi
+	# sid's containerd needs glibc 2.34; say so here, not at `up`, if it cannot run.
+	got=$("$dir/usr/bin/containerd" --version 2>&1) ||
+		die "sid's containerd ($dir/usr/bin/containerd) does not run on this machine: $got"
+	[[ $got == *" 2."* ]] || die "sid's containerd is not 2.x: $got (delete $dir and $CRI_DIR/debs/sid to refetch)"
+	[[ $got == *" 2.1."* ]] || say "note: --version 2.1 runs sid's $got, not 2.1 (see fetch_sid_containerd)"
 }
 
 system_packages() {
@@ -250,12 +311,13 @@ PY
 }
 
 installed() {
-	[[ -d $CRI_DIR/pkg/containerd-1.7 && -d $CRI_DIR/pkg/containerd-1.6 && -s $IMAGE_TAR ]] &&
+	[[ -d $CRI_DIR/pkg/containerd-2.1 && -d $CRI_DIR/pkg/containerd-1.7 && -d $CRI_DIR/pkg/containerd-1.6 && -s $IMAGE_TAR ]] &&
 		dpkg-query -W -f='${Status}\n' runc protobuf-compiler 2>/dev/null | grep -c 'install ok installed' | grep -qx 2
 }
 
 install_locked() {
 	system_packages
+	install_containerd_sid
 	install_containerd 1.7 apt_trixie trixie
 	install_containerd 1.6 apt_bookworm bookworm
 	local deb
@@ -351,7 +413,68 @@ log_tail() {
 
 # ---------------------------------------------------------------------------------- up
 
+# containerd 2.x: config version 3, where the CRI plugin is split into images, runtime and
+# the gRPC service.
+write_config_v3() {
+	cat >"$CONFIG" <<EOF
+# Written by scripts/containerd.sh on each start; edits are lost.
+version = 3
+root = "$INST/root"
+state = "$INST/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$SOCK"
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "$INST/opt"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "$PAUSE_REF"
+
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "$INST/certs.d"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # The machine lacks CAP_SYS_RESOURCE: without this RunPodSandbox fails.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  # Debian 12's runc: newer ones need a newer glibc.
+  BinaryName = "$RUNC"
+  SystemdCgroup = false
+
+# No CNI here: pods use the host network namespace.
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["$INST/cni/bin"]
+  conf_dir = "$INST/cni/net.d"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  # Port 0: the instances would otherwise all want the default 10010.
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+EOF
+}
+
 write_config() {
+	if [[ $VERSION == 2.* ]]; then
+		write_config_v3
+		return
+	fi
 	cat >"$CONFIG" <<EOF
 # Written by scripts/containerd.sh on each start; edits are lost.
 version = 2

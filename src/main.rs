@@ -1,5 +1,6 @@
 //! The `pleg` command line: the node daemon (`run`), the live event view
-//! (`watch`) and the pod table (`pods`). The demo is `pleg-demo`, in
+//! (`watch`) and the pod table (`pods`), plus `completions` and `man`, which
+//! print what is generated from the flags. The demo is `pleg-demo`, in
 //! pleg-testkit.
 //!
 //! Every flag has an environment variable (`PLEG_…`). Exit codes:
@@ -52,6 +53,8 @@ fn main() -> ExitCode {
         Command::Pods(args) => tokio.block_on(cli::pods::run(args)),
         Command::Wait(args) => tokio.block_on(cli::wait::run(args)),
         Command::Monitor(args) => tokio.block_on(cli::monitor::run(args)),
+        Command::Completions(args) => cli::generate::completions(&args),
+        Command::Man(args) => cli::generate::man(&args),
     };
     // Nothing may keep the process alive after the command is done.
     tokio.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -1488,3 +1488,250 @@ async fn watch_from_a_daemon_gives_the_initial_state_resumes_with_since_and_ride
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("since: resume point seq"), "{stderr}");
 }
+
+/// The subcommands every completion script and man page must know.
+const SUBCOMMANDS: [&str; 5] = ["run", "watch", "pods", "wait", "monitor"];
+
+/// `pleg <args>`, which must succeed: its stdout.
+fn stdout_of(args: &[&str]) -> String {
+    let out = pleg().args(args).output().expect("run pleg");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 on stdout")
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_know_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = stdout_of(&["completions", shell]);
+        assert!(!script.trim().is_empty(), "{shell}: an empty script");
+        for subcommand in SUBCOMMANDS {
+            assert!(script.contains(subcommand), "{shell}: no {subcommand}");
+        }
+        // A flag of a subcommand, not just the subcommands' names.
+        assert!(
+            script.contains("relist-period"),
+            "{shell}: no --relist-period"
+        );
+        match shell {
+            "bash" => {
+                let mut check = Command::new("bash")
+                    .arg("-n")
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start bash -n");
+                std::io::Write::write_all(
+                    &mut check.stdin.take().expect("piped stdin"),
+                    script.as_bytes(),
+                )
+                .expect("the script to bash -n");
+                let checked = check.wait_with_output().expect("bash -n");
+                assert!(
+                    checked.status.success(),
+                    "bash -n: {}",
+                    String::from_utf8_lossy(&checked.stderr)
+                );
+                assert!(script.contains("complete -F _pleg"), "{script}");
+            }
+            "zsh" => assert!(script.starts_with("#compdef pleg"), "{script}"),
+            _ => assert!(script.contains("complete -c pleg"), "{script}"),
+        }
+    }
+}
+
+#[test]
+fn completions_for_an_unknown_shell_exit_2_naming_it() {
+    let out = pleg()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run pleg");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'tcsh'"), "{stderr}");
+    assert!(stderr.contains("bash, zsh, fish"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// The `.TH` line of a roff page: the first after clap_mangen's preamble
+/// (`.ie`/`.el`, which defines the apostrophe string), which must be the
+/// first macro of substance.
+fn title_line(page: &str) -> &str {
+    page.lines()
+        .find(|line| !line.starts_with(".ie ") && !line.starts_with(".el "))
+        .expect("a line after the preamble")
+}
+
+#[test]
+fn man_prints_pleg_1_in_roff_with_every_subcommand() {
+    let page = stdout_of(&["man"]);
+    let title = title_line(&page);
+    assert!(title.starts_with(".TH pleg 1 "), "{title}");
+    assert!(
+        title.contains(env!("CARGO_PKG_VERSION")),
+        "the version in {title}"
+    );
+    assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+    for subcommand in SUBCOMMANDS.into_iter().chain(["completions", "man"]) {
+        // roff escapes the hyphen.
+        let reference = format!("pleg\\-{subcommand}(1)");
+        assert!(page.contains(&reference), "no {reference} in {page}");
+    }
+    // clap's own `help` subcommand has no page to point to.
+    assert!(!page.contains("pleg\\-help"), "{page}");
+}
+
+#[test]
+fn man_with_dir_writes_pleg_1_and_one_page_per_subcommand() {
+    let dir = temp::dir("man");
+    // Made when missing, parents too.
+    let target = dir.path().join("share/man/man1");
+    let target_arg = target.to_str().expect("a UTF-8 temp path");
+    let listing = stdout_of(&["man", "--dir", target_arg]);
+    let expected: Vec<String> = SUBCOMMANDS
+        .into_iter()
+        .chain(["completions", "man"])
+        .map(|subcommand| format!("pleg-{subcommand}"))
+        .chain(["pleg".to_owned()])
+        .collect();
+    let mut found: Vec<String> = std::fs::read_dir(&target)
+        .expect("the man directory")
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .into_string()
+                .expect("a UTF-8 file name")
+        })
+        .collect();
+    found.sort();
+    let mut expected_files: Vec<String> = expected.iter().map(|name| format!("{name}.1")).collect();
+    expected_files.sort();
+    assert_eq!(found, expected_files);
+    for name in &expected {
+        let path = target.join(format!("{name}.1"));
+        assert!(
+            listing
+                .lines()
+                .any(|line| line == path.to_str().unwrap_or("")),
+            "{} not listed in {listing}",
+            path.display()
+        );
+        let page = std::fs::read_to_string(&path).expect("a page");
+        let title = title_line(&page);
+        assert!(title.starts_with(&format!(".TH {name} 1 ")), "{title}");
+    }
+    let run = std::fs::read_to_string(target.join("pleg-run.1")).expect("pleg-run.1");
+    assert!(run.contains("relist\\-period"), "{run}");
+    // A directory that cannot be made fails with exit 1, naming it.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").expect("a plain file");
+    let blocked = file.join("man1");
+    let out = pleg()
+        .arg("man")
+        .arg("--dir")
+        .arg(&blocked)
+        .output()
+        .expect("run pleg");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("man page directory {}", blocked.display())),
+        "{stderr}"
+    );
+}
+
+/// HEAD of the checkout the tests run in, or `None` when git is missing or
+/// this is no git checkout of pleg (a source tarball, perhaps unpacked
+/// inside some other repository): the same test build.rs makes.
+fn git_head() -> Option<String> {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    git(&["ls-files", "--error-unmatch", "build.rs"])?;
+    git(&["rev-parse", "--verify", "HEAD"])
+}
+
+/// The version `pleg --version` prints, after `pleg `.
+fn version() -> String {
+    let out = stdout_of(&["--version"]);
+    let line = out.trim_end();
+    assert_eq!(line.lines().count(), 1, "{out}");
+    line.strip_prefix("pleg ")
+        .unwrap_or_else(|| panic!("no `pleg ` before the version: {out}"))
+        .to_owned()
+}
+
+#[test]
+fn version_names_the_cargo_version_and_the_commit_built_from() {
+    let version = version();
+    let git = version
+        .strip_prefix(concat!(env!("CARGO_PKG_VERSION"), " (git "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not `<version> (git <commit>[, <date>])`: {version}"));
+    let (commit, date) = git
+        .split_once(", ")
+        .map_or((git, None), |(c, d)| (c, Some(d)));
+    let id = commit.strip_suffix("-dirty").unwrap_or(commit);
+    match git_head() {
+        // CI builds and tests a fresh clone: the commit is HEAD's.
+        Some(head) => {
+            assert_eq!(id.len(), 12, "{version}");
+            assert!(head.starts_with(id), "{version} is not HEAD {head}");
+            let date = date.unwrap_or_else(|| panic!("no commit date in {version}"));
+            let digits = date.replace('-', "");
+            assert!(
+                date.len() == 10 && digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()),
+                "the date in {version}"
+            );
+        }
+        // No git, or no checkout: only the format can be checked; the
+        // commit is `unknown`, or what PLEG_GIT_COMMIT said at build time.
+        None => assert!(
+            id == "unknown" || (id.len() >= 7 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{version}"
+        ),
+    }
+    // -V, a subcommand's --version and the man page say the same.
+    assert_eq!(stdout_of(&["-V"]).trim_end(), format!("pleg {version}"));
+    assert_eq!(
+        stdout_of(&["run", "--version"]).trim_end(),
+        format!("pleg-run {version}")
+    );
+    assert!(
+        title_line(&stdout_of(&["man"])).contains(&format!("\"pleg {version}\"")),
+        "the man page's source is not pleg {version}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_the_same_version_as_dash_dash_version_at_start() {
+    let version = version();
+    let server = fake_runtime().await;
+    let dir = temp::dir("cli-version");
+    let mut running = daemon(&server, &dir, free_port(), &[]);
+    let mut lines = stderr_lines(&mut running.0);
+    let started = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.recv().await {
+            if line.contains("pleg running") {
+                return line;
+            }
+        }
+        panic!("stderr ended before \"pleg running\"");
+    })
+    .await
+    .expect("\"pleg running\" on stderr");
+    assert!(started.contains(&version), "{version} not in {started}");
+}

@@ -869,12 +869,14 @@ async fn on_containerd_1_6_evented_mode_falls_back_to_relisting_at_once_and_repo
 
 // ------------------------------------------------ outage
 
-/// `scripts/containerd.sh` with these arguments; returns what it printed.
+/// `scripts/containerd.sh` with these arguments, for the containerd under
+/// test ([`containerd_version`]); returns what it printed.
 fn containerd_sh(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/containerd.sh");
     let started = tokio::time::Instant::now();
     let out = Command::new(script)
         .args(args)
+        .args(["--version", &containerd_version()])
         .output()
         .unwrap_or_else(|e| panic!("{script}: {e}"));
     let printed = format!(
@@ -895,7 +897,8 @@ fn containerd_sh(args: &[&str]) -> String {
     printed
 }
 
-/// containerd 1.7 killed; brought up again when dropped if the test did not.
+/// The containerd under test killed; brought up again when dropped if the
+/// test did not.
 struct Outage {
     over: bool,
 }
@@ -916,7 +919,9 @@ impl Drop for Outage {
     fn drop(&mut self) {
         if !self.over {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/containerd.sh");
-            let _ = Command::new(script).arg("up").status();
+            let _ = Command::new(script)
+                .args(["up", "--version", &containerd_version()])
+                .status();
         }
     }
 }

@@ -97,6 +97,67 @@ fn daemonset_is_valid_yaml_with_probes_on_the_health_port_and_the_runtime_socket
 }
 
 #[test]
+fn daemonset_container_is_hardened_and_says_how_its_image_is_built() {
+    let text = read("deploy/daemonset.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let spec = &doc["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+
+    // What tests/containerd_pod.rs carries out and checks in the process.
+    let context = &container["securityContext"];
+    assert_eq!(context["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(context["allowPrivilegeEscalation"].as_bool(), Some(false));
+    let dropped: Vec<&str> = context["capabilities"]["drop"]
+        .as_sequence()
+        .expect("capabilities.drop")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(dropped, ["ALL"]);
+    assert!(
+        context["capabilities"]["add"].is_null(),
+        "no capability added"
+    );
+    assert!(
+        container["command"].is_null(),
+        "the image's entrypoint (/usr/bin/pleg) runs"
+    );
+    // The pod test reads the flags in this shape.
+    for arg in container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .skip(1)
+    {
+        let arg = arg.as_str().expect("string arg");
+        assert!(
+            arg.starts_with("--") && arg.contains('='),
+            "{arg}: args are --flag=value"
+        );
+    }
+    // The pod test stops pleg with this grace and expects a clean exit (0)
+    // before it: pleg itself gives its servers 1.5 s.
+    let grace = spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!((2..=30).contains(&grace), "{grace} s");
+    assert_eq!(container["imagePullPolicy"].as_str(), Some("IfNotPresent"));
+
+    // The image's recipe is named, and exists.
+    assert!(
+        text.contains("scripts/pleg-image.sh"),
+        "the manifest says how to build the image"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pleg-image.sh");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&script)
+            .expect("scripts/pleg-image.sh")
+            .permissions(),
+    );
+    assert!(mode & 0o111 != 0, "scripts/pleg-image.sh is executable");
+}
+
+#[test]
 fn systemd_unit_parses_and_its_command_line_is_accepted() {
     let text = read("deploy/pleg.service");
     let mut section = String::new();

@@ -289,6 +289,10 @@ pub struct PodSpec {
     pub attempt: u32,
     /// Sandbox labels (they become the pod's labels in pleg).
     pub labels: BTreeMap<String, String>,
+    /// Host directory the runtime writes its containers' logs to (their
+    /// [`ContainerSpec::log_path`] is relative to it); none by default, and
+    /// then their output is discarded.
+    pub log_directory: Option<PathBuf>,
 }
 
 impl PodSpec {
@@ -312,6 +316,12 @@ impl PodSpec {
         self
     }
 
+    /// Sets the host directory of the containers' logs.
+    pub fn with_log_directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_directory = Some(dir.into());
+        self
+    }
+
     /// The CRI sandbox configuration this spec stands for.
     pub fn sandbox_config(&self) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig {
@@ -324,6 +334,11 @@ impl PodSpec {
             // No hostname: a pod on the node's network shares its UTS
             // namespace, and runc refuses to set one there.
             labels: self.labels.clone().into_iter().collect(),
+            log_directory: self
+                .log_directory
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(host_network()),
@@ -355,6 +370,17 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// Host paths bind-mounted into the container, as (host, container).
     pub mounts: Vec<(PathBuf, PathBuf)>,
+    /// Mount the image's root filesystem read-only (Kubernetes'
+    /// `readOnlyRootFilesystem`).
+    pub readonly_rootfs: bool,
+    /// Keep the processes from gaining privileges, `no_new_privs` (what
+    /// Kubernetes' `allowPrivilegeEscalation: false` asks for).
+    pub no_new_privileges: bool,
+    /// Capabilities to drop (Kubernetes' `capabilities.drop`, such as
+    /// `ALL`); none by default, leaving the runtime's default set.
+    pub drop_capabilities: Vec<String>,
+    /// The log file, relative to the pod's [`PodSpec::log_directory`].
+    pub log_path: Option<PathBuf>,
 }
 
 impl ContainerSpec {
@@ -381,6 +407,46 @@ impl ContainerSpec {
     /// Bind-mounts a host path into the container.
     pub fn with_mount(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
         self.mounts.push((host.into(), container.into()));
+        self
+    }
+
+    /// Sets the arguments (to the image's entrypoint when `command` is
+    /// empty, as with Kubernetes' `args`).
+    pub fn with_args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Mounts the root filesystem read-only, or not.
+    pub fn with_readonly_rootfs(mut self, readonly: bool) -> Self {
+        self.readonly_rootfs = readonly;
+        self
+    }
+
+    /// Sets `no_new_privs`, or not.
+    pub fn with_no_new_privileges(mut self, no_new_privileges: bool) -> Self {
+        self.no_new_privileges = no_new_privileges;
+        self
+    }
+
+    /// Drops these capabilities (`ALL` for every one).
+    pub fn with_drop_capabilities(
+        mut self,
+        capabilities: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.drop_capabilities = capabilities.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the log file, relative to the pod's log directory.
+    pub fn with_log_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_path = Some(path.into());
         self
     }
 
@@ -415,9 +481,20 @@ impl ContainerSpec {
                     ..Default::default()
                 })
                 .collect(),
+            log_path: self
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(host_network()),
+                    readonly_rootfs: self.readonly_rootfs,
+                    no_new_privs: self.no_new_privileges,
+                    capabilities: (!self.drop_capabilities.is_empty()).then(|| cri::Capability {
+                        drop_capabilities: self.drop_capabilities.clone(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

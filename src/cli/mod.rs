@@ -8,6 +8,7 @@ use pleg::select::{LabelSelector, Pattern, PodSelector};
 use pleg::server::grpc;
 use pleg::{Config, EventType, Filter, Mode, PodUid, RelistDuration};
 
+pub(crate) mod generate;
 pub(crate) mod monitor;
 pub(crate) mod output;
 pub(crate) mod pods;
@@ -79,9 +80,16 @@ unavailable, 4 gRPC socket unavailable, 5 runtime unavailable (without --wait),
 6 daemon unreachable, 7 any other failure (wait). For wait, 1 means the condition was not
 met within the timeout.";
 
+/// The version `--version`, the man page and `pleg run`'s start-up log show:
+/// the package version, the git commit the binary was built from (`-dirty`
+/// when its sources differed from it; `unknown` when built outside a git
+/// checkout without `PLEG_GIT_COMMIT`) and the commit's date. Set by
+/// build.rs.
+pub(crate) const VERSION: &str = env!("PLEG_VERSION");
+
 /// pleg: a node-level Pod Lifecycle Event Generator.
 #[derive(Debug, Parser)]
-#[command(name = "pleg", version, about, after_help = AFTER_HELP, propagate_version = true)]
+#[command(name = "pleg", version = VERSION, about, after_help = AFTER_HELP, propagate_version = true)]
 pub(crate) struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -111,6 +119,42 @@ pub(crate) enum Command {
     /// could not watch to the end (events were lost) though all it saw
     /// recovered.
     Monitor(MonitorArgs),
+    /// Print a shell completion script to stdout, such as
+    /// `pleg completions bash > /etc/bash_completion.d/pleg`.
+    Completions(CompletionsArgs),
+    /// Print the man page, pleg(1), to stdout as roff (`pleg man | man -l -`);
+    /// with --dir, write it and one page per command (pleg-run.1,
+    /// pleg-watch.1, ...) into that directory instead, and print the paths
+    /// written.
+    Man(ManArgs),
+}
+
+/// The shells `pleg completions` writes scripts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShellArg {
+    /// Bash: source the script, or put it in `/etc/bash_completion.d/pleg`.
+    Bash,
+    /// Zsh: put the script in a directory of `$fpath` as `_pleg`.
+    Zsh,
+    /// Fish: put the script in `~/.config/fish/completions/pleg.fish`.
+    Fish,
+}
+
+/// `pleg completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: ShellArg,
+}
+
+/// `pleg man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Write pleg.1 and one page per command into this directory (created
+    /// when missing) instead of printing pleg(1).
+    #[arg(long, env = "PLEG_MAN_DIR", value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// Generator mode.

@@ -296,6 +296,7 @@ async fn start(
         http::serve_with(daemon, listener, limits, stop.cancelled_owned()).await
     }));
     tracing::info!(
+        version = super::VERSION,
         endpoint = ?runtime.endpoint().to_string(),
         mode = mode.as_str(),
         health = ?args.health_addr,

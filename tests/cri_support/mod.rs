@@ -61,9 +61,20 @@ fn env(name: &str) -> String {
     }
 }
 
-/// The containerd 1.7 endpoint under test.
+/// The containerd endpoint under test (1.7, or the one
+/// [`containerd_version`] names).
 pub fn endpoint() -> String {
     env("PLEG_CONTAINERD_ENDPOINT")
+}
+
+/// Which project-local containerd [`endpoint`] is (`scripts/containerd.sh
+/// --version`): `PLEG_CONTAINERD_VERSION`, 1.7 unless set. scripts/test.sh
+/// sets it to 2.1 when it runs the tests again against 2.1.
+pub fn containerd_version() -> String {
+    std::env::var("PLEG_CONTAINERD_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "1.7".to_string())
 }
 
 /// The busybox image imported into containerd.

@@ -694,6 +694,11 @@ pub(crate) fn register_all(
         Listed(runtime.requests().clone()),
     );
     r!(
+        "pleg_cri_request_duration_seconds",
+        "Duration in seconds of runtime calls that ended, by method, answer decoding included.",
+        Listed(runtime.request_durations().clone()),
+    );
+    r!(
         "pleg_runtime_unknown_values_total",
         "State values from the runtime outside the CRI enums, treated as unknown.",
         runtime.unknown_values_count().clone(),

@@ -413,19 +413,27 @@ struct ListingInner {
 impl Listing {
     /// Builds a listing from the runtime's pods.
     pub fn new(pods: impl IntoIterator<Item = Pod>) -> Self {
+        // Each pod's entries are put in ID order (and de-duplicated) first,
+        // while the pods are still in the order the runtime gave them, which
+        // is the order their memory was allocated in: this pass reads
+        // memory front to back instead of at random.
+        let mut duplicates_dropped = 0;
         // Canonical order: by UID hash (stable, so the first sighting of a
         // repeated UID comes first). Whatever order the runtime lists pods in,
         // the same pods then come in the same order, and the diff walks the
         // records, which were created in that order, from front to back.
         let mut hashed: Vec<(u64, Pod)> = pods
             .into_iter()
-            .map(|pod| (uid_hash(&pod.meta.uid), pod))
+            .map(|mut pod| {
+                duplicates_dropped +=
+                    in_id_order_once(&mut pod.sandboxes) + in_id_order_once(&mut pod.containers);
+                (uid_hash(&pod.meta.uid), pod)
+            })
             .collect();
         hashed.sort_by_key(|(hash, _)| *hash);
 
         let mut merged: Vec<Pod> = Vec::with_capacity(hashed.len());
         let mut keys: Vec<(PodUid, u64)> = Vec::with_capacity(hashed.len());
-        let mut duplicates_dropped = 0;
         for (hash, pod) in hashed {
             // A repeated UID sits among the pods with the same hash just before.
             let same_hash = keys.iter().rev().take_while(|(_, h)| *h == hash).count();
@@ -438,28 +446,23 @@ impl Listing {
                 let target = &mut merged[first + offset];
                 target.sandboxes.extend(pod.sandboxes);
                 target.containers.extend(pod.containers);
+                // Merged entries are in order and unique again only once
+                // sorted together (rare: a runtime listing one pod twice).
+                duplicates_dropped += in_id_order_once(&mut target.sandboxes)
+                    + in_id_order_once(&mut target.containers);
             } else {
                 keys.push((pod.meta.uid.clone(), hash));
                 merged.push(pod);
             }
         }
-        // Repack every pod's entries into fresh vectors of their exact size,
-        // allocated in the canonical order, so that walking the listing
-        // reads memory front to back. The runtime's vectors are freed only
-        // after all are allocated, so that the new ones do not land in their
-        // holes: at 10,000 pods, a diff of entries scattered that way took
-        // four times as long (`cargo bench --bench diff`, `diff/10000/0`).
-        let mut spent: Vec<Vec<Container>> = Vec::with_capacity(merged.len() * 2);
-        for pod in &mut merged {
-            duplicates_dropped +=
-                in_id_order_once(&mut pod.sandboxes) + in_id_order_once(&mut pod.containers);
-            for entries in [&mut pod.sandboxes, &mut pod.containers] {
-                let mut fresh = Vec::with_capacity(entries.len());
-                fresh.append(entries);
-                spent.push(std::mem::replace(entries, fresh));
-            }
-        }
-        drop(spent);
+        // The entries are not copied into fresh vectors allocated in the
+        // canonical order. That repacking made a no-change diff of 10,000
+        // pods 1.3 ms faster (`cargo bench --bench diff`, `diff/10000/0`,
+        // 1.9 → 0.6 ms), but cost two allocations, two frees and a copy per
+        // pod on memory that no longer fits in cache, which grew faster
+        // than the pod count: 8.7 → 16–41 ms at 10,000 pods and 72 → 200 ms
+        // at 50,000 (`cargo bench --bench relist`, `listing/*`), so every
+        // relist paid far more for it than the diff saved.
         let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(keys.len());
         for (position, (_, hash)) in keys.iter().enumerate() {
             let position = u32::try_from(position).unwrap_or(u32::MAX);

@@ -399,7 +399,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 43] = [
+const FAMILIES: [(&str, &str); 44] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),
@@ -415,6 +415,7 @@ const FAMILIES: [(&str, &str); 43] = [
     ("pleg_relist_failures_total", "counter"),
     ("pleg_status_fetch_failures_total", "counter"),
     ("pleg_cri_requests_total", "counter"),
+    ("pleg_cri_request_duration_seconds", "histogram"),
     ("pleg_runtime_unknown_values_total", "counter"),
     ("pleg_runtime_skipped_records_total", "counter"),
     ("pleg_stream_events_received_total", "counter"),

@@ -5,6 +5,8 @@
 //!   answers, cut connections, a vanished socket, container events).
 //! - [`driver`]: a crictl-style workload driver with its own CRI client, to
 //!   make a real runtime run pods and containers while pleg watches.
+//! - [`scale`]: what a `pleg run` daemon costs at N containers (relist
+//!   time, split into the runtime's and pleg's own; resident memory).
 //! - [`wait`], [`http`], [`temp`]: the helpers pleg's tests share: polling
 //!   until something holds, a small HTTP/1.1 client for the daemon's
 //!   probes and metrics, temporary directories.
@@ -22,5 +24,6 @@
 pub mod driver;
 pub mod fake_cri;
 pub mod http;
+pub mod scale;
 pub mod temp;
 pub mod wait;

@@ -388,14 +388,45 @@ pub struct CriLabels {
     pub code: RpcOutcome,
 }
 
+/// `method` of `pleg_cri_request_duration_seconds`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CriMethodOnly {
+    /// The RPC.
+    pub method: CriMethod,
+}
+
 /// Counters kept by a runtime adapter: RPCs by method and outcome, and
 /// values received from the runtime that we did not recognise or could not
 /// use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuntimeStats {
     requests: Family<CriLabels, Count>,
+    /// How long RPCs took, by method: the runtime's share of a relist (the
+    /// call and tonic's decoding of the answer), which the relist duration
+    /// less the two listing calls' share splits from pleg's own.
+    request_durations: Family<CriMethodOnly, Histogram>,
     unknown_values: Count,
     skipped_records: Count,
+}
+
+impl Default for RuntimeStats {
+    /// Every method's duration series, present (empty) from the start.
+    fn default() -> Self {
+        let stats = RuntimeStats {
+            requests: Family::default(),
+            request_durations: Family::default(),
+            unknown_values: Count::default(),
+            skipped_records: Count::default(),
+        };
+        for &method in CriMethod::ALL {
+            drop(
+                stats
+                    .request_durations
+                    .get_or_create(&CriMethodOnly { method }),
+            );
+        }
+        stats
+    }
 }
 
 impl RuntimeStats {
@@ -444,6 +475,18 @@ impl RuntimeStats {
     /// The requests family, for registration.
     pub(crate) fn requests(&self) -> &Family<CriLabels, Count> {
         &self.requests
+    }
+
+    /// Times one RPC that ended, whatever its outcome.
+    pub fn time_request(&self, method: CriMethod, took: Duration) {
+        self.request_durations
+            .get_or_create(&CriMethodOnly { method })
+            .observe(took);
+    }
+
+    /// The request durations family, for registration.
+    pub(crate) fn request_durations(&self) -> &Family<CriMethodOnly, Histogram> {
+        &self.request_durations
     }
 
     /// Values outside the enums we know, received so far.

@@ -67,9 +67,22 @@ pub const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 /// The kubelet's default runtime request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(2);
 
-/// The largest message accepted from the runtime, as in the kubelet: a node
-/// with thousands of containers lists more than gRPC's default 4 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// The largest message accepted from the runtime (and sent to it):
+/// 64 MiB, four times the kubelet's 16 MiB.
+///
+/// CRI v1 has no paging: `ListContainers` and `ListPodSandbox` answer with
+/// every container and sandbox at once (their requests carry only a filter),
+/// so the one answer must fit. The kubelet's 16 MiB suffices for the
+/// kubelet's few hundred containers, not for the 50,000 pleg is built for:
+/// a container the fake CRI server lists (64-hex IDs, the kubelet's four
+/// labels, an image) weighs about 400 bytes on the wire, 20.2 MB at 50,000
+/// (`pleg_testkit::scale`, `a_50000_container_listing_fits_the_cri_message_cap`),
+/// and containerd adds the kubelet's five annotations, about 250 bytes more.
+/// 64 MiB leaves room for twice that. The cap is a bound, not a buffer: a
+/// listing costs its own size either way, and the cap only refuses a runtime
+/// whose answer is larger still. [`CriConfig::with_max_message_size`] sets
+/// another.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// The HTTP/2 keep-alive interval. containerd (grpc-go's default enforcement
 /// policy) tolerates one ping per 5 minutes on a quiet connection and answers
@@ -333,6 +346,7 @@ where
     F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
+    let started = tokio::time::Instant::now();
     let (outcome, answer) = match tokio::time::timeout(timeout, call(client.clone())).await {
         Ok(Ok(response)) => (RpcOutcome::Code(tonic::Code::Ok), Ok(response.into_inner())),
         Ok(Err(status)) => (
@@ -342,6 +356,7 @@ where
         Err(_) => (RpcOutcome::Timeout, Err(RpcFailure::Timeout(timeout))),
     };
     stats.count_request(method, outcome);
+    stats.time_request(method, started.elapsed());
     answer
 }
 

@@ -93,7 +93,7 @@ impl ScaleFigures {
 /// metrics on a free local port, its gRPC socket in a temporary directory)
 /// against a fake CRI server listing `containers` running containers in
 /// pods of `containers_per_pod` (the last pod takes the remainder), waits
-/// for its first relist and [`SAMPLED_RELISTS`] more, and returns what they
+/// for its first relist and five more (`SAMPLED_RELISTS`), and returns what they
 /// cost. IDs are 64 hex digits and containers carry the kubelet's labels,
 /// as a real runtime lists them. The daemon is killed before this returns.
 ///

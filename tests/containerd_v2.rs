@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cri_support::{
-    PlannedPod, TestPod, described, init_logs, is, subscribe_pods_with, until_triggered,
+    PlannedPod, TestPod, described, init_logs, is, kinds, subscribe_pods_with, until_triggered,
     wait_exited,
 };
 use pleg::model::PodUid;
@@ -228,19 +228,6 @@ async fn events_until(
         }
     }
     got
-}
-
-/// `(kind, id)` of each event, in order.
-fn kinds(events: &[Arc<PodLifecycleEvent>]) -> Vec<(EventType, String)> {
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.kind,
-                e.container_id().map(|c| c.to_string()).unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 fn has(events: &[Arc<PodLifecycleEvent>], kind: EventType, id: &str) -> bool {

@@ -260,8 +260,8 @@ impl Core {
     }
 }
 
-/// A container first seen exited, that started after pleg began watching,
-/// had a start nobody reported (it lived between two relists, or its
+/// A container first seen exited (or seen created, then exited), that
+/// started after pleg began watching, had a start nobody reported (it lived between two relists, or its
 /// events went to another consumer of the stream, or were lost in a runtime
 /// restart): its status says when it started, so the start is published
 /// before its death rather than lost. (The kubelet reports only the death.)
@@ -278,10 +278,18 @@ pub(crate) fn rebuild_missed_starts<'a>(
     let Some(since) = watching_since else {
         return std::borrow::Cow::Borrowed(events);
     };
+    // Created is the one state a container is in before it runs (CRI's
+    // created → running → exited), so a record of it created means no
+    // start was reported; a record of it unknown may follow a reported
+    // start, and is left alone.
+    let never_seen_running = |id: &crate::model::ContainerId| {
+        old.and_then(|p| p.find(id))
+            .is_none_or(|(c, _)| c.state == crate::model::ContainerState::Created)
+    };
     let missed = |e: &DiffEvent| {
         e.kind == EventType::ContainerDied
             && e.entry == EntryKind::Container
-            && old.is_none_or(|p| p.find(&e.id).is_none())
+            && never_seen_running(&e.id)
             && status
                 .find(&e.id)
                 .and_then(|c| c.started_at)

@@ -458,3 +458,109 @@ async fn a_container_that_lived_between_two_relists_is_reported_started_then_die
         .expect("quick died");
     assert_eq!(died.exit_code, Some(3));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_container_seen_created_then_exited_is_reported_started_then_died() {
+    let clock = clock();
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg = Pleg::new(runtime.clone(), Config::generic().with_clock(clock.clone()))
+        .expect("valid config");
+    let mut sub = pleg.subscribe();
+    pleg.relist().await.expect("relist");
+    // One relist sees the container created, the next one exited: it ran
+    // in between, and its status says when.
+    let mut listed = pod_with_sandbox("p1", &[]);
+    listed
+        .containers
+        .push(Container::new("c", "c-name", Created));
+    runtime.set_pods(vec![listed]);
+    pleg.relist().await.expect("relist");
+    let mut exited = Container::new("c", "c-name", Exited).with_exit(5, "Error");
+    exited.started_at = Some(clock.now());
+    let mut after = pod_with_sandbox("p1", &[]);
+    after.containers.push(exited);
+    runtime.set_pods(vec![after]);
+    pleg.relist().await.expect("relist");
+    // A container seen running, then unknown, then exited had its start
+    // reported: only its death is new. (ContainerChanged, for created and
+    // unknown, is not in a default subscription.)
+    let mut running = pod_with_sandbox("p1", &[]);
+    let mut r = Container::new("r", "r-name", Running);
+    r.started_at = Some(clock.now());
+    running.containers.push(r.clone());
+    runtime.set_pods(vec![running]);
+    pleg.relist().await.expect("relist");
+    let mut unknown = pod_with_sandbox("p1", &[]);
+    unknown.containers.push(Container {
+        state: ContainerState::Unknown,
+        ..r.clone()
+    });
+    runtime.set_pods(vec![unknown]);
+    pleg.relist().await.expect("relist");
+    let mut gone = pod_with_sandbox("p1", &[]);
+    gone.containers.push(Container {
+        state: Exited,
+        ..r.with_exit(0, "Completed")
+    });
+    runtime.set_pods(vec![gone]);
+    pleg.relist().await.expect("relist");
+    let got = drain(&mut sub);
+    assert_eq!(
+        events_of(&got),
+        [
+            (EventType::ContainerStarted, "sb-p1".into()),
+            (EventType::ContainerStarted, "c".into()),
+            (EventType::ContainerDied, "c".into()),
+            (EventType::ContainerStarted, "r".into()),
+            (EventType::ContainerRemoved, "c".into()),
+            (EventType::ContainerDied, "r".into()),
+        ]
+    );
+    let died = got
+        .iter()
+        .filter_map(Delivery::event)
+        .find(|e| {
+            e.kind == EventType::ContainerDied && e.container_id().is_some_and(|id| id.as_str() == "c")
+        })
+        .expect("c died");
+    assert_eq!(died.exit_code, Some(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_lost_a_start_between_created_and_stopped_rebuilds_it() {
+    let clock = clock();
+    let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
+    let pleg =
+        Pleg::new(runtime.clone(), Config::default().with_clock(clock.clone())).expect("valid config");
+    let mut sub = pleg.subscribe();
+    pleg.relist().await.expect("relist");
+    drain(&mut sub);
+    // CREATED reaches pleg, STARTED goes to another consumer, STOPPED
+    // carries the start time.
+    let created = event_at(ContainerEventKind::Created, "p1", "c1", Created, clock.now());
+    pleg.apply_event(&created).await;
+    let mut stopped = event_at(ContainerEventKind::Stopped, "p1", "c1", Exited, clock.now());
+    stopped.containers[0] = Container::new("c1", "c1-name", Exited).with_exit(2, "Error");
+    stopped.containers[0].started_at = Some(clock.now());
+    let applied = pleg.apply_event(&stopped).await;
+    let got = drain(&mut sub);
+    assert_eq!(
+        events_of(&got),
+        [
+            (EventType::ContainerStarted, "c1".into()),
+            (EventType::ContainerDied, "c1".into()),
+        ]
+    );
+    // The stream showed a gap (the STARTED it never got), but nothing in it
+    // was lost for good.
+    assert_eq!(
+        applied,
+        Applied::PublishedAfterGap {
+            published: 2,
+            lost: 0,
+            missed: 1
+        }
+    );
+    // Nothing was lost for good, so nobody is told to resync for it.
+    assert_eq!(gap_resyncs(&got), 0, "{got:?}");
+}

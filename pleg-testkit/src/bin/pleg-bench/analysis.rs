@@ -32,6 +32,11 @@ pub struct Completeness {
     /// Starts of containers that lived less than the longest gap between
     /// two relists of the run, missed by relisting (documented).
     pub missed_short_lived: usize,
+    /// Events of containers pleg never listed: their whole existence
+    /// (creation to removal, less any runtime outage) was shorter than the
+    /// longest gap between two relists, so no relist saw them (documented,
+    /// generic mode only).
+    pub missed_never_listed: usize,
     pub duplicated: usize,
     pub unexpected: usize,
     /// `ContainerDied` whose exit code differs from the runtime's.
@@ -54,15 +59,20 @@ pub struct Latencies {
     pub runtime_lag_ms: Vec<f64>,
 }
 
+/// `outage` is when the runtime was down (the restart scenario): no relist
+/// can look then, so it does not count toward an existence.
 pub fn analyse(
     truth: &[Truth],
     seen: &[Seen],
     short_bound: Option<Duration>,
+    outage: Option<(SystemTime, SystemTime)>,
 ) -> (Completeness, Latencies) {
     let mut by_key: HashMap<(&str, EventType), Vec<&Seen>> = HashMap::new();
     for s in seen {
         by_key.entry((s.id.as_str(), s.kind)).or_default().push(s);
     }
+    let held_ids: HashSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
+    let never_listed = never_listed(truth, &held_ids, short_bound, outage);
     let lifetimes: HashMap<&str, Duration> = truth
         .iter()
         .filter(|t| t.transition == Transition::Exited)
@@ -119,7 +129,9 @@ pub fn analyse(
                 let documented = kind == EventType::ContainerStarted
                     && t.entry == Entry::Container
                     && matches!((short, lived), (Some(s), Some(l)) if *l < s);
-                if documented {
+                if never_listed.contains(t.id.as_str()) {
+                    c.missed_never_listed += 1;
+                } else if documented {
                     c.missed_short_lived += 1;
                 } else {
                     c.missed += 1;
@@ -153,6 +165,47 @@ pub fn analyse(
         }
     }
     (c, l)
+}
+
+/// IDs that reached the subscriber in no event at all and existed (from
+/// the first call about them to their removal, less the outage) for less
+/// than `bound`: no relist can have listed them.
+fn never_listed<'a>(
+    truth: &'a [Truth],
+    held: &HashSet<&str>,
+    bound: Option<Duration>,
+    outage: Option<(SystemTime, SystemTime)>,
+) -> HashSet<&'a str> {
+    let Some(bound) = bound else {
+        return HashSet::new();
+    };
+    let mut spans: HashMap<&str, (SystemTime, Option<SystemTime>)> = HashMap::new();
+    for t in truth {
+        let span = spans
+            .entry(t.id.as_str())
+            .or_insert((t.call_returned, None));
+        span.0 = span.0.min(t.call_returned);
+        if t.transition == Transition::Removed {
+            span.1 = Some(t.call_returned);
+        }
+    }
+    spans
+        .into_iter()
+        .filter(|(id, _)| !held.contains(id))
+        .filter_map(|(id, (from, to))| {
+            let to = to?;
+            let existed = to.duration_since(from).ok()?;
+            let down = outage.map_or(Duration::ZERO, |(a, b)| overlap((from, to), (a, b)));
+            (existed.saturating_sub(down) < bound).then_some(id)
+        })
+        .collect()
+}
+
+/// How long two time spans overlap.
+fn overlap(a: (SystemTime, SystemTime), b: (SystemTime, SystemTime)) -> Duration {
+    let from = a.0.max(b.0);
+    let to = a.1.min(b.1);
+    to.duration_since(from).unwrap_or(Duration::ZERO)
 }
 
 fn example(examples: &mut Vec<String>, text: impl FnOnce() -> String) {
@@ -214,5 +267,65 @@ mod tests {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         let s = summarize(&v).expect("a sample");
         assert_eq!((s.p50, s.p95, s.p99, s.max), (50.0, 95.0, 99.0, 100.0));
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
+    }
+
+    fn truth(id: &str, transition: Transition, ms: u64) -> Truth {
+        Truth {
+            id: id.into(),
+            entry: Entry::Container,
+            transition,
+            call_returned: at(ms),
+            finished_at: None,
+            lifetime: None,
+            exit_code: None,
+            during_outage: false,
+        }
+    }
+
+    fn lifecycle(id: &str, created: u64, removed: u64) -> Vec<Truth> {
+        vec![
+            truth(id, Transition::Created, created),
+            truth(id, Transition::Started, created + 50),
+            truth(id, Transition::Exited, created + 100),
+            truth(id, Transition::Removed, removed),
+        ]
+    }
+
+    fn held(id: &str, kind: EventType, ms: u64) -> Seen {
+        Seen {
+            id: id.into(),
+            kind,
+            exit_code: None,
+            source: EventSource::Relist,
+            runtime_time: None,
+            held: at(ms),
+        }
+    }
+
+    #[test]
+    fn a_container_no_relist_could_list_is_a_documented_miss_and_one_it_could_is_not() {
+        let bound = Some(Duration::from_millis(1_100));
+        let mut truth = lifecycle("brief", 0, 800);
+        // Existed 5 s: a relist listed it, so losing its death is a miss.
+        truth.extend(lifecycle("listed", 0, 5_000));
+        // Existed 9 s, 8.5 s of them while the runtime was down.
+        truth.extend(lifecycle("outage", 10_000, 19_000));
+        let seen = vec![held("listed", EventType::ContainerStarted, 300)];
+        let outage = Some((at(10_200), at(18_700)));
+        let (c, _) = analyse(&truth, &seen, bound, outage);
+        assert_eq!(c.owed, 9);
+        assert_eq!(c.matched, 1);
+        assert_eq!(c.missed_never_listed, 6, "{c:?}");
+        assert_eq!(c.missed, 2, "{c:?}");
+        // Without the outage, the third one existed too long to be missed.
+        let (c, _) = analyse(&truth, &seen, bound, None);
+        assert_eq!((c.missed_never_listed, c.missed), (3, 5), "{c:?}");
+        // Evented mode documents no miss.
+        let (c, _) = analyse(&truth, &seen, None, outage);
+        assert_eq!((c.missed_never_listed, c.missed), (0, 8), "{c:?}");
     }
 }

@@ -62,7 +62,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `pleg run` against `endpoint`, its socket and log in `dir`,
     /// and waits until `/readyz` answers 200 (its first relist is done).
-    pub async fn start(pleg: &Path, endpoint: &str, mode: Mode, dir: &Path) -> Result<Daemon> {
+    pub async fn start(
+        pleg: &Path,
+        endpoint: &str,
+        mode: Mode,
+        dir: &Path,
+        log_level: &str,
+    ) -> Result<Daemon> {
         let port = free_port()?;
         let health_addr = format!("127.0.0.1:{port}");
         let socket = dir.join("pleg.sock");
@@ -77,7 +83,7 @@ impl Daemon {
             .args(["--health-addr", &health_addr])
             .arg("--grpc-socket")
             .arg(&socket)
-            .args(["--log-level", "warn"])
+            .args(["--log-level", log_level])
             .stdin(std::process::Stdio::null())
             .stdout(log_file)
             .stderr(log_err)

@@ -69,6 +69,36 @@ struct Args {
     /// Churn rate, transitions per second.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
+    /// Only these runs, as `SCENARIO` or `SCENARIO:MODE` (steady, churn,
+    /// short-lived, restart; evented, generic-1s, generic-100ms), comma
+    /// separated; the scale section is left out. For chasing one result.
+    #[arg(long, value_delimiter = ',', value_parser = parse_only)]
+    only: Vec<(Scenario, Option<Mode>)>,
+    /// The daemons' `--log-level`; their logs are copied to `--out/logs/`
+    /// when it is not `warn`.
+    #[arg(long, default_value = "warn")]
+    daemon_log_level: String,
+}
+
+/// `restart:generic-1s` or `churn`.
+fn parse_only(text: &str) -> Result<(Scenario, Option<Mode>), String> {
+    let (scenario, mode) = match text.split_once(':') {
+        Some((s, m)) => (s, Some(m)),
+        None => (text, None),
+    };
+    let scenario = Scenario::ALL
+        .into_iter()
+        .find(|s| s.name() == scenario)
+        .ok_or_else(|| {
+            format!("unknown scenario {scenario:?} (steady, churn, short-lived or restart)")
+        })?;
+    let mode = match mode {
+        None => None,
+        Some(m) => Some(Mode::ALL.into_iter().find(|x| x.name() == m).ok_or_else(|| {
+            format!("unknown mode {m:?} (evented, generic-1s or generic-100ms)")
+        })?),
+    };
+    Ok((scenario, mode))
 }
 
 /// With `--quick`, a containerd version starts only this soon after the
@@ -90,10 +120,12 @@ pub(crate) struct Plan {
     pub(crate) restart_for: Duration,
     pub(crate) restart_modes: Vec<Mode>,
     pub(crate) floor_times: usize,
+    /// `--only`: the runs to make (all when empty).
+    pub(crate) only: Vec<(Scenario, Option<Mode>)>,
 }
 
 impl Plan {
-    fn new(quick: bool, rate: f64) -> Plan {
+    fn new(quick: bool, rate: f64, only: Vec<(Scenario, Option<Mode>)>) -> Plan {
         if quick {
             Plan {
                 quick,
@@ -107,6 +139,7 @@ impl Plan {
                 restart_for: Duration::from_secs(10),
                 restart_modes: vec![Mode::Evented],
                 floor_times: 5,
+                only,
             }
         } else {
             Plan {
@@ -121,13 +154,47 @@ impl Plan {
                 restart_for: Duration::from_secs(24),
                 restart_modes: Mode::ALL.to_vec(),
                 floor_times: 20,
+                only,
             }
         }
     }
 
+    /// Whether `--only` leaves this run in.
+    fn wanted(&self, scenario: Scenario, mode: Mode) -> bool {
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|&(s, m)| s == scenario && m.is_none_or(|m| m == mode))
+    }
+
+    /// The runs at `n` pods, in order.
+    fn runs_at(&self, n: usize) -> Vec<(Scenario, Mode)> {
+        let mut runs = Vec::new();
+        if self.steady_pods.contains(&n) {
+            runs.extend(Mode::ALL.map(|m| (Scenario::Steady, m)));
+        }
+        if n == self.churn_pods {
+            runs.extend(Mode::ALL.map(|m| (Scenario::Churn, m)));
+            runs.extend(Mode::ALL.map(|m| (Scenario::ShortLived, m)));
+            runs.extend(self.restart_modes.iter().map(|&m| (Scenario::Restart, m)));
+        }
+        runs.retain(|&(s, m)| self.wanted(s, m));
+        runs
+    }
+
+    /// The pod counts that have runs, smallest first.
+    fn sizes(&self) -> Vec<usize> {
+        let mut ns = self.steady_pods.clone();
+        ns.push(self.churn_pods);
+        ns.sort_unstable();
+        ns.dedup();
+        ns.retain(|&n| !self.runs_at(n).is_empty());
+        ns
+    }
+
     fn runs_per_version(&self) -> usize {
-        let modes = Mode::ALL.len();
-        self.steady_pods.len() * modes + 2 * modes + self.restart_modes.len()
+        self.sizes().iter().map(|&n| self.runs_at(n).len()).sum()
     }
 }
 
@@ -141,6 +208,13 @@ pub(crate) enum Scenario {
 }
 
 impl Scenario {
+    const ALL: [Scenario; 4] = [
+        Scenario::Steady,
+        Scenario::Churn,
+        Scenario::ShortLived,
+        Scenario::Restart,
+    ];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Steady => "steady",
@@ -285,6 +359,9 @@ pub(crate) struct RunResult {
     pub(crate) driver_failures: u64,
     pub(crate) notes: Vec<String>,
     pub(crate) error: Option<String>,
+    /// When containerd was down (the restart scenario).
+    #[serde(skip)]
+    pub(crate) outage: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 impl RunResult {
@@ -313,6 +390,7 @@ impl RunResult {
             transitions: 0,
             driver_failures: 0,
             notes: Vec::new(),
+            outage: None,
             error: None,
         }
     }
@@ -416,7 +494,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output directory {}", args.out.display()))?;
-    let plan = Plan::new(args.quick, args.rate);
+    let plan = Plan::new(args.quick, args.rate, args.only.clone());
     let run_id = format!("{}-{}", std::process::id(), fastrand::u32(..) % 100_000);
     let scratch = std::env::temp_dir().join(format!("pleg-bench-{run_id}"));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
@@ -499,7 +577,9 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     // Scale: the same relist cost and memory through the fake CRI, pleg in
     // a process of its own (pleg_testkit::scale), 4 containers a pod.
-    let sizes: &[usize] = if ctx.args.quick {
+    let sizes: &[usize] = if !ctx.plan.only.is_empty() {
+        &[]
+    } else if ctx.args.quick {
         &[1_000]
     } else {
         &[1_000, 10_000, 50_000]
@@ -567,41 +647,24 @@ async fn bench_version(ctx: &Ctx, target: &Containerd, results: &mut Vec<RunResu
         &ctx.run_id,
         &target.version,
     )?;
-    let mut ns = ctx.plan.steady_pods.clone();
-    if !ns.contains(&ctx.plan.churn_pods) {
-        ns.push(ctx.plan.churn_pods);
-        ns.sort_unstable();
-    }
-    let largest = ns.iter().copied().max().unwrap_or(0);
-    for n in ns {
+    let largest = ctx.plan.steady_pods.iter().copied().max().unwrap_or(0);
+    for n in ctx.plan.sizes() {
         ctx.bar
             .set_message(format!("containerd {}: {n} pods", target.version));
         wl.grow_to(n)
             .await
             .with_context(|| format!("bringing containerd {} to {n} pods", target.version))?;
         wl.recorder.take();
-        let mut scenarios = Vec::new();
-        if ctx.plan.steady_pods.contains(&n) {
-            let idle = if n == largest {
-                ctx.plan.idle_largest
-            } else {
-                ctx.plan.idle
+        let scenarios = ctx.plan.runs_at(n).into_iter().map(|(scenario, mode)| {
+            let length = match scenario {
+                Scenario::Steady if n == largest => ctx.plan.idle_largest,
+                Scenario::Steady => ctx.plan.idle,
+                Scenario::Churn => ctx.plan.churn_for,
+                Scenario::ShortLived => Duration::ZERO,
+                Scenario::Restart => ctx.plan.restart_for,
             };
-            for mode in Mode::ALL {
-                scenarios.push((Scenario::Steady, mode, idle));
-            }
-        }
-        if n == ctx.plan.churn_pods {
-            for mode in Mode::ALL {
-                scenarios.push((Scenario::Churn, mode, ctx.plan.churn_for));
-            }
-            for mode in Mode::ALL {
-                scenarios.push((Scenario::ShortLived, mode, Duration::ZERO));
-            }
-            for &mode in &ctx.plan.restart_modes {
-                scenarios.push((Scenario::Restart, mode, ctx.plan.restart_for));
-            }
-        }
+            (scenario, mode, length)
+        });
         for (scenario, mode, length) in scenarios {
             ctx.bar.set_message(format!(
                 "containerd {}: {} {} ({n} pods)",
@@ -654,12 +717,34 @@ async fn one_run(
         result.pods
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let daemon = Daemon::start(&ctx.args.pleg, &target.endpoint, mode, &dir).await?;
+    let daemon = Daemon::start(
+        &ctx.args.pleg,
+        &target.endpoint,
+        mode,
+        &dir,
+        &ctx.args.daemon_log_level,
+    )
+    .await?;
     let outcome = measured(ctx, target, wl, result, length, &daemon).await;
     result.peak_rss_kib = daemon.peak_rss_kib();
     let log = daemon.log.clone();
     if let Err(e) = daemon.stop().await {
         result.notes.push(format!("{e:#}"));
+    }
+    if ctx.args.daemon_log_level != "warn" {
+        let logs = ctx.args.out.join("logs");
+        let kept = dir
+            .file_name()
+            .map(|name| logs.join(format!("{}.log", name.to_string_lossy())));
+        if let Some(kept) = kept {
+            let copied = std::fs::create_dir_all(&logs).and_then(|()| std::fs::copy(&log, &kept));
+            match copied {
+                Ok(_) => result.notes.push(format!("pleg's log: {}", kept.display())),
+                Err(e) => result
+                    .notes
+                    .push(format!("pleg's log not kept in {}: {e}", kept.display())),
+            }
+        }
     }
     outcome.map_err(|e| e.context(format!("pleg's log: {}", daemon::tail(&log))))
 }
@@ -744,7 +829,12 @@ async fn measured(
     let mut truth = truth_so_far;
     loop {
         let seen = subscriber.seen.lock().events.clone();
-        let (c, _) = analysis::analyse(&truth, &seen, short_bound(mode, relist_mean, None));
+        let (c, _) = analysis::analyse(
+            &truth,
+            &seen,
+            short_bound(mode, relist_mean, None),
+            result.outage,
+        );
         if c.missed == 0 || Instant::now() > deadline {
             break;
         }
@@ -779,7 +869,7 @@ async fn measured(
         && let Some(g) = gap
     {
         result.notes.push(format!(
-            "longest gap between relist starts ≤ {g} s (its bucket's bound): a missed start of a container that lived less than that counts as a documented short-lived miss"
+            "longest gap between relist starts ≤ {g} s (its bucket's bound): a missed start of a container that lived less than that counts as a documented short-lived miss, and so does every event of a container pleg never listed whose whole existence (less the outage) was shorter"
         ));
     }
     let observed = subscriber.finish();
@@ -790,7 +880,11 @@ async fn measured(
         &truth,
         &observed.events,
         short_bound(mode, relist_mean, gap),
+        result.outage,
     );
+    if ctx.args.daemon_log_level != "warn" {
+        keep_trace(ctx, result, &truth, &observed.events);
+    }
     result.transitions = completeness.owed;
     result.latency = analysis::summarize(&latencies.truth_ms);
     result.latency_live = analysis::summarize(&latencies.truth_live_ms);
@@ -839,10 +933,12 @@ async fn restart(
         let to = workload::wall();
         wl.recorder.set_outage(from, Some(to));
         let _ = pause_tx.send(false);
-        Ok::<_, anyhow::Error>(to.duration_since(from).unwrap_or_default())
+        Ok::<_, anyhow::Error>((from, to))
     };
     let (churned, outage) = tokio::join!(churn, outage);
-    let down = outage.context("the containerd restart")?;
+    let (from, to) = outage.context("the containerd restart")?;
+    let down = to.duration_since(from).unwrap_or_default();
+    result.outage = Some((from, to));
     churned?;
     wl.recorder.clear_outage();
     result.notes.push(format!(
@@ -850,6 +946,65 @@ async fn restart(
         down.as_secs_f64()
     ));
     Ok(())
+}
+
+/// With `--daemon-log-level` other than warn: the run's ground truth and
+/// what the subscriber held, one line each in time order, next to the
+/// daemon's log (`--out/logs/`), to follow one container through a run.
+fn keep_trace(ctx: &Ctx, result: &mut RunResult, truth: &[truth::Truth], seen: &[subscriber::Seen]) {
+    let wall = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default()
+    };
+    let mut lines: Vec<(f64, String)> = truth
+        .iter()
+        .map(|t| {
+            (
+                wall(t.call_returned),
+                format!(
+                    "{:.6} truth {:?} {:?} {} finished_at={:?} exit={:?} outage={}",
+                    wall(t.call_returned),
+                    t.transition,
+                    t.entry,
+                    t.id,
+                    t.finished_at.map(wall),
+                    t.exit_code,
+                    t.during_outage
+                ),
+            )
+        })
+        .collect();
+    lines.extend(seen.iter().map(|s| {
+        (
+            wall(s.held),
+            format!(
+                "{:.6} held {} {} via {} exit={:?} runtime_time={:?}",
+                wall(s.held),
+                s.kind,
+                s.id,
+                s.source.as_str(),
+                s.exit_code,
+                s.runtime_time.map(wall)
+            ),
+        )
+    }));
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+    let logs = ctx.args.out.join("logs");
+    let path = logs.join(format!(
+        "{}-{}-{}-{}.trace",
+        result.version,
+        result.scenario.name(),
+        result.mode.name(),
+        result.pods
+    ));
+    match std::fs::create_dir_all(&logs).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => result.notes.push(format!("trace: {}", path.display())),
+        Err(e) => result
+            .notes
+            .push(format!("trace not kept in {}: {e}", path.display())),
+    }
 }
 
 fn relist_figures(m0: &Metrics, m1: &Metrics) -> RelistFigures {

@@ -44,6 +44,12 @@ pub const DEFAULT_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Upper bounds, in seconds, for the stream's split of an event's way
+/// through pleg: 100 µs to 2.5 s, so that a millisecond target is visible.
+pub const FINE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// A count as a gauge's value (saturating).
 pub(crate) fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -438,11 +444,16 @@ pub(crate) struct Metrics {
 }
 
 /// The stream driver's families.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StreamMetrics {
     pub(crate) connection_successes: Count,
     pub(crate) connection_errors: Count,
     pub(crate) latency: Histogram,
+    /// The runtime's time of an event to pleg's reader holding it decoded.
+    pub(crate) delivery: Histogram,
+    /// pleg's reader holding an event to the event applied and handed to
+    /// the subscribers.
+    pub(crate) apply: Histogram,
     pub(crate) received: Count,
     pub(crate) applied: Count,
     pub(crate) stale: Family<StaleLabels, Count>,
@@ -456,6 +467,29 @@ pub(crate) struct StreamMetrics {
     pub(crate) promotions: Count,
     pub(crate) mode: Family<ModeLabels, Gauge<i64>>,
     pub(crate) state: Family<StreamStateLabels, Gauge<i64>>,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        StreamMetrics {
+            connection_successes: Count::default(),
+            connection_errors: Count::default(),
+            latency: Histogram::default(),
+            delivery: Histogram::new(&FINE_BUCKETS),
+            apply: Histogram::new(&FINE_BUCKETS),
+            received: Count::default(),
+            applied: Count::default(),
+            stale: Family::default(),
+            unresolved: Count::default(),
+            gaps: Count::default(),
+            buffer_overflows: Count::default(),
+            probe_failures: Count::default(),
+            fallbacks: Count::default(),
+            promotions: Count::default(),
+            mode: Family::default(),
+            state: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -651,6 +685,16 @@ pub(crate) fn register_all(
         "evented_pleg_connection_latency_seconds",
         "The latency of streaming connection with the CRI runtime, measured in seconds: when an event was applied minus the runtime's time of it.",
         stream.latency.clone(),
+    );
+    r!(
+        "pleg_stream_delivery_seconds",
+        "The runtime's time of a container event to pleg's stream reader holding it decoded: the runtime's sending, the socket and decoding.",
+        stream.delivery.clone(),
+    );
+    r!(
+        "pleg_stream_apply_seconds",
+        "pleg's stream reader holding a container event to the event applied and handed to the subscribers: the local buffer, waiting for the core (a relist holds it), applying and fan-out.",
+        stream.apply.clone(),
     );
     r!(
         "running_pods",

@@ -399,7 +399,7 @@ fn check_histograms(metrics: &Metrics) {
 }
 
 /// Every family `render_metrics` promises, with its type.
-const FAMILIES: [(&str, &str); 44] = [
+const FAMILIES: [(&str, &str); 46] = [
     ("pleg_relist_duration_seconds", "histogram"),
     ("pleg_relist_interval_seconds", "histogram"),
     ("pleg_last_seen_seconds", "gauge"),
@@ -407,6 +407,8 @@ const FAMILIES: [(&str, &str); 44] = [
     ("evented_pleg_connection_success_count", "counter"),
     ("evented_pleg_connection_error_count", "counter"),
     ("evented_pleg_connection_latency_seconds", "histogram"),
+    ("pleg_stream_delivery_seconds", "histogram"),
+    ("pleg_stream_apply_seconds", "histogram"),
     ("running_pods", "gauge"),
     ("running_containers", "gauge"),
     ("pleg_events_total", "counter"),

@@ -31,7 +31,8 @@ pub(crate) const BUFFER: usize = 8192;
 /// The open stream, read by a task of its own into a bounded buffer. The
 /// task ends when this is dropped.
 pub(crate) struct Reader {
-    events: mpsc::Receiver<runtime::Result<ContainerEvent>>,
+    /// Each with when the reader held it (wall clock).
+    events: mpsc::Receiver<(runtime::Result<ContainerEvent>, SystemTime)>,
     /// Events dropped because the buffer was full, not yet reported.
     overflowed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -52,10 +53,11 @@ impl Reader {
         let task = tokio::spawn(async move {
             while let Some(item) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
                 let end = item.is_err();
+                let held: SystemTime = shared.clock.now();
                 if !end {
                     shared.runtime.liveness().answered();
                 }
-                match sender.try_send(item) {
+                match sender.try_send((item, held)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(item)) => {
                         if end {
@@ -193,8 +195,8 @@ impl Driver {
                 }
                 tokio::select! {
                     item = stream.events.recv() => match item {
-                        Some(Ok(event)) => Input::Event { gap: self.handle(&event).await },
-                        Some(Err(e)) => Input::Ended(failure(&e)),
+                        Some((Ok(event), held)) => Input::Event { gap: self.handle(&event, held).await },
+                        Some((Err(e), _)) => Input::Ended(failure(&e)),
                         None => Input::Ended(Failure {
                             message: runtime::Error::stream_ended().to_string(),
                             unimplemented: false,
@@ -240,18 +242,25 @@ impl Driver {
 
     /// Applies one event and counts what became of it; says whether it
     /// showed lost predecessors.
-    async fn handle(&self, event: &ContainerEvent) -> bool {
+    /// `held` is when the reader held it.
+    async fn handle(&self, event: &ContainerEvent, held: SystemTime) -> bool {
         let metrics = &self.shared.metrics.stream;
         metrics.received.inc();
         let applied = self.shared.core.lock().await.apply_event(event);
         match applied {
             Applied::Published(_) | Applied::PublishedAfterGap { .. } => {
                 metrics.applied.inc();
+                let now: SystemTime = self.shared.clock.now();
+                metrics
+                    .apply
+                    .observe(now.duration_since(held).unwrap_or_default());
                 if let Some(at) = event.created_at {
-                    let now: SystemTime = self.shared.clock.now();
                     metrics
                         .latency
                         .observe(now.duration_since(at).unwrap_or_default());
+                    metrics
+                        .delivery
+                        .observe(held.duration_since(at).unwrap_or_default());
                 }
             }
             Applied::Stale(reason) => {

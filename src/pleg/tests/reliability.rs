@@ -520,7 +520,8 @@ async fn a_container_seen_created_then_exited_is_reported_started_then_died() {
         .iter()
         .filter_map(Delivery::event)
         .find(|e| {
-            e.kind == EventType::ContainerDied && e.container_id().is_some_and(|id| id.as_str() == "c")
+            e.kind == EventType::ContainerDied
+                && e.container_id().is_some_and(|id| id.as_str() == "c")
         })
         .expect("c died");
     assert_eq!(died.exit_code, Some(5));
@@ -530,14 +531,20 @@ async fn a_container_seen_created_then_exited_is_reported_started_then_died() {
 async fn a_stream_that_lost_a_start_between_created_and_stopped_rebuilds_it() {
     let clock = clock();
     let runtime = FakeRuntime::with_pods(vec![pod_with_sandbox("p1", &[])]);
-    let pleg =
-        Pleg::new(runtime.clone(), Config::default().with_clock(clock.clone())).expect("valid config");
+    let pleg = Pleg::new(runtime.clone(), Config::default().with_clock(clock.clone()))
+        .expect("valid config");
     let mut sub = pleg.subscribe();
     pleg.relist().await.expect("relist");
     drain(&mut sub);
     // CREATED reaches pleg, STARTED goes to another consumer, STOPPED
     // carries the start time.
-    let created = event_at(ContainerEventKind::Created, "p1", "c1", Created, clock.now());
+    let created = event_at(
+        ContainerEventKind::Created,
+        "p1",
+        "c1",
+        Created,
+        clock.now(),
+    );
     pleg.apply_event(&created).await;
     let mut stopped = event_at(ContainerEventKind::Stopped, "p1", "c1", Exited, clock.now());
     stopped.containers[0] = Container::new("c1", "c1-name", Exited).with_exit(2, "Error");

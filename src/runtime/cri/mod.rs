@@ -206,22 +206,34 @@ impl CriRuntime {
         status.containers.reserve_exact(pod.containers.len());
         let mut sandbox_ids: Vec<&Container> = pod.sandboxes.iter().collect();
         sandbox_ids.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        for (newest, sandbox) in sandbox_ids
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| (i == 0, s))
-        {
+        // Every status of the pod is asked for at once: a pod's statuses
+        // take one round trip, not one per sandbox and container.
+        let sandbox_answers = futures_util::future::join_all(sandbox_ids.iter().map(|sandbox| {
             let request = cri::PodSandboxStatusRequest {
                 pod_sandbox_id: sandbox.id.as_str().to_string(),
                 verbose: false,
             };
-            let answer = self
-                .rpc(
-                    CriMethod::PodSandboxStatus,
+            self.rpc(
+                CriMethod::PodSandboxStatus,
+                self.request_timeout,
+                |mut c| async move { c.pod_sandbox_status(request).await },
+            )
+        }));
+        let container_answers =
+            futures_util::future::join_all(pod.containers.iter().map(|container| {
+                let request = cri::ContainerStatusRequest {
+                    container_id: container.id.as_str().to_string(),
+                    verbose: false,
+                };
+                self.rpc(
+                    CriMethod::ContainerStatus,
                     self.request_timeout,
-                    |mut c| async move { c.pod_sandbox_status(request).await },
+                    |mut c| async move { c.container_status(request).await },
                 )
-                .await;
+            }));
+        let (sandbox_answers, container_answers) = tokio::join!(sandbox_answers, container_answers);
+        for (i, (sandbox, answer)) in sandbox_ids.into_iter().zip(sandbox_answers).enumerate() {
+            let newest = i == 0;
             let Some(s) = (match answer {
                 Ok(answer) => answer.status,
                 // Removed since the listing: the next relist reports it gone.
@@ -239,18 +251,7 @@ impl CriRuntime {
             }
             status.sandboxes.push(entry);
         }
-        for container in &pod.containers {
-            let request = cri::ContainerStatusRequest {
-                container_id: container.id.as_str().to_string(),
-                verbose: false,
-            };
-            let answer = self
-                .rpc(
-                    CriMethod::ContainerStatus,
-                    self.request_timeout,
-                    |mut c| async move { c.container_status(request).await },
-                )
-                .await;
+        for (container, answer) in pod.containers.iter().zip(container_answers) {
             match answer {
                 Ok(answer) => {
                     if let Some(s) = answer.status {

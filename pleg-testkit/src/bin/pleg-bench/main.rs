@@ -78,6 +78,30 @@ struct Args {
     /// when it is not `warn`.
     #[arg(long, default_value = "warn")]
     daemon_log_level: String,
+    /// The steady scenario's pod counts, instead of the plan's (10, 100,
+    /// 300; 10 with `--quick`).
+    #[arg(long, value_delimiter = ',')]
+    steady_pods: Vec<usize>,
+    /// The steady scenario's idle window at every N, instead of the plan's
+    /// (`30s`, `2m`).
+    #[arg(long, value_parser = parse_window)]
+    idle: Option<Duration>,
+}
+
+/// `30s`, `2m`, `1500ms`.
+fn parse_window(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a window like 30s, 2m or 1500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?} is not a window like 30s, 2m or 1500ms")),
+    }
 }
 
 /// `restart:generic-1s` or `churn`.
@@ -94,9 +118,14 @@ fn parse_only(text: &str) -> Result<(Scenario, Option<Mode>), String> {
         })?;
     let mode = match mode {
         None => None,
-        Some(m) => Some(Mode::ALL.into_iter().find(|x| x.name() == m).ok_or_else(|| {
-            format!("unknown mode {m:?} (evented, generic-1s or generic-100ms)")
-        })?),
+        Some(m) => Some(
+            Mode::ALL
+                .into_iter()
+                .find(|x| x.name() == m)
+                .ok_or_else(|| {
+                    format!("unknown mode {m:?} (evented, generic-1s or generic-100ms)")
+                })?,
+        ),
     };
     Ok((scenario, mode))
 }
@@ -225,6 +254,15 @@ impl Scenario {
     }
 }
 
+/// `97.0 % ≤ 1 ms, 99.1 % ≤ 2.5 ms`.
+pub(crate) fn shares_text_fine(shares: &[(f64, f64, f64)]) -> String {
+    shares
+        .iter()
+        .map(|(b, share, _)| format!("{:.1} % ≤ {} ms", share * 100.0, b * 1e3))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `97.0 % ≤ 5 ms, 99.1 % ≤ 10 ms`.
 pub(crate) fn shares_text(shares: &[(f64, f64, f64)]) -> String {
     shares
@@ -336,6 +374,8 @@ pub(crate) struct RunResult {
     /// `containerd_cpu_s`.
     pub(crate) shims_cpu_s: f64,
     pub(crate) peak_rss_kib: Option<u64>,
+    /// Mean wait for a CPU per timeslice of pleg's threads (schedstat), ms.
+    pub(crate) pleg_cpu_wait_ms: Option<f64>,
     pub(crate) relist: RelistFigures,
     /// Bare ListPodSandbox + ListContainers, ms each pair (steady only).
     pub(crate) floor_ms: Vec<f64>,
@@ -354,6 +394,12 @@ pub(crate) struct RunResult {
     /// `evented_pleg_connection_latency_seconds`): (bound s, share at or
     /// below it, events).
     pub(crate) stream_latency_in_pleg: Vec<(f64, f64, f64)>,
+    /// The same events split at pleg's stream reader: the runtime's
+    /// `created_at` to the reader holding the event decoded
+    /// (`pleg_stream_delivery_seconds`), and from there to applied
+    /// (`pleg_stream_apply_seconds`): (mean ms, shares as above).
+    pub(crate) stream_delivery: Option<(f64, Vec<(f64, f64, f64)>)>,
+    pub(crate) stream_apply: Option<(f64, Vec<(f64, f64, f64)>)>,
     pub(crate) resyncs: Vec<String>,
     pub(crate) transitions: usize,
     pub(crate) driver_failures: u64,
@@ -376,6 +422,7 @@ impl RunResult {
             containerd_cpu_s: None,
             shims_cpu_s: 0.0,
             peak_rss_kib: None,
+            pleg_cpu_wait_ms: None,
             relist: RelistFigures::default(),
             floor_ms: Vec::new(),
             completeness: Completeness::default(),
@@ -386,6 +433,8 @@ impl RunResult {
             runtime_lag: None,
             longest_relist_gap_s: None,
             stream_latency_in_pleg: Vec::new(),
+            stream_delivery: None,
+            stream_apply: None,
             resyncs: Vec::new(),
             transitions: 0,
             driver_failures: 0,
@@ -494,7 +543,14 @@ async fn run(args: Args) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output directory {}", args.out.display()))?;
-    let plan = Plan::new(args.quick, args.rate, args.only.clone());
+    let mut plan = Plan::new(args.quick, args.rate, args.only.clone());
+    if !args.steady_pods.is_empty() {
+        plan.steady_pods.clone_from(&args.steady_pods);
+    }
+    if let Some(idle) = args.idle {
+        plan.idle = idle;
+        plan.idle_largest = idle;
+    }
     let run_id = format!("{}-{}", std::process::id(), fastrand::u32(..) % 100_000);
     let scratch = std::env::temp_dir().join(format!("pleg-bench-{run_id}"));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
@@ -814,6 +870,16 @@ async fn measured(
     result.containerd_cpu_s =
         (cd_pids == cd_pids_after).then(|| cpu1.1.since(&cpu0.1).as_secs_f64());
     result.shims_cpu_s = cpu1.2.since(&cpu0.2).as_secs_f64();
+    result.pleg_cpu_wait_ms = cpu1
+        .0
+        .mean_wait_since(&cpu0.0)
+        .map(|d| d.as_secs_f64() * 1e3);
+    if let Some(wait) = result.pleg_cpu_wait_ms {
+        result.notes.push(format!(
+            "pleg's threads waited {wait:.3} ms on average for a CPU each time they woke (schedstat), {} timeslices",
+            cpu1.0.slices.saturating_sub(cpu0.0.slices)
+        ));
+    }
     result.relist = relist_figures(&m0, &m1);
 
     // Drain: until every owed event is in (or a deadline), then a grace
@@ -862,6 +928,21 @@ async fn measured(
             "pleg's own histogram (CRI created_at → applied, before the gRPC hop): {} of {:.0} events",
             shares_text(&result.stream_latency_in_pleg),
             result.stream_latency_in_pleg[0].2
+        ));
+    }
+    let split = |name: &str| {
+        let shares = histogram_shares(&m0, &m1, name, &[0.001, 0.0025, 0.01, 0.025]);
+        let count = m1.sum(&format!("{name}_count"), &[]) - m0.sum(&format!("{name}_count"), &[]);
+        let sum = m1.sum(&format!("{name}_sum"), &[]) - m0.sum(&format!("{name}_sum"), &[]);
+        (count > 0.0 && !shares.is_empty()).then(|| (sum / count * 1e3, shares))
+    };
+    result.stream_delivery = split("pleg_stream_delivery_seconds");
+    result.stream_apply = split("pleg_stream_apply_seconds");
+    if let (Some((dm, ds)), Some((am, ashares))) = (&result.stream_delivery, &result.stream_apply) {
+        result.notes.push(format!(
+            "split at pleg's stream reader: CRI created_at → held decoded (containerd's sending, the socket, decoding) mean {dm:.2} ms, {}; held → applied (buffer, the core's lock, applying, fan-out) mean {am:.2} ms, {}",
+            shares_text_fine(ds),
+            shares_text_fine(ashares)
         ));
     }
     if mode.period().is_some()
@@ -951,7 +1032,12 @@ async fn restart(
 /// With `--daemon-log-level` other than warn: the run's ground truth and
 /// what the subscriber held, one line each in time order, next to the
 /// daemon's log (`--out/logs/`), to follow one container through a run.
-fn keep_trace(ctx: &Ctx, result: &mut RunResult, truth: &[truth::Truth], seen: &[subscriber::Seen]) {
+fn keep_trace(
+    ctx: &Ctx,
+    result: &mut RunResult,
+    truth: &[truth::Truth],
+    seen: &[subscriber::Seen],
+) {
     let wall = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())

@@ -20,6 +20,11 @@ pub struct CpuSample {
     pub schedstat_ns: u64,
     /// Summed `utime + stime` (ticks), dead threads included.
     pub ticks: u64,
+    /// Summed schedstat time runnable but waiting for a CPU (the second
+    /// field), in ns.
+    pub wait_ns: u64,
+    /// Summed schedstat timeslices run (the third field).
+    pub slices: u64,
 }
 
 impl CpuSample {
@@ -27,10 +32,21 @@ impl CpuSample {
     pub fn read(pids: &[u32]) -> CpuSample {
         let mut sample = CpuSample::default();
         for &pid in pids {
-            sample.schedstat_ns += schedstat_ns(pid);
+            let [run, wait, slices] = schedstat(pid);
+            sample.schedstat_ns += run;
+            sample.wait_ns += wait;
+            sample.slices += slices;
             sample.ticks += stat_ticks(pid);
         }
         sample
+    }
+
+    /// The mean time a thread waited for a CPU before it ran, between
+    /// `earlier` and `self` (the scheduler's part of any latency).
+    pub fn mean_wait_since(&self, earlier: &CpuSample) -> Option<Duration> {
+        let slices = self.slices.checked_sub(earlier.slices).filter(|&n| n > 0)?;
+        let wait = self.wait_ns.saturating_sub(earlier.wait_ns);
+        Some(Duration::from_nanos(wait / slices))
     }
 
     /// CPU time used between `earlier` and `self`.
@@ -48,15 +64,21 @@ impl CpuSample {
     }
 }
 
-fn schedstat_ns(pid: u32) -> u64 {
+/// Run time, wait time (ns) and timeslices, summed over the threads.
+fn schedstat(pid: u32) -> [u64; 3] {
+    let mut sum = [0u64; 3];
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return sum;
     };
-    tasks
+    for text in tasks
         .filter_map(Result::ok)
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    {
+        for (total, field) in sum.iter_mut().zip(text.split_whitespace()) {
+            *total += field.parse::<u64>().unwrap_or(0);
+        }
+    }
+    sum
 }
 
 fn stat_ticks(pid: u32) -> u64 {

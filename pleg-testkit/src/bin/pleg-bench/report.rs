@@ -187,6 +187,17 @@ pub fn render(input: &Input<'_>) -> String {
                             crate::shares_text(&r.stream_latency_in_pleg)
                         ));
                     }
+                    if let (Some((dm, ds)), Some((am, ashares))) =
+                        (&r.stream_delivery, &r.stream_apply)
+                    {
+                        explain.push(format!(
+                            "containerd {v}: split at pleg's stream reader, the runtime's part (`pleg_stream_delivery_seconds`: `created_at` to the reader holding the event decoded) has a mean of {dm:.2} ms, {}; \
+                             pleg's part up to the fan-out (`pleg_stream_apply_seconds`: held to applied, the core's lock included) a mean of {am:.2} ms, {}. \
+                             The rest of the own latency is the fan-out to the gRPC subscriber, the hop and the bench's scheduling.",
+                            crate::shares_text_fine(ds),
+                            crate::shares_text_fine(ashares)
+                        ));
+                    }
                 }
             }
             None => {

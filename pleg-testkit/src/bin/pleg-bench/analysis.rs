@@ -52,6 +52,12 @@ pub struct Latencies {
     pub truth_ms: Vec<f64>,
     /// From the ground truth, leaving out transitions during an outage.
     pub truth_live_ms: Vec<f64>,
+    /// `truth_live_ms` of exits only (measured from the runtime's
+    /// `finished_at`, so containerd's own handling of the exit is inside).
+    pub truth_live_exits_ms: Vec<f64>,
+    /// `truth_live_ms` of the rest: starts and removals, measured from the
+    /// driver call's return.
+    pub truth_live_calls_ms: Vec<f64>,
     /// From the CRI event's `created_at` (stream events only).
     pub own_ms: Vec<f64>,
     /// The runtime's part: the CRI event's `created_at` minus the ground
@@ -96,6 +102,11 @@ pub fn analyse(
                 l.truth_ms.push(ms);
                 if !t.during_outage {
                     l.truth_live_ms.push(ms);
+                    if t.transition == Transition::Exited {
+                        l.truth_live_exits_ms.push(ms);
+                    } else {
+                        l.truth_live_calls_ms.push(ms);
+                    }
                 }
                 if first.source == EventSource::Stream
                     && let Some(rt) = first.runtime_time

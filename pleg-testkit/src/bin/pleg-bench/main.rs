@@ -359,6 +359,9 @@ pub(crate) struct RelistFigures {
     pub(crate) cri_by_method: std::collections::BTreeMap<String, f64>,
 }
 
+/// A histogram's shares: (bound s, share at or below it, observations).
+pub(crate) type Shares = Vec<(f64, f64, f64)>;
+
 /// One run: a scenario, a mode, a containerd.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct RunResult {
@@ -398,8 +401,8 @@ pub(crate) struct RunResult {
     /// `created_at` to the reader holding the event decoded
     /// (`pleg_stream_delivery_seconds`), and from there to applied
     /// (`pleg_stream_apply_seconds`): (mean ms, shares as above).
-    pub(crate) stream_delivery: Option<(f64, Vec<(f64, f64, f64)>)>,
-    pub(crate) stream_apply: Option<(f64, Vec<(f64, f64, f64)>)>,
+    pub(crate) stream_delivery: Option<(f64, Shares)>,
+    pub(crate) stream_apply: Option<(f64, Shares)>,
     pub(crate) resyncs: Vec<String>,
     pub(crate) transitions: usize,
     pub(crate) driver_failures: u64,

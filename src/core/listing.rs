@@ -5,7 +5,8 @@
 //! 3. Inspect each pod that changed, has watch conditions, failed to
 //!    inspect last time, or was asked for (`request_relist`,
 //!    `request_reinspect`): fetch its status, then accept it (see the
-//!    module above). A pod whose status fetch fails keeps the error in the
+//!    module above). Up to [`STATUS_FETCHES_IN_FLIGHT`] fetches run side
+//!    by side; pods are accepted in listing order as their statuses arrive. A pod whose status fetch fails keeps the error in the
 //!    cache, publishes nothing and keeps its old record, so the same
 //!    transition is found again and the pod is reinspected on every relist
 //!    until a fetch succeeds.

@@ -79,10 +79,22 @@ pub fn analyse(
     }
     let held_ids: HashSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
     let never_listed = never_listed(truth, &held_ids, short_bound, outage);
+    // How long each container ran where a relist could see it: from its
+    // start to its `finished_at`, less any overlap with the outage (no
+    // relist can list while the runtime is down).
     let lifetimes: HashMap<&str, Duration> = truth
         .iter()
         .filter(|t| t.transition == Transition::Exited)
-        .filter_map(|t| Some((t.id.as_str(), t.lifetime?)))
+        .filter_map(|t| {
+            let lived = t.lifetime?;
+            let down = match (outage, t.finished_at) {
+                (Some(o), Some(end)) => end
+                    .checked_sub(lived)
+                    .map_or(Duration::ZERO, |start| overlap((start, end), o)),
+                _ => Duration::ZERO,
+            };
+            Some((t.id.as_str(), lived.saturating_sub(down)))
+        })
         .collect();
     let short = short_bound;
     let mut c = Completeness::default();
@@ -297,6 +309,11 @@ mod tests {
         }
     }
 
+    /// `truth`, for where a local of that name hides it.
+    fn transition_at(id: &str, transition: Transition, ms: u64) -> Truth {
+        truth(id, transition, ms)
+    }
+
     fn lifecycle(id: &str, created: u64, removed: u64) -> Vec<Truth> {
         vec![
             truth(id, Transition::Created, created),
@@ -335,6 +352,27 @@ mod tests {
         // Without the outage, the third one existed too long to be missed.
         let (c, _) = analyse(&truth, &seen, bound, None);
         assert_eq!((c.missed_never_listed, c.missed), (3, 5), "{c:?}");
+        // A start lost where the container ran only while the runtime was
+        // down (listed created before, exited after) is documented too.
+        let mut outage_run = truth.clone();
+        let mut started = transition_at("ran-in-outage", Transition::Created, 9_000);
+        started.transition = Transition::Started;
+        let mut exited = transition_at("ran-in-outage", Transition::Exited, 18_900);
+        exited.finished_at = Some(at(18_650));
+        exited.lifetime = Some(Duration::from_millis(8_600));
+        outage_run.extend([
+            transition_at("ran-in-outage", Transition::Created, 8_900),
+            started,
+            exited,
+            transition_at("ran-in-outage", Transition::Removed, 19_100),
+        ]);
+        let mut seen_outage = seen.clone();
+        seen_outage.push(held("ran-in-outage", EventType::ContainerDied, 19_000));
+        seen_outage.push(held("ran-in-outage", EventType::ContainerRemoved, 20_000));
+        let (c, _) = analyse(&outage_run, &seen_outage, bound, outage);
+        assert_eq!((c.missed_short_lived, c.missed), (1, 2), "{c:?}");
+        let (c, _) = analyse(&outage_run, &seen_outage, bound, None);
+        assert_eq!(c.missed_short_lived, 0, "{c:?}");
         // Evented mode documents no miss.
         let (c, _) = analyse(&truth, &seen, None, outage);
         assert_eq!((c.missed_never_listed, c.missed), (0, 8), "{c:?}");

@@ -666,6 +666,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         scale: &scale,
         plots: &plots,
         wall,
+        profiles: ctx.args.out.join("PROFILES.md").exists(),
     });
     let report_path = ctx.args.out.join("REPORT.md");
     std::fs::write(&report_path, text)
@@ -953,7 +954,7 @@ async fn measured(
         && let Some(g) = gap
     {
         result.notes.push(format!(
-            "longest gap between relist starts ≤ {g} s (its bucket's bound): a missed start of a container that lived less than that counts as a documented short-lived miss, and so does every event of a container pleg never listed whose whole existence (less the outage) was shorter"
+            "longest gap between relist starts ≤ {g} s (its bucket's bound): a missed start of a container that ran (less the outage) for less than that counts as a documented short-lived miss, and so does every event of a container pleg never listed whose whole existence (less the outage) was shorter"
         ));
     }
     let observed = subscriber.finish();

@@ -14,6 +14,9 @@ pub struct Input<'a> {
     pub scale: &'a ScaleSection,
     pub plots: &'a [String],
     pub wall: Duration,
+    /// Whether the output directory holds `PROFILES.md` (the profiles
+    /// behind the misses, measured by hand), to link to.
+    pub profiles: bool,
 }
 
 fn pct(cpu_s: f64, window_s: f64) -> f64 {
@@ -126,7 +129,7 @@ pub fn render(input: &Input<'_>) -> String {
          **Own latency** (evented) = held − the CRI event's `created_at`, which pleg's wire event carries as `runtime_time_unix_nanos` for stream events: decoding, applying, fan-out and the gRPC hop. \
          **Runtime lag** (evented) = the CRI event's `created_at` − ground truth: containerd's part (for an exit, from the process's `finished_at` to containerd's event).\n\
          - **Completeness:** per (ID, event type): missed, duplicated, unexpected; generic mode's documented misses are counted apart: \
-         a missed start of a container that lived less than the longest gap between two relists (a container listed created and gone at the next relist has no `ContainerStarted`), \
+         a missed start of a container that ran, less any runtime outage, for less than the longest gap between two relists (a container listed created and gone at the next relist, or whose status was gone by the time pleg asked, has no `ContainerStarted`), \
          and every event of a container that no relist listed because it was created and removed within that gap (less any runtime outage; no event at all reached the subscriber).\n\
          - **Relist cost** from pleg's `/metrics` over the window: `pleg_relist_duration_seconds` per relist, the runtime part `pleg_runtime_operation_duration_seconds{{operation=\"ListPods\"}}` (ListPodSandbox + ListContainers), pleg's own = the difference. \
          **Floor:** a bare ListPodSandbox + ListContainers from the bench (tonic, k8s-cri), {} times per steady run, median.\n\
@@ -289,7 +292,7 @@ pub fn render(input: &Input<'_>) -> String {
             }
             if !met {
                 explain.push(format!(
-                    "containerd {v}, {}: the misses beyond the documented ones are listed under the scenarios' details. A start counts as documented when the container lived less than the longest gap between two relist starts of its run, \
+                    "containerd {v}, {}: the misses beyond the documented ones are listed under the scenarios' details. A start counts as documented when the container ran, less any runtime outage, for less than the longest gap between two relist starts of its run, \
                      and every event of a container pleg never listed when it existed (creation to removal, less the outage) for less than that gap; \
                      a miss outside those bounds is a container pleg listed and still did not report.",
                     mode.name()
@@ -574,6 +577,13 @@ pub fn render(input: &Input<'_>) -> String {
         let _ = writeln!(out);
     }
 
+    if input.profiles {
+        let _ = writeln!(
+            out,
+            "## Profiles\n\nThe profiles behind the targets marked not met (perf, schedstat, the allocator, a trace of the restart misses), \
+             measured by hand with the commands they give, are in [PROFILES.md](PROFILES.md).\n"
+        );
+    }
     if !input.plots.is_empty() {
         let _ = writeln!(out, "## Plots\n");
         for p in input.plots {

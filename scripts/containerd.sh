@@ -547,9 +547,15 @@ start_containerd() {
 	echo $! >"$PIDFILE"
 }
 
-# Waits until the socket answers or the process dies.
+# Waits until the socket answers or the process dies. Usually 1-3 s, but on a fresh CI
+# clone, right after a release build, a first start of containerd 2.1 took 42 s (32 s of
+# it before containerd logged anything; most likely the disk busy writing that build
+# back); hence a generous bound (PLEG_CONTAINERD_START_TIMEOUT, seconds, default 180).
+START_TIMEOUT=${PLEG_CONTAINERD_START_TIMEOUT:-180}
+[[ $START_TIMEOUT =~ ^[1-9][0-9]*$ ]] ||
+	{ echo "containerd.sh: error: PLEG_CONTAINERD_START_TIMEOUT must be a whole number of seconds, not \"$START_TIMEOUT\"" >&2; exit 2; }
 wait_ready() {
-	local pid=$1 deadline=$((SECONDS + 30))
+	local pid=$1 deadline=$((SECONDS + START_TIMEOUT))
 	until [[ -n $(server_version) ]]; do
 		alive "$pid" || {
 			log_tail
@@ -557,7 +563,7 @@ wait_ready() {
 		}
 		((SECONDS < deadline)) || {
 			log_tail
-			die "containerd $VERSION (pid $pid) did not answer on $SOCK within 30 s"
+			die "containerd $VERSION (pid $pid) did not answer on $SOCK within $START_TIMEOUT s (PLEG_CONTAINERD_START_TIMEOUT)"
 		}
 		sleep 0.1
 	done

@@ -14,6 +14,9 @@
 //!   listing is dropped once the clock has stopped.
 //! - `listing_drop/<pods>`: dropping such a listing, which a relist pays when
 //!   the next listing replaces it.
+//! - `listing_sort/<pods>`: only the part of `listing/<pods>` that puts each
+//!   pod's entries in ID order, in place: the part that outgrows the caches
+//!   (`bench/PROFILES.md`).
 //!
 //! Each synthetic pod has a sandbox and three containers. Up to issue 13,
 //! `listing/<pods>` was an `iter_batched` with `BatchSize::LargeInput`: its
@@ -62,6 +65,28 @@ fn bench_relist(c: &mut Criterion) {
                     let listing = black_box(Listing::new(black_box(raw)));
                     timed += start.elapsed();
                     drop(listing);
+                }
+                timed
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("listing_sort");
+    for pods in SIZES {
+        group.throughput(Throughput::Elements(pods as u64));
+        group.bench_function(BenchmarkId::from_parameter(pods), |b| {
+            b.iter_custom(|iterations| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iterations {
+                    let mut raw = synthetic_pods(pods);
+                    let start = Instant::now();
+                    for pod in &mut raw {
+                        pod.sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
+                        pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
+                    }
+                    timed += start.elapsed();
+                    drop(black_box(raw));
                 }
                 timed
             })

@@ -94,7 +94,7 @@ pub mod unix;
 pub mod wait;
 
 pub use crate::core::{FailingPod, RelistSummary};
-pub use crate::pleg::{Config, ConfigError, Pleg, StatsSnapshot};
+pub use crate::pleg::{AfterRelist, Config, ConfigError, Pleg, StatsSnapshot};
 pub use cache::{CacheEntry, LastEvent, Reader as CacheReader};
 pub use condition::{WatchCondition, running_container_condition};
 pub use event::{ContainerRef, EventSource, EventType, PodLifecycleEvent};

@@ -600,6 +600,11 @@ impl RuntimeCounts {
         }
     }
 
+    /// Containers (not sandboxes) in any state.
+    pub fn all_containers(&self) -> usize {
+        self.created + self.running + self.exited + self.unknown
+    }
+
     /// Containers (not sandboxes) in a state.
     pub fn containers(&self, state: ContainerState) -> usize {
         match state {

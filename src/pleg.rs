@@ -80,6 +80,35 @@ pub struct Config {
     /// (default 10,000; 0: none; at most
     /// [`MAX_REPLAY_EVENTS`](crate::hub::MAX_REPLAY_EVENTS)).
     pub replay_events: usize,
+    /// Called after each relist that listed the runtime, once the core's
+    /// lock is released and the listing is freed (default: none).
+    pub after_relist: Option<AfterRelist>,
+}
+
+/// A function called after each relist that listed the runtime, with what
+/// it did ([`Config::after_relist`]).
+///
+/// The daemon uses it to hand the allocator's free memory back to the
+/// system after a large listing. It runs on the relisting task, so it
+/// should be quick: the next relist waits for it.
+#[derive(Clone)]
+pub struct AfterRelist(Arc<dyn Fn(&RelistSummary) + Send + Sync>);
+
+impl AfterRelist {
+    /// Wraps the function.
+    pub fn new(f: impl Fn(&RelistSummary) + Send + Sync + 'static) -> Self {
+        AfterRelist(Arc::new(f))
+    }
+
+    pub(crate) fn call(&self, summary: &RelistSummary) {
+        (self.0)(summary);
+    }
+}
+
+impl std::fmt::Debug for AfterRelist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterRelist(..)")
+    }
 }
 
 impl Default for Config {
@@ -100,6 +129,7 @@ impl Default for Config {
             stable_after: Duration::from_secs(10),
             clock: clock::system(),
             replay_events: hub::DEFAULT_REPLAY_EVENTS,
+            after_relist: None,
         }
     }
 }
@@ -194,6 +224,13 @@ impl Config {
     #[must_use]
     pub fn with_replay_events(mut self, replay_events: usize) -> Self {
         self.replay_events = replay_events;
+        self
+    }
+
+    /// Sets the function called after each relist that listed the runtime.
+    #[must_use]
+    pub fn with_after_relist(mut self, f: impl Fn(&RelistSummary) + Send + Sync + 'static) -> Self {
+        self.after_relist = Some(AfterRelist::new(f));
         self
     }
 
@@ -307,6 +344,7 @@ pub(crate) struct Shared {
     /// Told when a relist succeeds after failing: the stream driver then
     /// reconnects at once.
     pub(crate) runtime_back: tokio::sync::Notify,
+    pub(crate) after_relist: Option<AfterRelist>,
 }
 
 /// Stream gaps remembered, for health.
@@ -440,6 +478,7 @@ impl Pleg {
             failing_pods,
             gaps: Mutex::new(std::collections::VecDeque::new()),
             runtime_back: tokio::sync::Notify::new(),
+            after_relist: config.after_relist.clone(),
         });
         Ok(Pleg {
             inner: Arc::new(Inner {

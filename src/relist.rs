@@ -183,6 +183,10 @@ pub(crate) async fn relist(shared: &Shared) -> runtime::Result<RelistSummary> {
     let took = started.elapsed();
     metrics.relist_duration.observe(took);
     shared.health.lock().last_duration = took;
+    drop(core);
+    if let Some(after) = &shared.after_relist {
+        after.call(&summary);
+    }
     Ok(summary)
 }
 

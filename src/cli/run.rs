@@ -87,7 +87,8 @@ fn check(args: &RunArgs) -> Result<Checked, Failure> {
     let config = args
         .runtime
         .config(mode)?
-        .with_replay_events(args.replay_events);
+        .with_replay_events(args.replay_events)
+        .with_after_relist(crate::malloc::after_relist);
     config
         .validate()
         .map_err(|e| Failure::new(Exit::Usage, e))?;

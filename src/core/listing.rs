@@ -42,6 +42,8 @@ pub(crate) struct Fetched {
 pub struct RelistSummary {
     /// Pods listed.
     pub pods: usize,
+    /// Containers listed (sandboxes not included).
+    pub containers: usize,
     /// Pods inspected (status fetched or removed from the cache).
     pub inspected: usize,
     /// Pods whose status fetch failed.
@@ -102,6 +104,7 @@ impl Core {
 
         let mut summary = RelistSummary {
             pods: listing.len(),
+            containers: diff.counts().all_containers(),
             ..RelistSummary::default()
         };
         let mut failed: HashSet<PodUid> = HashSet::new();

@@ -430,7 +430,9 @@ impl Listing {
                 (uid_hash(&pod.meta.uid), pod)
             })
             .collect();
-        hashed.sort_by_key(|(hash, _)| *hash);
+        // Ties of the hash (distinct UIDs, all but never) go by UID, so
+        // that the order is the same however the pods were listed.
+        hashed.sort_by(|(a, p), (b, q)| a.cmp(b).then_with(|| p.meta.uid.cmp(&q.meta.uid)));
 
         let mut merged: Vec<Pod> = Vec::with_capacity(hashed.len());
         let mut keys: Vec<(PodUid, u64)> = Vec::with_capacity(hashed.len());
@@ -463,6 +465,40 @@ impl Listing {
         // than the pod count: 8.7 → 16–41 ms at 10,000 pods and 72 → 200 ms
         // at 50,000 (`cargo bench --bench relist`, `listing/*`), so every
         // relist paid far more for it than the diff saved.
+        Listing::indexed(
+            merged.into_iter().map(Arc::new).collect(),
+            keys,
+            duplicates_dropped,
+        )
+    }
+
+    /// A listing of pods with distinct UIDs: `ordered` with their entries
+    /// already in ID order and without repeated IDs (the pods of an earlier
+    /// listing, kept whole), `fresh` not yet. The same pods give the same
+    /// listing as [`Listing::new`].
+    pub(crate) fn of_distinct_pods(ordered: Vec<Arc<Pod>>, fresh: Vec<Pod>) -> Self {
+        let mut duplicates_dropped = 0;
+        let mut hashed: Vec<(u64, Arc<Pod>)> = Vec::with_capacity(ordered.len() + fresh.len());
+        hashed.extend(
+            ordered
+                .into_iter()
+                .map(|pod| (uid_hash(&pod.meta.uid), pod)),
+        );
+        hashed.extend(fresh.into_iter().map(|mut pod| {
+            duplicates_dropped +=
+                in_id_order_once(&mut pod.sandboxes) + in_id_order_once(&mut pod.containers);
+            (uid_hash(&pod.meta.uid), Arc::new(pod))
+        }));
+        hashed.sort_by(|(a, p), (b, q)| a.cmp(b).then_with(|| p.meta.uid.cmp(&q.meta.uid)));
+        let keys = hashed
+            .iter()
+            .map(|(hash, pod)| (pod.meta.uid.clone(), *hash))
+            .collect();
+        let pods = hashed.into_iter().map(|(_, pod)| pod).collect();
+        Listing::indexed(pods, keys, duplicates_dropped)
+    }
+
+    fn indexed(pods: Vec<Arc<Pod>>, keys: Vec<(PodUid, u64)>, duplicates_dropped: usize) -> Self {
         let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(keys.len());
         for (position, (_, hash)) in keys.iter().enumerate() {
             let position = u32::try_from(position).unwrap_or(u32::MAX);
@@ -470,7 +506,7 @@ impl Listing {
         }
         Listing {
             inner: Arc::new(ListingInner {
-                pods: merged.into_iter().map(Arc::new).collect(),
+                pods,
                 keys,
                 index,
                 duplicates_dropped,

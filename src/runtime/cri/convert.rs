@@ -32,6 +32,19 @@ pub(super) fn listing(
     sandboxes: impl IntoIterator<Item = impl Into<ListedSandbox>>,
     containers: impl IntoIterator<Item = impl Into<ListedContainer>>,
 ) -> Listing {
+    let pods = pods(stats, known, sandboxes, containers);
+    known.keep(pods.iter().map(|p| &p.meta));
+    Listing::new(pods)
+}
+
+/// The pods of [`listing`], not yet in a listing's order (entries as
+/// listed, pods in no particular order).
+fn pods(
+    stats: &RuntimeStats,
+    known: &KnownMetas,
+    sandboxes: impl IntoIterator<Item = impl Into<ListedSandbox>>,
+    containers: impl IntoIterator<Item = impl Into<ListedContainer>>,
+) -> Vec<Pod> {
     let sandboxes = sandboxes.into_iter().map(Into::<ListedSandbox>::into);
     let mut pods: HashMap<PodUid, Building> = HashMap::with_capacity(sandboxes.size_hint().0);
     let mut pod_of_sandbox: HashMap<String, PodUid> = HashMap::with_capacity(pods.capacity());
@@ -124,8 +137,7 @@ pub(super) fn listing(
             building.pod.containers.push(entry);
         }
     }
-    known.keep(pods.values().map(|b| &b.pod.meta));
-    Listing::new(pods.into_values().map(|b| b.pod))
+    pods.into_values().map(|b| b.pod).collect()
 }
 
 /// A pod of a listing being built.
@@ -708,6 +720,9 @@ mod tests {
         assert_eq!(converted.created_at, None);
     }
 }
+
+mod unchanged;
+pub(crate) use unchanged::{ListedBytes, listing_from_answers};
 
 #[cfg(test)]
 mod proptests;

@@ -337,6 +337,7 @@ impl CriRuntime {
             client,
             listing,
             known: parking_lot::Mutex::new(super::convert::KnownMetas::default()),
+            kept: parking_lot::Mutex::new(super::convert::ListedBytes::default()),
             request_timeout: config.request_timeout,
             connect_timeout: config.connect_timeout,
             version: OnceCell::new(),

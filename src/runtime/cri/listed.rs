@@ -18,6 +18,8 @@ use k8s_cri::v1 as cri;
 use tonic::client::Grpc;
 use tonic::transport::Channel;
 
+use prost::bytes::Bytes;
+
 /// A sandbox as `ListPodSandbox` lists it: no annotations, no runtime handler.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ListedSandbox {
@@ -286,43 +288,36 @@ impl ListingClient {
         }
     }
 
-    /// `ListPodSandbox` with no filter.
-    pub(crate) async fn sandboxes(
-        mut self,
-    ) -> Result<tonic::Response<Vec<ListedSandbox>>, tonic::Status> {
-        let response: tonic::Response<ListPodSandboxResponse> = self
-            .unary(
-                "/runtime.v1.RuntimeService/ListPodSandbox",
-                "ListPodSandbox",
-                cri::ListPodSandboxRequest { filter: None },
-            )
-            .await?;
-        Ok(response.map(|r| r.items))
+    /// `ListPodSandbox` with no filter: the answer's bytes (a
+    /// `ListPodSandboxResponse`), which `convert::listing_from_wire` reads.
+    pub(crate) async fn sandboxes(mut self) -> Result<tonic::Response<Bytes>, tonic::Status> {
+        self.unary(
+            "/runtime.v1.RuntimeService/ListPodSandbox",
+            "ListPodSandbox",
+            cri::ListPodSandboxRequest { filter: None },
+        )
+        .await
     }
 
-    /// `ListContainers` with no filter.
-    pub(crate) async fn containers(
-        mut self,
-    ) -> Result<tonic::Response<Vec<ListedContainer>>, tonic::Status> {
-        let response: tonic::Response<ListContainersResponse> = self
-            .unary(
-                "/runtime.v1.RuntimeService/ListContainers",
-                "ListContainers",
-                cri::ListContainersRequest { filter: None },
-            )
-            .await?;
-        Ok(response.map(|r| r.containers))
+    /// `ListContainers` with no filter: the answer's bytes (a
+    /// `ListContainersResponse`).
+    pub(crate) async fn containers(mut self) -> Result<tonic::Response<Bytes>, tonic::Status> {
+        self.unary(
+            "/runtime.v1.RuntimeService/ListContainers",
+            "ListContainers",
+            cri::ListContainersRequest { filter: None },
+        )
+        .await
     }
 
-    async fn unary<Q, A>(
+    async fn unary<Q>(
         &mut self,
         path: &'static str,
         method: &'static str,
         request: Q,
-    ) -> Result<tonic::Response<A>, tonic::Status>
+    ) -> Result<tonic::Response<Bytes>, tonic::Status>
     where
         Q: prost::Message + Send + Sync + 'static,
-        A: prost::Message + Default + Send + Sync + 'static,
     {
         self.grpc
             .ready()
@@ -332,14 +327,70 @@ impl ListingClient {
         request
             .extensions_mut()
             .insert(tonic::GrpcMethod::new("runtime.v1.RuntimeService", method));
-        let codec = tonic_prost::ProstCodec::<Q, A>::default();
         self.grpc
             .unary(
                 request,
                 tonic::codegen::http::uri::PathAndQuery::from_static(path),
-                codec,
+                RawAnswer::<Q>::default(),
             )
             .await
+    }
+}
+
+/// The slim messages of a whole answer, for an answer the wire reader could
+/// not walk (prost then names what is wrong with it).
+pub(crate) fn decode_answers(
+    sandboxes: &[u8],
+    containers: &[u8],
+) -> Result<(Vec<ListedSandbox>, Vec<ListedContainer>), (super::CriMethod, prost::DecodeError)> {
+    use prost::Message as _;
+    let sandboxes = ListPodSandboxResponse::decode(sandboxes)
+        .map_err(|e| (super::CriMethod::ListPodSandbox, e))?
+        .items;
+    let containers = ListContainersResponse::decode(containers)
+        .map_err(|e| (super::CriMethod::ListContainers, e))?
+        .containers;
+    Ok((sandboxes, containers))
+}
+
+/// A codec that encodes a prost request and hands the answer over as its
+/// bytes, undecoded (the buffer tonic received it in, not a copy).
+struct RawAnswer<Q>(std::marker::PhantomData<Q>);
+
+impl<Q> Default for RawAnswer<Q> {
+    fn default() -> Self {
+        RawAnswer(std::marker::PhantomData)
+    }
+}
+
+/// The decoder of [`RawAnswer`].
+struct RawDecoder;
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use prost::bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl<Q: prost::Message + Send + 'static> tonic::codec::Codec for RawAnswer<Q> {
+    type Encode = Q;
+    type Decode = Bytes;
+    type Encoder = tonic_prost::ProstEncoder<Q>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
     }
 }
 

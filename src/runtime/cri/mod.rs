@@ -57,6 +57,7 @@ mod convert;
 mod endpoint;
 mod events;
 mod listed;
+mod wire;
 
 pub use convert::container_from_status;
 pub use endpoint::{ConnectError, CriConfig, RuntimeEndpoint, RuntimeVersion};
@@ -104,10 +105,13 @@ enum RpcFailure {
 pub struct CriRuntime {
     endpoint: RuntimeEndpoint,
     client: RuntimeServiceClient<Channel>,
-    /// The listing calls, decoded slim (see `listed`).
+    /// The listing calls, answered as bytes (see `listed`).
     listing: listed::ListingClient,
     /// The pod identities of the last listing.
     known: parking_lot::Mutex<convert::KnownMetas>,
+    /// The pods of the last listing, by the bytes they came in (see
+    /// `convert::listing_from_answers`).
+    kept: parking_lot::Mutex<convert::ListedBytes>,
     request_timeout: Duration,
     connect_timeout: Duration,
     version: OnceCell<RuntimeVersion>,
@@ -189,12 +193,13 @@ impl CriRuntime {
             })
             .await?;
         let mut known = self.known.lock();
-        Ok(convert::listing(
-            &self.stats,
-            &mut known,
-            sandboxes,
-            containers,
-        ))
+        let mut kept = self.kept.lock();
+        convert::listing_from_answers(&self.stats, &mut known, &mut kept, &sandboxes, &containers)
+            .map_err(|(method, e)| {
+                // As a decoding codec would have failed the call.
+                let status = tonic::Status::internal(e.to_string());
+                self.error(method, RpcFailure::Status(status))
+            })
     }
 
     async fn status(&self, pod: &Pod) -> Result<PodStatus> {

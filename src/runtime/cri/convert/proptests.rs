@@ -225,6 +225,73 @@ proptest! {
         prop_assert_eq!(full_stats.unknown_values(), wire_stats.unknown_values());
     }
 
+    /// The listing read from the answers' bytes, relist after relist (the
+    /// same answers, then one container changed and more listed), is the
+    /// listing of their decoded messages, with the same counts of skipped
+    /// records, unknown values and folded duplicates.
+    #[test]
+    fn the_listing_of_the_answers_bytes_is_the_listing_of_their_messages(
+        sandboxes in vec(sandbox(), 0..6),
+        containers in vec(container(), 0..6),
+        more in vec(container(), 0..3),
+        changed in any::<proptest::sample::Index>(),
+        state in enum_value(),
+        regular in any::<bool>(),
+    ) {
+        use prost::Message;
+        // Half the cases made regular (distinct IDs, every container in a
+        // listed sandbox), which the wire reader keeps pods of.
+        let (sandboxes, containers, more) = if regular {
+            regularised(sandboxes, containers, more)
+        } else {
+            (sandboxes, containers, more)
+        };
+        let mut next = containers.clone();
+        if !next.is_empty() {
+            let at = changed.index(next.len());
+            next[at].state = state;
+        }
+        next.extend(more);
+        let relists = [
+            (sandboxes.clone(), containers.clone()),
+            (sandboxes.clone(), containers),
+            (sandboxes, next),
+        ];
+        let mut plain_known = KnownMetas::default();
+        let mut wire_known = KnownMetas::default();
+        let mut kept = ListedBytes::default();
+        let mut previous = Listing::default();
+        for (relist, (sandboxes, containers)) in relists.into_iter().enumerate() {
+            let plain_stats = RuntimeStats::default();
+            let plain = listing(&plain_stats, &mut plain_known, sandboxes.clone(), containers.clone());
+            let wire_stats = RuntimeStats::default();
+            let wire = listing_from_answers(
+                &wire_stats,
+                &mut wire_known,
+                &mut kept,
+                &cri::ListPodSandboxResponse { items: sandboxes }.encode_to_vec(),
+                &cri::ListContainersResponse { containers }.encode_to_vec(),
+            );
+            prop_assert!(wire.is_ok(), "the answers decode");
+            let wire = wire.unwrap_or_default();
+            prop_assert_eq!(plain.pods(), wire.pods());
+            prop_assert_eq!(plain.duplicates_dropped(), wire.duplicates_dropped());
+            prop_assert_eq!(plain_stats.skipped_records(), wire_stats.skipped_records());
+            prop_assert_eq!(plain_stats.unknown_values(), wire_stats.unknown_values());
+            if regular && relist == 1 {
+                // Listed again in the same bytes: kept whole, unless it
+                // holds an unknown state (counted at every relist).
+                for pod in wire.pods() {
+                    let known = pod.sandboxes.iter().chain(&pod.containers)
+                        .all(|c| c.state != ContainerState::Unknown);
+                    let same = previous.get(&pod.meta.uid).is_some_and(|p| Arc::ptr_eq(p, pod));
+                    prop_assert_eq!(known, same, "pod {:?}", pod.meta.uid);
+                }
+            }
+            previous = wire;
+        }
+    }
+
     /// A pod listed again with the same sandbox metadata and labels keeps
     /// its identity (the same `Arc`); one whose labels changed gets a new
     /// one, equal to what a first listing gives.
@@ -453,4 +520,38 @@ proptest! {
 /// What `decode_container_state` gives, without counting.
 fn stats_free_container_state(raw: i32) -> ContainerState {
     ContainerState::from_cri_container(raw).unwrap_or(ContainerState::Unknown)
+}
+
+/// The sandboxes with distinct IDs and pod UIDs, and the containers with
+/// distinct IDs, each in one of those sandboxes (none when there are none).
+fn regularised(
+    mut sandboxes: Vec<cri::PodSandbox>,
+    containers: Vec<cri::Container>,
+    more: Vec<cri::Container>,
+) -> (
+    Vec<cri::PodSandbox>,
+    Vec<cri::Container>,
+    Vec<cri::Container>,
+) {
+    for (i, s) in sandboxes.iter_mut().enumerate() {
+        s.id = format!("sandbox-{i}");
+        let metadata = s.metadata.get_or_insert_with(Default::default);
+        metadata.uid = format!("uid-{}", i % 4);
+    }
+    let place = |offset: usize, list: Vec<cri::Container>| -> Vec<cri::Container> {
+        if sandboxes.is_empty() {
+            return Vec::new();
+        }
+        list.into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                c.id = format!("container-{}", offset + i);
+                c.pod_sandbox_id = sandboxes[i % sandboxes.len()].id.clone();
+                c
+            })
+            .collect()
+    };
+    let containers = place(0, containers);
+    let more = place(100, more);
+    (sandboxes, containers, more)
 }

@@ -430,9 +430,7 @@ impl Listing {
                 (uid_hash(&pod.meta.uid), pod)
             })
             .collect();
-        // Ties of the hash (distinct UIDs, all but never) go by UID, so
-        // that the order is the same however the pods were listed.
-        hashed.sort_by(|(a, p), (b, q)| a.cmp(b).then_with(|| p.meta.uid.cmp(&q.meta.uid)));
+        hashed.sort_by(|(a, p), (b, q)| canonical((*a, &p.meta.uid), (*b, &q.meta.uid)));
 
         let mut merged: Vec<Pod> = Vec::with_capacity(hashed.len());
         let mut keys: Vec<(PodUid, u64)> = Vec::with_capacity(hashed.len());
@@ -489,7 +487,7 @@ impl Listing {
                 in_id_order_once(&mut pod.sandboxes) + in_id_order_once(&mut pod.containers);
             (uid_hash(&pod.meta.uid), Arc::new(pod))
         }));
-        hashed.sort_by(|(a, p), (b, q)| a.cmp(b).then_with(|| p.meta.uid.cmp(&q.meta.uid)));
+        hashed.sort_by(|(a, p), (b, q)| canonical((*a, &p.meta.uid), (*b, &q.meta.uid)));
         let keys = hashed
             .iter()
             .map(|(hash, pod)| (pod.meta.uid.clone(), *hash))
@@ -562,6 +560,13 @@ impl Listing {
     pub fn duplicates_dropped(&self) -> usize {
         self.inner.duplicates_dropped
     }
+}
+
+/// The canonical order of a listing's pods: by UID hash, ties (distinct
+/// UIDs, all but never) by UID, so that the order is the same however the
+/// pods were listed.
+fn canonical(a: (u64, &PodUid), b: (u64, &PodUid)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1))
 }
 
 /// Sorts entries by ID and drops repeated IDs, keeping the first sighting (the

@@ -79,50 +79,55 @@ pub(crate) fn listing_from_answers(
     sandboxes: &[u8],
     containers: &[u8],
 ) -> Result<Listing, DecodeFailure> {
-    let Some(groups) = group(sandboxes, containers) else {
+    let Some(grouped) = group(sandboxes, containers) else {
         kept.pods.clear();
         let (sandboxes, containers) = listed::decode_answers(sandboxes, containers)?;
         return Ok(listing(stats, known, sandboxes, containers));
     };
 
+    let mut next = hashbrown::HashTable::with_capacity(grouped.pods.len());
     let mut reused: Vec<Arc<Pod>> = Vec::new();
-    let mut fresh_sandboxes: Vec<ListedSandbox> = Vec::new();
-    let mut fresh_containers: Vec<ListedContainer> = Vec::new();
-    let mut fingerprints: hashbrown::HashTable<(u64, PodUid, u64, usize)> =
-        hashbrown::HashTable::with_capacity(groups.len());
-    for group in &groups {
+    // The pods to decode: UID, its hash, fingerprint and number of entries.
+    let mut changed: Vec<(PodUid, u64, u64, usize)> = Vec::new();
+    let mut decode = vec![false; grouped.pods.len()];
+    for (at, group) in grouped.pods.iter().enumerate() {
         let uid = PodUid::new(group.uid);
         let hash = uid_hash(&uid);
         let fingerprint = group.fingerprint();
-        let entries = group.sandboxes.len() + group.containers.len();
-        // Grouped by UID, so every UID is here once.
         if let Some(pod) = kept.find(hash, &uid, fingerprint) {
             reused.push(pod.clone());
+            next.insert_unique(
+                hash,
+                Kept {
+                    hash,
+                    fingerprint,
+                    pod: pod.clone(),
+                },
+                |k| k.hash,
+            );
         } else {
-            for entry in &group.sandboxes {
-                fresh_sandboxes.push(
-                    ListedSandbox::decode(*entry).map_err(|e| (CriMethod::ListPodSandbox, e))?,
-                );
-            }
-            for entry in &group.containers {
-                fresh_containers.push(
-                    ListedContainer::decode(*entry).map_err(|e| (CriMethod::ListContainers, e))?,
-                );
-            }
+            decode[at] = true;
+            changed.push((uid, hash, fingerprint, group.sandboxes + group.containers));
         }
-        fingerprints.insert_unique(hash, (hash, uid, fingerprint, entries), |f| f.0);
+    }
+    let mut fresh_sandboxes: Vec<ListedSandbox> = Vec::new();
+    for (_, entry) in grouped.sandboxes.iter().filter(|(at, _)| decode[*at]) {
+        fresh_sandboxes
+            .push(ListedSandbox::decode(*entry).map_err(|e| (CriMethod::ListPodSandbox, e))?);
+    }
+    let mut fresh_containers: Vec<ListedContainer> = Vec::new();
+    for (_, entry) in grouped.containers.iter().filter(|(at, _)| decode[*at]) {
+        fresh_containers
+            .push(ListedContainer::decode(*entry).map_err(|e| (CriMethod::ListContainers, e))?);
     }
     let fresh = pods(stats, known, fresh_sandboxes, fresh_containers);
     let listing = Listing::of_distinct_pods(reused, fresh);
     known.keep(listing.pods().iter().map(|p| &p.meta));
 
-    let mut next = hashbrown::HashTable::with_capacity(listing.len());
-    for (pod, uid, hash) in listing.keyed_pods() {
-        // Every listed pod has its group: its UID is the group's.
-        let Some(&(_, _, fingerprint, entries)) = fingerprints.find(hash, |f| f.1 == *uid) else {
-            continue;
-        };
-        if counts_nothing(pod, entries) {
+    for (uid, hash, fingerprint, entries) in changed {
+        if let Some(pod) = listing.get_hashed(&uid, hash)
+            && counts_nothing(pod, entries)
+        {
             next.insert_unique(
                 hash,
                 Kept {
@@ -149,18 +154,25 @@ fn counts_nothing(pod: &Pod, entries: usize) -> bool {
             .all(|c| c.state != ContainerState::Unknown)
 }
 
-/// One pod's entries, as bytes.
+/// The answers' entries, each with the position of its pod in `pods`.
+struct Grouped<'a> {
+    pods: Vec<Group<'a>>,
+    sandboxes: Vec<(usize, &'a [u8])>,
+    containers: Vec<(usize, &'a [u8])>,
+}
+
+/// One pod of the answers.
 struct Group<'a> {
     uid: &'a str,
-    sandboxes: Vec<&'a [u8]>,
-    containers: Vec<&'a [u8]>,
-    /// The sum of the entries' hashes.
+    sandboxes: usize,
+    containers: usize,
+    /// The sum of its entries' hashes.
     sum: u64,
 }
 
 impl Group<'_> {
     fn fingerprint(&self) -> u64 {
-        hasher().hash_one((self.sum, self.sandboxes.len(), self.containers.len()))
+        hasher().hash_one((self.sum, self.sandboxes, self.containers))
     }
 }
 
@@ -182,49 +194,60 @@ fn entry_hash(kind: Kind, entry: &[u8]) -> u64 {
 
 type Lookup<'a> = HashMap<&'a str, usize, foldhash::fast::RandomState>;
 
-/// The answers' entries grouped into pods, in the order the sandboxes were
-/// listed; `None` when anything in them needs the general rules (see the
-/// module's documentation).
-fn group<'a>(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Vec<Group<'a>>> {
-    let sandboxes = wire::entries(sandboxes).ok()?;
-    let containers = wire::entries(containers).ok()?;
-    let mut groups: Vec<Group<'a>> = Vec::with_capacity(sandboxes.len());
-    let mut by_uid: Lookup<'a> =
-        HashMap::with_capacity_and_hasher(sandboxes.len(), foldhash::fast::RandomState::default());
-    let mut by_sandbox: Lookup<'a> =
-        HashMap::with_capacity_and_hasher(sandboxes.len(), foldhash::fast::RandomState::default());
-    for entry in sandboxes {
+/// The answers' entries grouped into pods (allocating nothing per pod or
+/// entry but their places in a few vectors); `None` when anything in them
+/// needs the general rules (see the module's documentation).
+fn group<'a>(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Grouped<'a>> {
+    let sandbox_entries = wire::entries(sandboxes).ok()?;
+    let container_entries = wire::entries(containers).ok()?;
+    let mut grouped = Grouped {
+        pods: Vec::with_capacity(sandbox_entries.len()),
+        sandboxes: Vec::with_capacity(sandbox_entries.len()),
+        containers: Vec::with_capacity(container_entries.len()),
+    };
+    let lookup = || {
+        Lookup::with_capacity_and_hasher(
+            sandbox_entries.len(),
+            foldhash::fast::RandomState::default(),
+        )
+    };
+    let mut by_uid: Lookup<'a> = lookup();
+    let mut by_sandbox: Lookup<'a> = lookup();
+    for entry in sandbox_entries {
         let keys = wire::sandbox_keys(entry).ok()?;
         let uid = keys.uid.filter(|uid| !uid.is_empty())?;
         if keys.id.is_empty() {
             return None;
         }
         let at = *by_uid.entry(uid).or_insert_with(|| {
-            groups.push(Group {
+            grouped.pods.push(Group {
                 uid,
-                sandboxes: Vec::new(),
-                containers: Vec::new(),
+                sandboxes: 0,
+                containers: 0,
                 sum: 0,
             });
-            groups.len() - 1
+            grouped.pods.len() - 1
         });
         if by_sandbox.insert(keys.id, at).is_some() {
             return None;
         }
-        let group = &mut groups[at];
-        group.sandboxes.push(entry);
-        group.sum = group.sum.wrapping_add(entry_hash(Kind::Sandbox, entry));
+        let pod = &mut grouped.pods[at];
+        pod.sandboxes += 1;
+        pod.sum = pod.sum.wrapping_add(entry_hash(Kind::Sandbox, entry));
+        grouped.sandboxes.push((at, entry));
     }
-    for entry in containers {
+    for entry in container_entries {
         let keys = wire::container_keys(entry).ok()?;
         if keys.id.is_empty() {
             return None;
         }
-        let group = &mut groups[*by_sandbox.get(keys.sandbox_id)?];
-        group.containers.push(entry);
-        group.sum = group.sum.wrapping_add(entry_hash(Kind::Container, entry));
+        let at = *by_sandbox.get(keys.sandbox_id)?;
+        let pod = &mut grouped.pods[at];
+        pod.containers += 1;
+        pod.sum = pod.sum.wrapping_add(entry_hash(Kind::Container, entry));
+        grouped.containers.push((at, entry));
     }
-    Some(groups)
+    Some(grouped)
 }
 
 #[cfg(test)]

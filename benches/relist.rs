@@ -18,6 +18,13 @@
 //!   pod's entries in ID order, in place: the part that outgrows the caches
 //!   (`bench/PROFILES.md`).
 //!
+//! - `cri_listing/{unchanged,changed}/<pods>`: what the CRI runtime adapter
+//!   really does on a relist, from the two answers as protobuf bytes (as
+//!   they come over the socket) to the `Listing`: `unchanged` with every pod
+//!   listed in the same bytes as at the last relist (an idle node: each pod
+//!   is fingerprinted and kept whole), `changed` with none seen before (the
+//!   first relist: everything decoded and converted, `Listing` built).
+//!
 //! Each synthetic pod has a sandbox and three containers. Up to issue 13,
 //! `listing/<pods>` was an `iter_batched` with `BatchSize::LargeInput`: its
 //! timed routine also dropped the listing (at 10,000 pods as long as
@@ -113,5 +120,82 @@ fn bench_relist(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_relist);
+/// The two answers of a node of `pods` synthetic pods (one sandbox and
+/// three running containers each, with the kubelet's labels), encoded.
+fn cri_answers(pods: usize) -> (Vec<u8>, Vec<u8>) {
+    use k8s_cri::v1::{
+        ContainerState, ListContainersResponse, ListPodSandboxResponse, PodSandboxState,
+    };
+    use pleg::runtime::fake::runtime_id;
+    use pleg_testkit::fake_cri::{container_in, sandbox};
+    use prost::Message as _;
+
+    let mut sandboxes = ListPodSandboxResponse::default();
+    let mut containers = ListContainersResponse::default();
+    for i in 0..pods {
+        let pod = sandbox(
+            &runtime_id(i, 0),
+            &format!("{i:08x}-0000-4000-8000-{i:012x}"),
+            &format!("pod-{i}"),
+            "bench",
+            PodSandboxState::SandboxReady,
+        );
+        for c in 1..=3 {
+            containers.containers.push(container_in(
+                &pod,
+                &runtime_id(i, c),
+                &format!("container-{c}"),
+                0,
+                ContainerState::ContainerRunning,
+            ));
+        }
+        sandboxes.items.push(pod);
+    }
+    (sandboxes.encode_to_vec(), containers.encode_to_vec())
+}
+
+fn bench_cri_listing(c: &mut Criterion) {
+    use pleg::runtime::cri::AnswersDecoder;
+
+    let mut group = c.benchmark_group("cri_listing");
+    for pods in SIZES {
+        let (sandboxes, containers) = cri_answers(pods);
+        group.throughput(Throughput::Elements(pods as u64));
+
+        let mut decoder = AnswersDecoder::new();
+        let first = decoder
+            .listing(&sandboxes, &containers)
+            .expect("the answers decode");
+        assert_eq!(first.len(), pods, "one pod per sandbox");
+        group.bench_function(BenchmarkId::new("unchanged", pods), |b| {
+            b.iter_custom(|iterations| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iterations {
+                    let start = Instant::now();
+                    let listing = black_box(decoder.listing(black_box(&sandboxes), &containers));
+                    timed += start.elapsed();
+                    drop(listing);
+                }
+                timed
+            })
+        });
+
+        group.bench_function(BenchmarkId::new("changed", pods), |b| {
+            b.iter_custom(|iterations| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iterations {
+                    let mut fresh = AnswersDecoder::new();
+                    let start = Instant::now();
+                    let listing = black_box(fresh.listing(black_box(&sandboxes), &containers));
+                    timed += start.elapsed();
+                    drop((listing, fresh));
+                }
+                timed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_relist, bench_cri_listing);
 criterion_main!(benches);

@@ -512,6 +512,12 @@ impl Listing {
         }
     }
 
+    /// Whether `other` is this very listing (a clone of it), not only an
+    /// equal one.
+    pub fn is_same(&self, other: &Listing) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The pods, in a canonical order (by UID hash) that does not depend on
     /// the order the runtime listed them in.
     pub fn pods(&self) -> &[Arc<Pod>] {

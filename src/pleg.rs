@@ -285,6 +285,7 @@ impl Config {
             probe_interval: self.probe_interval,
             stable_after: self.stable_after,
             gap_relist_interval: Duration::from_secs(1),
+            lossy_for: crate::stream::LOSSY_FOR,
         }
     }
 }

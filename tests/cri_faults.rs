@@ -594,3 +594,69 @@ async fn endpoints_that_are_not_cri_v1_are_refused_with_what_came_back() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_answer_that_does_not_decode_fails_the_relist_naming_the_call_and_counts_as_internal() {
+    let server = server().await;
+    put_pod(&server, 1);
+    let runtime = connect(&server).await;
+    let pleg = manual(runtime.clone());
+    let mut sub = subscribe_all(&pleg);
+    pleg.relist().await.expect("first relist");
+    drain(&mut sub);
+    let stats = runtime.stats();
+    let ok = |method| stats.outcome_count(method, RpcOutcome::Code(tonic::Code::Ok));
+    let internal = |method| stats.outcome_count(method, RpcOutcome::Code(tonic::Code::Internal));
+    assert_eq!(
+        (ok(CriMethod::ListPodSandbox), ok(CriMethod::ListContainers)),
+        (1, 1)
+    );
+
+    for (method, garbled) in [
+        (CriMethod::ListContainers, "ListContainers"),
+        (CriMethod::ListPodSandbox, "ListPodSandbox"),
+    ] {
+        server.garble(garbled, true);
+        put_pod(&server, 2);
+        let err = pleg
+            .relist()
+            .await
+            .expect_err("an answer that does not decode");
+        let text = err.to_string();
+        assert!(text.contains(garbled), "names the call: {text}");
+        assert!(
+            text.contains(&server.endpoint()),
+            "names the runtime: {text}"
+        );
+        assert_eq!(err.code(), tonic::Code::Internal, "{text}");
+        assert_eq!(internal(method), 1, "{garbled} counted as Internal");
+        assert!(
+            drain(&mut sub).is_empty(),
+            "a relist that could not read its answer emits nothing"
+        );
+        server.garble(garbled, false);
+        server.remove_container("c2a");
+        server.remove_container("c2b");
+        server.remove_sandbox("s2");
+    }
+    // Each call is counted once: as Internal in the relist that garbled it,
+    // as OK in the first relist and the one that garbled the other.
+    assert_eq!(
+        (ok(CriMethod::ListPodSandbox), ok(CriMethod::ListContainers)),
+        (2, 2)
+    );
+
+    // Answers decode again: the relist goes on from the last good listing.
+    put_pod(&server, 3);
+    pleg.relist().await.expect("relist");
+    let mut got = drain(&mut sub);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (EventType::ContainerStarted, "c3a".to_string()),
+            (EventType::ContainerStarted, "c3b".to_string()),
+            (EventType::ContainerStarted, "s3".to_string()),
+        ]
+    );
+}

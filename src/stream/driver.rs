@@ -243,6 +243,7 @@ impl Driver {
     /// Applies one event and counts what became of it; says whether it
     /// showed lost predecessors.
     /// `held` is when the reader held it.
+    /// Applies one event: whether it showed a gap.
     async fn handle(&self, event: &ContainerEvent, held: SystemTime) -> bool {
         let metrics = &self.shared.metrics.stream;
         metrics.received.inc();
@@ -282,7 +283,6 @@ impl Driver {
             Applied::Unresolved if event.kind == ContainerEventKind::Deleted => Some(3),
             _ => None,
         };
-        let gap = missed.is_some();
         if let Some(missed) = missed {
             metrics.gaps.inc();
             // containerd 1.7 hands one event after a (re)connection to the
@@ -295,8 +295,11 @@ impl Driver {
                 self.note_gap();
             }
             tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
+            // Relisting distrusts the stream even for the forgiven gap (see
+            // `State::Streaming`).
+            return true;
         }
-        gap
+        false
     }
 
     async fn perform(&self, action: Action) {

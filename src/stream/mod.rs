@@ -33,6 +33,11 @@
 //! kubelet's evented PLEG does; otherwise at the generic period (1 s,
 //! threshold 3 min).
 
+/// How long a stream that lost events (to another consumer, or a full
+/// buffer) must lose none before relisting goes back from the generic to
+/// the evented period.
+pub(crate) const LOSSY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) mod driver;
 pub(crate) mod probe;
 pub(crate) mod state;

@@ -31,6 +31,9 @@ pub(crate) struct StreamConfig {
     pub(crate) stable_after: Duration,
     /// Gap relists are at most this often.
     pub(crate) gap_relist_interval: Duration,
+    /// A stream that lost events is not trusted until it has lost none for
+    /// this long: meanwhile relisting keeps the generic period.
+    pub(crate) lossy_for: Duration,
 }
 
 impl StreamConfig {
@@ -85,6 +88,9 @@ pub(crate) struct Gap {
     pub(crate) pending: bool,
     /// When a gap last brought a relist.
     pub(crate) last_relist: Option<Instant>,
+    /// When the stream last lost events, while relisting is at the generic
+    /// period for it; `None` while the stream is trusted.
+    pub(crate) lossy_since: Option<Instant>,
 }
 
 /// The stream's states, each holding what it needs. `S` is the open
@@ -281,9 +287,28 @@ pub(crate) fn step<S>(
             gap.pending |= lost;
             let mut actions = Vec::new();
             relist_after_gap(&mut gap, config, now, &mut actions);
+            let was_lossy = gap.lossy_since.is_some();
+            if lost {
+                gap.lossy_since = Some(now);
+            }
             if awaiting_first_event {
                 actions.push(Action::Relist(Why::FirstEvent));
-                actions.push(Action::SetRelist(config.evented_relist));
+            }
+            // A stream that loses events (containerd 1.7 gives each to one
+            // stream: another consumer takes some) cannot be waited on for
+            // what it may lose next unseen, such as the removal of a
+            // container whose pod pleg then hears nothing else of: relisting
+            // at the generic period finds that within a period, until the
+            // stream has lost nothing for `lossy_for`. Even the one event a
+            // reconnection loses counts, since on a node with another
+            // consumer it may be the only loss the stream shows; it costs a
+            // minute of relisting at the generic period.
+            if awaiting_first_event || gap.lossy_since.is_some() != was_lossy {
+                actions.push(Action::SetRelist(if gap.lossy_since.is_some() {
+                    config.generic_relist
+                } else {
+                    config.evented_relist
+                }));
             }
             Transition {
                 next: State::Streaming {
@@ -310,6 +335,13 @@ pub(crate) fn step<S>(
         ) => {
             let mut actions = vec![Action::AdvanceCacheTime];
             relist_after_gap(&mut gap, config, now, &mut actions);
+            if gap
+                .lossy_since
+                .is_some_and(|at| now.saturating_duration_since(at) >= config.lossy_for)
+            {
+                gap.lossy_since = None;
+                actions.push(Action::SetRelist(config.evented_relist));
+            }
             // A quiet node: no first event for `stable_after`. Relisting
             // every second until something happens would cost the most
             // where nothing happens, so it slows to the quiet period; the

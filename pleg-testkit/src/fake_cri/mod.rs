@@ -309,6 +309,19 @@ impl FakeCriServer {
         self.shared.faults.lock().entry(method).or_default().delay = delay;
     }
 
+    /// Makes every following answer of `method` arrive as bytes that are
+    /// not its message (the first field's tag gets wire type 7, which
+    /// protobuf does not have), with status OK: a runtime, or a proxy,
+    /// sending what the client cannot decode. An empty answer (no bytes)
+    /// stays empty. `false` sends answers as they are again.
+    ///
+    /// # Panics
+    /// If `method` is not a `RuntimeService` method.
+    pub fn garble(&self, method: &str, garbled: bool) {
+        let method = known_method(method);
+        self.shared.faults.lock().entry(method).or_default().garbled = garbled;
+    }
+
     /// Removes every scripted failure and delay. Calls already waiting keep
     /// their delay and outcome.
     pub fn clear_faults(&self) {

@@ -140,6 +140,8 @@ pub(super) struct Shared {
 pub(super) struct MethodFaults {
     pub(super) failures: VecDeque<Failure>,
     pub(super) delay: Duration,
+    /// Answers are sent with their first byte spoiled (see `garble`).
+    pub(super) garbled: bool,
 }
 
 /// A scripted failure; `remaining: None` means until cleared.

@@ -5,6 +5,7 @@
 //! connection so that it can be cut is the fake's.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::unix::fs::FileTypeExt;
@@ -51,8 +52,12 @@ pub(super) fn serve_on(shared: &Arc<Shared>, path: &Path) -> io::Result<Serving>
         connections: Arc::clone(&shared.connections),
     };
     let service = RuntimeServiceServer::from_arc(Arc::clone(shared));
+    let shared_for_layer = Arc::clone(shared);
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
+            .layer(GarbleLayer {
+                shared: Arc::clone(&shared_for_layer),
+            })
             .add_service(service)
             .serve_with_incoming(incoming)
             .await;
@@ -61,6 +66,80 @@ pub(super) fn serve_on(shared: &Arc<Shared>, path: &Path) -> io::Result<Serving>
         }
     });
     Ok(Serving { task, socket })
+}
+
+// --- garbled answers ---
+
+/// Spoils the answers of the methods set to be garbled
+/// ([`FakeCriServer::garble`](super::FakeCriServer::garble)): the byte
+/// after each answer's 5-byte gRPC message prefix, the first field's tag,
+/// gets wire type 7. tonic writes a unary answer's prefix and message as one
+/// data frame.
+#[derive(Clone, Debug)]
+struct GarbleLayer {
+    shared: Arc<Shared>,
+}
+
+impl<S> tower_layer::Layer<S> for GarbleLayer {
+    type Service = Garble<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Garble {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Garble<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Garble<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let garbled = super::method::canonical(request.uri().path()).is_some_and(|method| {
+            self.shared
+                .faults
+                .lock()
+                .get(method)
+                .is_some_and(|faults| faults.garbled)
+        });
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            if !garbled {
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                let mut first = true;
+                tonic::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                    frame.map_data(|data| {
+                        if !std::mem::take(&mut first) || data.len() <= 5 {
+                            return data;
+                        }
+                        let mut spoiled = data.to_vec();
+                        spoiled[5] |= 0x07;
+                        bytes::Bytes::from(spoiled)
+                    })
+                }))
+            }))
+        })
+    }
 }
 
 pub(super) fn remove_socket_file(path: &Path, socket: SocketIdentity) {

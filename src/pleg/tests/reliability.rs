@@ -103,12 +103,13 @@ async fn a_runtime_that_stops_answering_fails_health_within_the_threshold_in_eve
     let pleg = Pleg::new(runtime.clone(), config).expect("valid config");
     pleg.start().expect("start");
     until_state(&pleg, StreamState::Streaming).await;
-    // The first event brings the evented period: relists 300 s apart.
+    // The first event (one that shows no loss) brings the evented period:
+    // relists 300 s apart.
     runtime.push_event(event_at(
-        ContainerEventKind::Started,
+        ContainerEventKind::Created,
         "p1",
         "c2",
-        Running,
+        ContainerState::Created,
         clock().now() + Duration::from_secs(1),
     ));
     until_handled(&pleg, 1).await;

@@ -14,6 +14,7 @@ fn config() -> StreamConfig {
         probe_interval: Duration::from_secs(30),
         stable_after: Duration::from_secs(10),
         gap_relist_interval: Duration::from_secs(1),
+        lossy_for: Duration::from_secs(60),
     }
 }
 
@@ -86,9 +87,15 @@ async fn a_gap_relists_at_most_once_a_second_and_the_tick_catches_up() {
     let start = Instant::now();
     let state = streaming(start);
     let Transition { next, .. } = step(state, Input::Event { gap: false }, &config(), start);
-    // A gap: relist now.
+    // A gap: relist now (and at the generic period for a while).
     let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), start);
-    assert_eq!(actions, [Action::Relist(Why::LostEvents)]);
+    assert_eq!(
+        actions,
+        [
+            Action::Relist(Why::LostEvents),
+            Action::SetRelist(RelistDuration::GENERIC)
+        ]
+    );
     // Another within the second waits...
     let soon = start + Duration::from_millis(300);
     let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), soon);
@@ -101,6 +108,72 @@ async fn a_gap_relists_at_most_once_a_second_and_the_tick_catches_up() {
     assert_eq!(
         actions,
         [Action::AdvanceCacheTime, Action::Relist(Why::LostEvents)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_loses_events_relists_at_the_generic_period_until_it_lost_none_for_a_minute()
+{
+    let start = Instant::now();
+    let state = streaming(start);
+    let Transition { next, .. } = step(state, Input::Event { gap: false }, &config(), start);
+    // A gap: a relist, and relisting at the generic period, even for the
+    // one event a reconnection loses.
+    let at = start + Duration::from_secs(2);
+    let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), at);
+    assert_eq!(
+        actions,
+        [
+            Action::Relist(Why::LostEvents),
+            Action::SetRelist(RelistDuration::GENERIC)
+        ]
+    );
+    // More losses keep it there without asking again.
+    let again = at + Duration::from_secs(30);
+    let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), again);
+    assert_eq!(actions, [Action::Relist(Why::LostEvents)]);
+    let Transition { next, actions } = step(
+        next,
+        Input::Tick,
+        &config(),
+        again + Duration::from_secs(59),
+    );
+    assert_eq!(actions, [Action::AdvanceCacheTime]);
+    // A minute without a loss: the evented period again.
+    let Transition { next, actions } = step(
+        next,
+        Input::Tick,
+        &config(),
+        again + Duration::from_secs(60),
+    );
+    assert_eq!(
+        actions,
+        [
+            Action::AdvanceCacheTime,
+            Action::SetRelist(RelistDuration::EVENTED)
+        ]
+    );
+    let Transition { actions, .. } = step(
+        next,
+        Input::Tick,
+        &config(),
+        again + Duration::from_secs(61),
+    );
+    assert_eq!(actions, [Action::AdvanceCacheTime]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_event_that_shows_a_loss_leaves_relisting_at_the_generic_period() {
+    let start = Instant::now();
+    let state = streaming(start);
+    let Transition { actions, .. } = step(state, Input::Event { gap: true }, &config(), start);
+    assert_eq!(
+        actions,
+        [
+            Action::Relist(Why::LostEvents),
+            Action::Relist(Why::FirstEvent),
+            Action::SetRelist(RelistDuration::GENERIC)
+        ]
     );
 }
 

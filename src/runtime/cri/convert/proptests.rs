@@ -280,7 +280,13 @@ proptest! {
             prop_assert_eq!(plain_stats.unknown_values(), wire_stats.unknown_values());
             if regular && relist == 1 {
                 // Listed again in the same bytes: kept whole, unless it
-                // holds an unknown state (counted at every relist).
+                // holds an unknown state (counted at every relist); and
+                // the listing itself, when every pod is.
+                let all_kept = wire.pods().iter().all(|pod| {
+                    pod.sandboxes.iter().chain(&pod.containers)
+                        .all(|c| c.state != ContainerState::Unknown)
+                });
+                prop_assert_eq!(wire.is_same(&previous), all_kept);
                 for pod in wire.pods() {
                     let known = pod.sandboxes.iter().chain(&pod.containers)
                         .all(|c| c.state != ContainerState::Unknown);

@@ -16,6 +16,11 @@
 //! is taken for unchanged only if its 64-bit fingerprint collides, which
 //! happens about once in 2^64 changes.
 //!
+//! When every pod of the last listing was kept, the fingerprint of both
+//! answers whole (the same sum over all their entries) is kept too, and
+//! answers with that fingerprint are that listing again (the same `Arc`):
+//! the relist of an idle node walks and hashes the bytes, and builds nothing.
+//!
 //! Whatever the general rules treat as special goes through them whole
 //! (the answers decoded by prost and [`listing`]): an entry with an empty
 //! ID, a sandbox without metadata or pod UID, a sandbox ID listed twice, a
@@ -41,6 +46,10 @@ use crate::runtime::cri::wire;
 #[derive(Debug, Default)]
 pub(crate) struct ListedBytes {
     pods: hashbrown::HashTable<Kept>,
+    /// The last listing with the fingerprint of both answers whole, when
+    /// every one of its pods is kept: the same answers again (in any
+    /// order) are that listing again.
+    whole: Option<(u64, Listing)>,
 }
 
 #[derive(Debug)]
@@ -79,10 +88,23 @@ pub(crate) fn listing_from_answers(
     sandboxes: &[u8],
     containers: &[u8],
 ) -> Result<Listing, DecodeFailure> {
-    let Some(grouped) = group(sandboxes, containers) else {
+    let general = |kept: &mut ListedBytes, known: &mut KnownMetas| {
         kept.pods.clear();
+        kept.whole = None;
         let (sandboxes, containers) = listed::decode_answers(sandboxes, containers)?;
-        return Ok(listing(stats, known, sandboxes, containers));
+        Ok(listing(stats, known, sandboxes, containers))
+    };
+    let Some(answers) = Hashed::of(sandboxes, containers) else {
+        return general(kept, known);
+    };
+    // An idle node: the same entries as last time, whatever their order.
+    if let Some((fingerprint, listing)) = &kept.whole
+        && *fingerprint == answers.fingerprint
+    {
+        return Ok(listing.clone());
+    }
+    let Some(grouped) = group(&answers) else {
+        return general(kept, known);
     };
 
     let mut next = hashbrown::HashTable::with_capacity(grouped.pods.len());
@@ -140,6 +162,7 @@ pub(crate) fn listing_from_answers(
         }
     }
     kept.pods = next;
+    kept.whole = (kept.pods.len() == listing.len()).then(|| (answers.fingerprint, listing.clone()));
     Ok(listing)
 }
 
@@ -194,26 +217,65 @@ fn entry_hash(kind: Kind, entry: &[u8]) -> u64 {
 
 type Lookup<'a> = HashMap<&'a str, usize, foldhash::fast::RandomState>;
 
+/// The entries of both answers, each with its hash, and the fingerprint of
+/// both answers whole (which does not depend on the order of their entries).
+struct Hashed<'a> {
+    sandboxes: Vec<(&'a [u8], u64)>,
+    containers: Vec<(&'a [u8], u64)>,
+    fingerprint: u64,
+}
+
+impl<'a> Hashed<'a> {
+    /// `None` when the wire reader cannot walk the answers.
+    fn of(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Self> {
+        let hashed = |answer: &'a [u8], kind: fn() -> Kind| -> Option<Vec<(&'a [u8], u64)>> {
+            let entries = wire::entries(answer).ok()?;
+            Some(
+                entries
+                    .into_iter()
+                    .map(|entry| (entry, entry_hash(kind(), entry)))
+                    .collect(),
+            )
+        };
+        let sandboxes = hashed(sandboxes, || Kind::Sandbox)?;
+        let containers = hashed(containers, || Kind::Container)?;
+        let sum = |entries: &[(&[u8], u64)]| {
+            entries
+                .iter()
+                .fold(0u64, |sum, (_, hash)| sum.wrapping_add(*hash))
+        };
+        let fingerprint = hasher().hash_one((
+            sum(&sandboxes),
+            sum(&containers),
+            sandboxes.len(),
+            containers.len(),
+        ));
+        Some(Hashed {
+            sandboxes,
+            containers,
+            fingerprint,
+        })
+    }
+}
+
 /// The answers' entries grouped into pods (allocating nothing per pod or
 /// entry but their places in a few vectors); `None` when anything in them
 /// needs the general rules (see the module's documentation).
-fn group<'a>(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Grouped<'a>> {
-    let sandbox_entries = wire::entries(sandboxes).ok()?;
-    let container_entries = wire::entries(containers).ok()?;
+fn group<'a>(answers: &Hashed<'a>) -> Option<Grouped<'a>> {
     let mut grouped = Grouped {
-        pods: Vec::with_capacity(sandbox_entries.len()),
-        sandboxes: Vec::with_capacity(sandbox_entries.len()),
-        containers: Vec::with_capacity(container_entries.len()),
+        pods: Vec::with_capacity(answers.sandboxes.len()),
+        sandboxes: Vec::with_capacity(answers.sandboxes.len()),
+        containers: Vec::with_capacity(answers.containers.len()),
     };
     let lookup = || {
         Lookup::with_capacity_and_hasher(
-            sandbox_entries.len(),
+            answers.sandboxes.len(),
             foldhash::fast::RandomState::default(),
         )
     };
     let mut by_uid: Lookup<'a> = lookup();
     let mut by_sandbox: Lookup<'a> = lookup();
-    for entry in sandbox_entries {
+    for &(entry, hash) in &answers.sandboxes {
         let keys = wire::sandbox_keys(entry).ok()?;
         let uid = keys.uid.filter(|uid| !uid.is_empty())?;
         if keys.id.is_empty() {
@@ -233,10 +295,10 @@ fn group<'a>(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Grouped<'a>> {
         }
         let pod = &mut grouped.pods[at];
         pod.sandboxes += 1;
-        pod.sum = pod.sum.wrapping_add(entry_hash(Kind::Sandbox, entry));
+        pod.sum = pod.sum.wrapping_add(hash);
         grouped.sandboxes.push((at, entry));
     }
-    for entry in container_entries {
+    for &(entry, hash) in &answers.containers {
         let keys = wire::container_keys(entry).ok()?;
         if keys.id.is_empty() {
             return None;
@@ -244,7 +306,7 @@ fn group<'a>(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Grouped<'a>> {
         let at = *by_sandbox.get(keys.sandbox_id)?;
         let pod = &mut grouped.pods[at];
         pod.containers += 1;
-        pod.sum = pod.sum.wrapping_add(entry_hash(Kind::Container, entry));
+        pod.sum = pod.sum.wrapping_add(hash);
         grouped.containers.push((at, entry));
     }
     Some(grouped)
@@ -381,6 +443,7 @@ mod tests {
                 "{uid} kept"
             );
         }
+        assert!(again.is_same(&first), "the same entries: the same listing");
 
         // c2 exited: its pod is decoded again, the others are kept.
         let (sandboxes, containers) = three_pods([RUNNING, EXITED, RUNNING]);
@@ -390,6 +453,11 @@ mod tests {
         let u2 = pod(&changed, "u2");
         assert!(!Arc::ptr_eq(pod(&first, "u2"), u2));
         assert_eq!(u2.containers[0].state, ContainerState::Exited);
+        assert!(!changed.is_same(&first));
+        let (sandboxes, mut containers) = three_pods([RUNNING, EXITED, RUNNING]);
+        containers.rotate_left(1);
+        let again = node.list(&sandboxes, &containers).expect("well formed");
+        assert!(again.is_same(&changed), "the changed listing, listed again");
         assert_eq!(node.stats.unknown_values(), 0);
         assert_eq!(node.stats.skipped_records(), 0);
     }

@@ -183,6 +183,11 @@ pub(crate) struct RuntimeArgs {
     /// such as 1s or 500ms; 100ms to 1h.
     #[arg(long, env = "PLEG_RELIST_PERIOD", default_value = "1s", value_parser = parse_duration)]
     pub relist_period: Duration,
+    /// Period of the safety-net relists while the event stream works
+    /// (evented mode), such as 5m; 100ms to 1h. A stream that loses events
+    /// is relisted at --relist-period for a while instead.
+    #[arg(long, env = "PLEG_EVENTED_RELIST_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub evented_relist_period: Duration,
     /// How long the runtime may go without answering (a relist, or in
     /// evented mode the liveness probe) before pleg reports unhealthy, in
     /// both modes; 1s to 24h, and longer than --relist-period.
@@ -240,6 +245,12 @@ impl RuntimeArgs {
         let usage = |e: String| Failure::new(Exit::Usage, anyhow::anyhow!(e));
         in_range("--relist-period", self.relist_period, RELIST_PERIOD_RANGE).map_err(usage)?;
         in_range(
+            "--evented-relist-period",
+            self.evented_relist_period,
+            RELIST_PERIOD_RANGE,
+        )
+        .map_err(usage)?;
+        in_range(
             "--relist-threshold",
             self.relist_threshold,
             RELIST_THRESHOLD_RANGE,
@@ -261,8 +272,7 @@ impl RuntimeArgs {
         let generic = RelistDuration::new(self.relist_period, self.relist_threshold);
         // The threshold holds in evented mode too: between the safety-net
         // relists, the liveness probe keeps health current.
-        let evented =
-            RelistDuration::new(RelistDuration::EVENTED.relist_period, self.relist_threshold);
+        let evented = RelistDuration::new(self.evented_relist_period, self.relist_threshold);
         let config = Config::default()
             .with_mode(mode)
             .with_relist(generic)
@@ -917,5 +927,28 @@ mod tests {
         assert!(text.contains("unknown event type"), "{text}");
         let (_, text) = err(&["watch", "--label", "novalue"]);
         assert!(text.contains("expected key=value"), "{text}");
+    }
+
+    #[test]
+    fn the_evented_relist_period_is_five_minutes_unless_set_and_checked_for_range() {
+        let run = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["pleg", "run"].into_iter().chain(args.iter().copied()))
+                .expect("flags parse");
+            let Command::Run(run) = cli.command else {
+                panic!("run");
+            };
+            run.runtime.config(Mode::Evented)
+        };
+        let config = run(&[]).expect("the defaults");
+        assert_eq!(config.evented_relist.relist_period, Duration::from_mins(5));
+        let config = run(&["--evented-relist-period", "20s"]).expect("20s");
+        assert_eq!(config.evented_relist.relist_period, Duration::from_secs(20));
+        assert_eq!(
+            config.evented_relist.relist_threshold,
+            Duration::from_mins(3)
+        );
+        let failure = run(&["--evented-relist-period", "2h"]).expect_err("out of range");
+        let text = failure.error.to_string();
+        assert!(text.contains("--evented-relist-period"), "{text}");
     }
 }

@@ -191,11 +191,15 @@ impl Driver {
                 if overflowed > 0 {
                     return Input::Event {
                         gap: self.overflowed(overflowed),
+                        lossy: true,
                     };
                 }
                 tokio::select! {
                     item = stream.events.recv() => match item {
-                        Some((Ok(event), held)) => Input::Event { gap: self.handle(&event, held).await },
+                        Some((Ok(event), held)) => {
+                            let gap = self.handle(&event, held).await;
+                            Input::Event { gap: gap.is_some(), lossy: gap == Some(true) }
+                        }
                         Some((Err(e), _)) => Input::Ended(failure(&e)),
                         None => Input::Ended(Failure {
                             message: runtime::Error::stream_ended().to_string(),
@@ -243,8 +247,9 @@ impl Driver {
     /// Applies one event and counts what became of it; says whether it
     /// showed lost predecessors.
     /// `held` is when the reader held it.
-    /// Applies one event: whether it showed a gap.
-    async fn handle(&self, event: &ContainerEvent, held: SystemTime) -> bool {
+    /// Applies one event: `Some` when it showed a gap, `true` when the gap
+    /// counts (is more than the one event a reconnection loses).
+    async fn handle(&self, event: &ContainerEvent, held: SystemTime) -> Option<bool> {
         let metrics = &self.shared.metrics.stream;
         metrics.received.inc();
         let applied = self.shared.core.lock().await.apply_event(event);
@@ -295,11 +300,9 @@ impl Driver {
                 self.note_gap();
             }
             tracing::debug!(id = ?event.id.as_str(), kind = event.kind.as_str(), "the event stream lost earlier events; relisting");
-            // Relisting distrusts the stream even for the forgiven gap (see
-            // `State::Streaming`).
-            return true;
+            return Some(!forgiven);
         }
-        false
+        None
     }
 
     async fn perform(&self, action: Action) {

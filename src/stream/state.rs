@@ -167,8 +167,10 @@ pub(crate) enum Input<S> {
     Opened(S),
     /// Opening the stream failed.
     OpenFailed(Failure),
-    /// An event was applied; `gap` when it showed lost predecessors.
-    Event { gap: bool },
+    /// An event was applied; `gap` when it showed lost predecessors,
+    /// `lossy` when that loss is more than a reconnection explains (see
+    /// [`State::Streaming`]).
+    Event { gap: bool, lossy: bool },
     /// The stream broke or ended.
     Ended(Failure),
     /// The cache tick (while streaming).
@@ -282,13 +284,13 @@ pub(crate) fn step<S>(
                 quiet: _,
                 mut gap,
             },
-            Input::Event { gap: lost },
+            Input::Event { gap: lost, lossy },
         ) => {
             gap.pending |= lost;
             let mut actions = Vec::new();
             relist_after_gap(&mut gap, config, now, &mut actions);
             let was_lossy = gap.lossy_since.is_some();
-            if lost {
+            if lossy {
                 gap.lossy_since = Some(now);
             }
             if awaiting_first_event {
@@ -299,10 +301,10 @@ pub(crate) fn step<S>(
             // what it may lose next unseen, such as the removal of a
             // container whose pod pleg then hears nothing else of: relisting
             // at the generic period finds that within a period, until the
-            // stream has lost nothing for `lossy_for`. Even the one event a
-            // reconnection loses counts, since on a node with another
-            // consumer it may be the only loss the stream shows; it costs a
-            // minute of relisting at the generic period.
+            // stream has lost nothing for `lossy_for`. The one event a
+            // reconnection loses does not count (the stream is whole after
+            // it, and relisting every second for a minute after each
+            // reconnection would report what the stream is about to).
             if awaiting_first_event || gap.lossy_since.is_some() != was_lossy {
                 actions.push(Action::SetRelist(if gap.lossy_since.is_some() {
                     config.generic_relist

@@ -69,7 +69,15 @@ async fn opening_relists_at_the_generic_period_until_the_first_event() {
         ]
     );
     // The first event: one more relist, then the evented period.
-    let Transition { next, actions } = step(next, Input::Event { gap: false }, &config(), now);
+    let Transition { next, actions } = step(
+        next,
+        Input::Event {
+            gap: false,
+            lossy: false,
+        },
+        &config(),
+        now,
+    );
     assert_eq!(
         actions,
         [
@@ -78,7 +86,15 @@ async fn opening_relists_at_the_generic_period_until_the_first_event() {
         ]
     );
     // Later events ask for nothing.
-    let Transition { actions, .. } = step(next, Input::Event { gap: false }, &config(), now);
+    let Transition { actions, .. } = step(
+        next,
+        Input::Event {
+            gap: false,
+            lossy: false,
+        },
+        &config(),
+        now,
+    );
     assert!(actions.is_empty());
 }
 
@@ -86,19 +102,37 @@ async fn opening_relists_at_the_generic_period_until_the_first_event() {
 async fn a_gap_relists_at_most_once_a_second_and_the_tick_catches_up() {
     let start = Instant::now();
     let state = streaming(start);
-    let Transition { next, .. } = step(state, Input::Event { gap: false }, &config(), start);
-    // A gap: relist now (and at the generic period for a while).
-    let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), start);
-    assert_eq!(
-        actions,
-        [
-            Action::Relist(Why::LostEvents),
-            Action::SetRelist(RelistDuration::GENERIC)
-        ]
+    let Transition { next, .. } = step(
+        state,
+        Input::Event {
+            gap: false,
+            lossy: false,
+        },
+        &config(),
+        start,
     );
+    // A gap: relist now.
+    let Transition { next, actions } = step(
+        next,
+        Input::Event {
+            gap: true,
+            lossy: false,
+        },
+        &config(),
+        start,
+    );
+    assert_eq!(actions, [Action::Relist(Why::LostEvents)]);
     // Another within the second waits...
     let soon = start + Duration::from_millis(300);
-    let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), soon);
+    let Transition { next, actions } = step(
+        next,
+        Input::Event {
+            gap: true,
+            lossy: false,
+        },
+        &config(),
+        soon,
+    );
     assert!(actions.is_empty());
     let Transition { next, actions } = step(next, Input::Tick, &config(), soon);
     assert_eq!(actions, [Action::AdvanceCacheTime]);
@@ -116,11 +150,37 @@ async fn a_stream_that_loses_events_relists_at_the_generic_period_until_it_lost_
 {
     let start = Instant::now();
     let state = streaming(start);
-    let Transition { next, .. } = step(state, Input::Event { gap: false }, &config(), start);
-    // A gap: a relist, and relisting at the generic period, even for the
-    // one event a reconnection loses.
+    let Transition { next, .. } = step(
+        state,
+        Input::Event {
+            gap: false,
+            lossy: false,
+        },
+        &config(),
+        start,
+    );
+    // The gap a reconnection explains: a relist, the period stays.
+    let Transition { next, actions } = step(
+        next,
+        Input::Event {
+            gap: true,
+            lossy: false,
+        },
+        &config(),
+        start,
+    );
+    assert_eq!(actions, [Action::Relist(Why::LostEvents)]);
+    // One that another consumer explains: relisting at the generic period.
     let at = start + Duration::from_secs(2);
-    let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), at);
+    let Transition { next, actions } = step(
+        next,
+        Input::Event {
+            gap: true,
+            lossy: true,
+        },
+        &config(),
+        at,
+    );
     assert_eq!(
         actions,
         [
@@ -130,7 +190,15 @@ async fn a_stream_that_loses_events_relists_at_the_generic_period_until_it_lost_
     );
     // More losses keep it there without asking again.
     let again = at + Duration::from_secs(30);
-    let Transition { next, actions } = step(next, Input::Event { gap: true }, &config(), again);
+    let Transition { next, actions } = step(
+        next,
+        Input::Event {
+            gap: true,
+            lossy: true,
+        },
+        &config(),
+        again,
+    );
     assert_eq!(actions, [Action::Relist(Why::LostEvents)]);
     let Transition { next, actions } = step(
         next,
@@ -166,7 +234,15 @@ async fn a_stream_that_loses_events_relists_at_the_generic_period_until_it_lost_
 async fn a_first_event_that_shows_a_loss_leaves_relisting_at_the_generic_period() {
     let start = Instant::now();
     let state = streaming(start);
-    let Transition { actions, .. } = step(state, Input::Event { gap: true }, &config(), start);
+    let Transition { actions, .. } = step(
+        state,
+        Input::Event {
+            gap: true,
+            lossy: true,
+        },
+        &config(),
+        start,
+    );
     assert_eq!(
         actions,
         [
@@ -396,7 +472,10 @@ async fn a_new_stream_with_no_event_slows_to_the_quiet_period_once_and_the_first
     // The first event still brings its relist and the evented period.
     let Transition { actions, .. } = step(
         next,
-        Input::Event { gap: false },
+        Input::Event {
+            gap: false,
+            lossy: false,
+        },
         &config(),
         now + Duration::from_secs(12),
     );

@@ -58,7 +58,10 @@ pub struct Config {
     /// safety-net relists, a liveness probe (CRI `Version`, every quarter
     /// of the threshold, 1 s to 5 s) keeps health current: a runtime that
     /// stops answering fails health within the threshold plus 5 s in
-    /// either mode.
+    /// either mode. A stream that loses events (more than the one a
+    /// reconnection loses on containerd 1.7) is relisted at the generic
+    /// period instead until it has lost none for a minute, since what
+    /// another consumer took may show in no later event.
     pub evented_relist: RelistDuration,
     /// Deadline of each runtime call (the kubelet's runtime-request-timeout).
     pub runtime_request_timeout: Duration,

@@ -357,6 +357,15 @@ impl Driver {
                     "container event stream failed; reconnecting"
                 );
             }
+            Notice::Distrusted => tracing::warn!(
+                "the container event stream lost events (another consumer of it?); relisting every {period} until it has lost none for {}",
+                GoDuration(self.config.lossy_for)
+            ),
+            Notice::Trusted => tracing::info!(
+                "the container event stream lost nothing for {}; relisting every {} again",
+                GoDuration(self.config.lossy_for),
+                GoDuration(self.config.evented_relist.relist_period)
+            ),
             Notice::ProbeFailed { failure } => {
                 metrics.connection_errors.inc();
                 tracing::debug!(error = ?failure.message, "event stream probe failed; staying in generic mode");

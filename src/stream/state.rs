@@ -212,6 +212,10 @@ pub(crate) enum Notice {
     ProbeFailed { failure: Failure },
     /// Relisting takes over.
     FellBack { failure: Failure, failures: u32 },
+    /// The stream lost events: relisting goes to the generic period.
+    Distrusted,
+    /// The stream lost nothing for `lossy_for`: the evented period again.
+    Trusted,
 }
 
 /// What the driver is to do, in order.
@@ -305,6 +309,9 @@ pub(crate) fn step<S>(
             // reconnection loses does not count (the stream is whole after
             // it, and relisting every second for a minute after each
             // reconnection would report what the stream is about to).
+            if lossy && !was_lossy {
+                actions.push(Action::Notice(Notice::Distrusted));
+            }
             if awaiting_first_event || gap.lossy_since.is_some() != was_lossy {
                 actions.push(Action::SetRelist(if gap.lossy_since.is_some() {
                     config.generic_relist
@@ -342,6 +349,7 @@ pub(crate) fn step<S>(
                 .is_some_and(|at| now.saturating_duration_since(at) >= config.lossy_for)
             {
                 gap.lossy_since = None;
+                actions.push(Action::Notice(Notice::Trusted));
                 actions.push(Action::SetRelist(config.evented_relist));
             }
             // A quiet node: no first event for `stable_after`. Relisting

@@ -185,6 +185,7 @@ async fn a_stream_that_loses_events_relists_at_the_generic_period_until_it_lost_
         actions,
         [
             Action::Relist(Why::LostEvents),
+            Action::Notice(Notice::Distrusted),
             Action::SetRelist(RelistDuration::GENERIC)
         ]
     );
@@ -218,6 +219,7 @@ async fn a_stream_that_loses_events_relists_at_the_generic_period_until_it_lost_
         actions,
         [
             Action::AdvanceCacheTime,
+            Action::Notice(Notice::Trusted),
             Action::SetRelist(RelistDuration::EVENTED)
         ]
     );
@@ -248,6 +250,7 @@ async fn a_first_event_that_shows_a_loss_leaves_relisting_at_the_generic_period(
         [
             Action::Relist(Why::LostEvents),
             Action::Relist(Why::FirstEvent),
+            Action::Notice(Notice::Distrusted),
             Action::SetRelist(RelistDuration::GENERIC)
         ]
     );

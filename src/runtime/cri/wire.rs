@@ -103,11 +103,22 @@ impl<'a> Iterator for Fields<'a> {
 
 /// The entries of a `ListPodSandboxResponse` (`items`, field 1) or a
 /// `ListContainersResponse` (`containers`, field 1): each entry's bytes.
-pub(super) fn entries(answer: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
+#[cfg(test)]
+fn entries(answer: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
+    entries_map(answer, |entry| entry)
+}
+
+/// The entries of a `ListPodSandboxResponse` (`items`, field 1) or a
+/// `ListContainersResponse` (`containers`, field 1), each entry's bytes
+/// mapped by `f` as it is found.
+pub(super) fn entries_map<'a, T>(
+    answer: &'a [u8],
+    mut f: impl FnMut(&'a [u8]) -> T,
+) -> Result<Vec<T>, Malformed> {
     let mut out = Vec::new();
     for field in Fields::new(answer) {
         match field? {
-            (1, Value::Bytes(entry)) => out.push(entry),
+            (1, Value::Bytes(entry)) => out.push(f(entry)),
             (1, _) => return Err(Malformed),
             _ => {}
         }

@@ -228,14 +228,8 @@ struct Hashed<'a> {
 impl<'a> Hashed<'a> {
     /// `None` when the wire reader cannot walk the answers.
     fn of(sandboxes: &'a [u8], containers: &'a [u8]) -> Option<Self> {
-        let hashed = |answer: &'a [u8], kind: fn() -> Kind| -> Option<Vec<(&'a [u8], u64)>> {
-            let entries = wire::entries(answer).ok()?;
-            Some(
-                entries
-                    .into_iter()
-                    .map(|entry| (entry, entry_hash(kind(), entry)))
-                    .collect(),
-            )
+        let hashed = |answer: &'a [u8], kind: fn() -> Kind| {
+            wire::entries_map(answer, |entry| (entry, entry_hash(kind(), entry))).ok()
         };
         let sandboxes = hashed(sandboxes, || Kind::Sandbox)?;
         let containers = hashed(containers, || Kind::Container)?;
